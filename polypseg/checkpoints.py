@@ -1,0 +1,52 @@
+"""Checkpoint files: `{"model": state_dict, "polypseg": metadata}`.
+
+This is SAM2's own layout (`{"model": ...}`) plus the project's metadata, so one loader reads
+the official SAM2 files and the project's. The metadata makes a file enough to rebuild its
+model: architecture, encoder, input geometry, version, training data, validation metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polypseg.errors import CheckpointError
+
+Metadata = dict[str, Any]
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], metadata: Metadata, **extra: Any
+) -> None:
+    """Write atomically: a temporary file in the same folder, renamed into place when whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save({"model": state_dict, "polypseg": metadata, **extra}, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], Metadata, dict[str, Any]]:
+    """Read a checkpoint safely (weights_only): its state dict, metadata ({} for foreign files)
+    and any other top-level entries (optimizer state of a training checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    if not isinstance(content, dict) or not isinstance(content.get("model"), dict):
+        raise CheckpointError(f"{path}: not a model checkpoint (no 'model' state dict in it)")
+    extra = {k: v for k, v in content.items() if k not in ("model", "polypseg")}
+    return content["model"], dict(content.get("polypseg") or {}), extra

@@ -1,0 +1,222 @@
+"""The `polypseg` command: one console script, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from polypseg.errors import PolypsegError
+
+log = logging.getLogger("polypseg")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    from polypseg.predictors import MODEL_NAMES
+
+    parser.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        help="model kind; default: the one the checkpoint holds (the shipped default model)",
+    )
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shipped model)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)")
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from polypseg.images import read_image, write_mask
+    from polypseg.masks import draw_overlay
+    from polypseg.predictors import build_predictor
+    from polypseg.prompts import Box, Point, Prompt
+
+    image = read_image(args.image)
+    prompt = Prompt(
+        box=Box.parse(args.box) if args.box else None,
+        points=tuple(Point.parse(p) for p in args.point),
+    )
+    predictor = build_predictor(args.model, args.checkpoint, args.device)
+    prediction = predictor.predict(image, prompt)
+    write_mask(args.out, prediction.mask)
+    log.info(
+        "%s: %d polyp pixels, score %.3f, model %s -> %s",
+        args.image,
+        int(prediction.mask.sum()),
+        prediction.score,
+        predictor.version,
+        args.out,
+    )
+    if args.overlay:
+        from PIL import Image
+
+        args.overlay.parent.mkdir(parents=True, exist_ok=True)
+        fitted = prompt.fitted_to(image.shape[1], image.shape[0])
+        Image.fromarray(draw_overlay(image, prediction.mask, fitted)).save(args.overlay)
+        log.info("overlay -> %s", args.overlay)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.evaluation import ellipse_baseline, evaluate
+    from polypseg.predictors import build_predictor
+    from polypseg.reports import print_table, write_report
+
+    names = None
+    if args.names:
+        names = [n.strip() for n in args.names.read_text().splitlines() if n.strip()]
+    samples = load_folder_dataset(args.images, args.masks, args.boxes, names)
+    if args.limit:
+        samples = samples[: args.limit]
+    predictor = build_predictor(args.model, args.checkpoint, args.device)
+    results = evaluate(
+        {
+            predictor.version: lambda image, prompt: predictor.predict(image, prompt).mask,
+            "ellipse in box": ellipse_baseline,
+        },
+        samples,
+        box_noise=args.box_noise,
+        seed=args.seed,
+    )
+    print_table(results, title=f"{len(samples)} images, box noise {args.box_noise:g}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body = results[predictor.version].as_dict()
+        body.update(
+            model=predictor.version,
+            box_noise=args.box_noise,
+            baseline=results["ellipse in box"].as_dict() | {"per_image": None},
+        )
+        args.json.write_text(json.dumps(body, indent=1))
+        log.info("wrote %s", args.json)
+    if args.report:
+        write_report(args.report, results, predictor.version, samples, predictor, args)
+        log.info("report -> %s", args.report)
+
+
+def cmd_train_unet(args: argparse.Namespace) -> None:
+    from polypseg.training.unet import UnetTrainConfig, train_unet
+
+    config = UnetTrainConfig(
+        images=args.images,
+        masks=args.masks,
+        boxes=args.boxes,
+        val_list=args.val_list,
+        out=args.out,
+        architecture=args.model,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        geometry=args.geometry,
+        size=args.size,
+        margin=args.margin,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        accumulate=args.accumulate,
+        workers=args.workers,
+        seed=args.seed,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        limit=args.limit,
+        save_every=args.save_every,
+        device=args.device or "auto",
+        command=shlex.join(["polypseg", *sys.argv[1:]]),
+    )
+    best = train_unet(config)
+    log.info("best checkpoint: %s", best)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polypseg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment the polyp in one image from a box and/or clicks")
+    segment.add_argument("image", type=Path)
+    segment.add_argument("--box", help="X1,Y1,X2,Y2 in pixels")
+    segment.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        help="X,Y or X,Y,LABEL (1 polyp, 0 background); repeat for more clicks",
+    )
+    segment.add_argument("--out", type=Path, required=True, help="mask PNG to write")
+    segment.add_argument("--overlay", type=Path, help="also write the image with the mask drawn on it")
+    _add_model_options(segment)
+    segment.set_defaults(run=cmd_segment)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on image/mask folders, one box per polyp")
+    evaluate.add_argument("--images", type=Path, required=True)
+    evaluate.add_argument("--masks", type=Path, required=True)
+    evaluate.add_argument(
+        "--boxes", type=Path, help="bboxes.json (Kvasir-SEG form); default: boxes of the mask's components"
+    )
+    evaluate.add_argument("--names", type=Path, help="only the images named in this file (one name a line)")
+    evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument(
+        "--box-noise",
+        type=float,
+        default=0.0,
+        help="move each box side by up to this fraction of the box size",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the box noise")
+    evaluate.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
+    evaluate.add_argument(
+        "--report", type=Path, help="write a Markdown table, per-image CSV and worst cases PNG here"
+    )
+    _add_model_options(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
+    unet = train.add_parser("unet", help="train a box-prompted U-Net / U-Net++")
+    unet.add_argument("--images", type=Path, required=True)
+    unet.add_argument("--masks", type=Path, required=True)
+    unet.add_argument("--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components")
+    unet.add_argument("--val-list", type=Path, help="names of the validation images, never trained on")
+    unet.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+    unet.add_argument("--model", choices=("unet", "unetplusplus"), default="unet")
+    unet.add_argument("--encoder", default="resnet18", help="any segmentation-models-pytorch encoder")
+    unet.add_argument("--encoder-weights", help="pretrained encoder weights (e.g. imagenet) where reachable")
+    unet.add_argument("--geometry", choices=("crop", "whole"), default="crop")
+    unet.add_argument("--size", type=int, default=224, help="network input size (a multiple of 32)")
+    unet.add_argument("--margin", type=float, default=0.25, help="crop margin around the box, of its size")
+    unet.add_argument("--epochs", type=int, default=36)
+    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--lr", type=float, default=2e-3)
+    unet.add_argument("--weight-decay", type=float, default=1e-4)
+    unet.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")
+    unet.add_argument("--workers", type=int, default=1, help="data loader processes")
+    unet.add_argument("--seed", type=int, default=0)
+    unet.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    unet.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    unet.add_argument("--limit", type=int, help="train on the first N images only")
+    unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
+    unet.add_argument("--device", help="cpu, cuda or auto")
+    unet.set_defaults(run=cmd_train_unet)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # sam2 scripts its transforms with torch.jit, which torch now warns about on every load.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+    try:
+        args.run(args)
+    except PolypsegError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Mask encodings that annotation platforms exchange: polygons, brush RLE, CVAT masks."""

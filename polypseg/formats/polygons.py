@@ -1,0 +1,58 @@
+"""Masks as polygons: outer contours, simplified, with holes and several components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Polygon:
+    """One component's outline and its holes, each an (N, 2) float array of x, y pixels."""
+
+    outer: np.ndarray
+    holes: tuple[np.ndarray, ...] = ()
+
+
+def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 4.0) -> list[Polygon]:
+    """Trace a bool mask into polygons, largest first.
+
+    `tolerance` is the Douglas-Peucker distance in pixels (0 keeps every contour pixel);
+    components and holes smaller than `min_area` square pixels are dropped.
+    """
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+
+    def simplify(contour: np.ndarray) -> np.ndarray:
+        if tolerance > 0:
+            contour = cv2.approxPolyDP(contour, tolerance, closed=True)
+        return contour.reshape(-1, 2).astype(np.float32)
+
+    polygons = []
+    for index, (_, _, first_child, parent) in enumerate(hierarchy[0]):
+        if parent != -1 or cv2.contourArea(contours[index]) < min_area:
+            continue
+        holes = []
+        child = first_child
+        while child != -1:
+            if cv2.contourArea(contours[child]) >= min_area:
+                holes.append(simplify(contours[child]))
+            child = hierarchy[0][child][0]
+        outer = simplify(contours[index])
+        if len(outer) >= 3:
+            polygons.append(Polygon(outer, tuple(h for h in holes if len(h) >= 3)))
+    polygons.sort(key=lambda p: -cv2.contourArea(p.outer))
+    return polygons
+
+
+def polygons_to_mask(polygons: list[Polygon], width: int, height: int) -> np.ndarray:
+    """Rasterise polygons (holes cut out) into a bool mask."""
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    for polygon in polygons:
+        cv2.fillPoly(canvas, [np.round(polygon.outer).astype(np.int32)], 1)
+        for hole in polygon.holes:
+            cv2.fillPoly(canvas, [np.round(hole).astype(np.int32)], 0)
+    return canvas.astype(bool)

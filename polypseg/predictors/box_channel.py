@@ -1,0 +1,100 @@
+"""U-Net, U-Net++ and other smp models that take RGB plus the box as a fourth channel.
+
+The box is part of the input, so nothing is worth computing before the prompt: `prepare`
+only checks the image. Clicks alone are refused (these models need a box); clicks beside a
+box pick which connected components of the mask to keep.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from polypseg.box_input import BoxInputGeometry
+from polypseg.errors import CheckpointError, PromptError
+from polypseg.masks import clean_mask
+from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
+from polypseg.prompts import Prompt
+
+# Registry name -> (smp architecture, default encoder as in the reference work).
+ARCHITECTURES = {
+    "unet": ("Unet", "mit_b2"),
+    "unetplusplus": ("UnetPlusPlus", "resnet34"),
+}
+
+
+def create_box_channel_model(
+    name: str, encoder: str | None = None, encoder_weights: str | None = None
+) -> torch.nn.Module:
+    """An untrained smp model with 4 input channels (RGB + box) and one output (polyp logits).
+
+    `encoder_weights="imagenet"` needs those weights reachable; smp then adapts the first
+    convolution to the fourth channel.
+    """
+    arch, default_encoder = ARCHITECTURES[name]
+    return smp.create_model(
+        arch,
+        encoder_name=encoder or default_encoder,
+        encoder_weights=encoder_weights,
+        in_channels=4,
+        classes=1,
+    )
+
+
+class BoxChannelPredictor(ImagePredictor):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        metadata: dict[str, Any],
+        device: str = "cpu",
+        threshold: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model.to(device).eval()
+        self.metadata = metadata
+        self.name = metadata["architecture"]
+        self.version = str(metadata.get("version", "unversioned"))
+        self.geometry = BoxInputGeometry(**metadata.get("input", {}))
+        self.device = torch.device(device)
+        self.threshold = threshold
+
+    @classmethod
+    def from_state(
+        cls, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
+    ) -> BoxChannelPredictor:
+        model = create_box_channel_model(metadata["architecture"], metadata.get("encoder"))
+        try:
+            model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(
+                f"{path}: weights do not fit {metadata['architecture']} with encoder "
+                f"{metadata.get('encoder')} ({first})"
+            ) from None
+        return cls(model, metadata, **kwargs)
+
+    def _encode(self, image: np.ndarray) -> tuple[Any, int]:
+        return None, 0
+
+    def probability(self, image: np.ndarray, prompt: Prompt) -> np.ndarray:
+        """The per-pixel polyp probability for a prompt with a box, image-sized."""
+        if prompt.box is None:
+            raise PromptError(f"model {self.name} needs a box around the polyp; clicks alone work with sam2")
+        height, width = image.shape[:2]
+        window = self.geometry.window(prompt.box, width, height)
+        x = torch.from_numpy(self.geometry.make_input(image, prompt.box, window))[None]
+        with torch.inference_mode():
+            logits = self.model(x.to(self.device))[0, 0]
+        probability = torch.sigmoid(logits.float()).cpu().numpy()
+        return self.geometry.paste(probability, window, width, height)
+
+    def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:
+        probability = self.probability(prepared.image, prompt)
+        mask = clean_mask(probability > self.threshold, prompt)
+        inside = probability[mask]
+        score = float(inside.mean()) if inside.size else 0.0
+        return Prediction(mask=mask, score=score)

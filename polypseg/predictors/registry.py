@@ -1,0 +1,89 @@
+"""Build a predictor from a model name and a checkpoint file.
+
+A project checkpoint names its own architecture, so `--checkpoint` alone is enough; an
+official SAM2 file (`{"model": ...}` only) is recognised from its weights. With neither name
+nor checkpoint, the model the project ships is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polypseg.checkpoints import load_checkpoint
+from polypseg.errors import CheckpointError, ModelError
+from polypseg.predictors.base import ImagePredictor
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
+
+
+def _box_channel(
+    state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kw: Any
+) -> ImagePredictor:
+    from polypseg.predictors.box_channel import BoxChannelPredictor
+
+    return BoxChannelPredictor.from_state(state, metadata, path, **kw)
+
+
+def _sam2(state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kw: Any) -> ImagePredictor:
+    from polypseg.predictors.sam2 import Sam2Predictor
+
+    return Sam2Predictor.from_state(state, metadata, path, **kw)
+
+
+# name -> factory(state_dict, metadata, checkpoint path, **options)
+REGISTRY: dict[str, Callable[..., ImagePredictor]] = {
+    "unet": _box_channel,
+    "unetplusplus": _box_channel,
+    "sam2": _sam2,
+}
+MODEL_NAMES = tuple(REGISTRY)
+
+
+def default_checkpoint() -> Path:
+    """The shipped default model, or the file named by POLYPSEG_CHECKPOINT."""
+    return Path(os.environ.get("POLYPSEG_CHECKPOINT", DEFAULT_MODEL))
+
+
+def resolve_device(device: str | None = None) -> str:
+    """`DEVICE` as Label Studio and CVAT users set it: cpu, cuda, cuda:N, or auto."""
+    device = (device or os.environ.get("DEVICE") or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"DEVICE={device} asked for, but this machine has no usable CUDA GPU")
+    return device
+
+
+def build_predictor(
+    name: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> ImagePredictor:
+    """The predictor for `name` from `checkpoint`; either may be left out (see module doc)."""
+    if name is not None and name not in REGISTRY:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    if checkpoint is None and name not in (None, _architecture_of(path)):
+        raise ModelError(f"no checkpoint given for model {name!r}: pass one with --checkpoint")
+    state, metadata, _ = load_checkpoint(path)
+    if not metadata:
+        metadata = {"architecture": "sam2"} if any(k.startswith("image_encoder.") for k in state) else {}
+    architecture = metadata.get("architecture")
+    if architecture not in REGISTRY:
+        raise CheckpointError(f"{path}: not a checkpoint of a known model ({', '.join(MODEL_NAMES)})")
+    if name is not None and name != architecture:
+        raise CheckpointError(f"{path} holds a {architecture} model, not {name}")
+    return REGISTRY[architecture](state, metadata, str(path), device=resolve_device(device), **options)
+
+
+def _architecture_of(path: Path) -> str | None:
+    try:
+        return load_checkpoint(path)[1].get("architecture")
+    except CheckpointError:
+        return None

@@ -1,0 +1,80 @@
+"""Augmentation of an image, its polyp mask and the prompt box together.
+
+Geometry and colour come from albumentations; the box is drawn afterwards from the augmented
+mask and jittered as an annotator draws it: mostly a little off, sometimes tight, sometimes
+loose.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from polypseg.datasets import jitter_box
+from polypseg.masks import mask_box
+from polypseg.prompts import Box
+
+
+class SpecularHighlights(A.ImageOnlyTransform):
+    """White, soft-edged blobs like the light reflections on a wet mucosa."""
+
+    def __init__(self, max_spots: int = 6, p: float = 0.3) -> None:
+        super().__init__(p=p)
+        self.max_spots = max_spots
+
+    def apply(self, img: np.ndarray, **params: object) -> np.ndarray:
+        rng = np.random.default_rng(int(self.py_random.random() * 2**31))
+        height, width = img.shape[:2]
+        glare = np.zeros((height, width), dtype=np.float32)
+        for _ in range(rng.integers(1, self.max_spots + 1)):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(2, max(3, width // 20))), int(rng.integers(2, max(3, height // 20))))
+            cv2.ellipse(glare, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+        glare = cv2.GaussianBlur(glare, (0, 0), sigmaX=1.5)[:, :, None]
+        return (img * (1 - glare) + 255 * glare).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("max_spots",)
+
+
+def training_transform() -> A.Compose:
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.RandomRotate90(p=0.5),
+            A.Affine(
+                scale=(0.75, 1.25),
+                rotate=(-30, 30),
+                translate_percent=(-0.05, 0.05),
+                border_mode=cv2.BORDER_CONSTANT,
+                p=0.7,
+            ),
+            A.RandomBrightnessContrast(0.25, 0.25, p=0.6),
+            A.HueSaturationValue(10, 20, 15, p=0.5),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=0.25),
+            SpecularHighlights(p=0.3),
+            A.ImageCompression(quality_range=(40, 95), p=0.25),
+        ]
+    )
+
+
+def annotator_box(mask: np.ndarray, rng: np.random.Generator, noise: float = 0.15) -> Box | None:
+    """A box as an annotator would draw it around a mask: tight (20%), loose (15%), or each
+    side off by up to `noise` of the box size; None for an empty mask."""
+    box = mask_box(mask)
+    if box is None:
+        return None
+    roll = rng.random()
+    if roll < 0.2:
+        return box
+    if roll < 0.35:
+        grow = rng.uniform(0.05, 0.3)
+        return Box(
+            box.x1 - grow * box.width / 2,
+            box.y1 - grow * box.height / 2,
+            box.x2 + grow * box.width / 2,
+            box.y2 + grow * box.height / 2,
+        )
+    return jitter_box(box, noise, rng)

@@ -1,0 +1,84 @@
+"""Shared fixtures: small real inputs from ../shared/data and checkpoints the tests write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polypseg.checkpoints import save_checkpoint
+from polypseg.datasets import read_boxes_json
+from polypseg.images import read_image, read_mask
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+KVASIR = DATA / "kvasir-seg"
+VAL_LIST = ROOT / "training" / "splits" / "kvasir-seg-val.txt"
+# A 622x529 image with one large polyp, and one with two polyps.
+ONE_POLYP = "cju0qkwl35piu0993l0dewei2"
+
+
+@pytest.fixture(scope="session")
+def kvasir() -> Path:
+    assert (KVASIR / "images").is_dir(), f"test data missing: {KVASIR} (see shared/data/README.md)"
+    return KVASIR
+
+
+@pytest.fixture(scope="session")
+def boxes(kvasir: Path):
+    return read_boxes_json(kvasir / "bboxes.json")
+
+
+@pytest.fixture(scope="session")
+def two_polyp_name(boxes) -> str:
+    return next(name for name, b in sorted(boxes.items()) if len(b) == 2)
+
+
+@pytest.fixture()
+def polyp_image(kvasir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A real frame and its mask (622x529)."""
+    return read_image(kvasir / "images" / f"{ONE_POLYP}.jpg"), read_mask(
+        kvasir / "masks" / f"{ONE_POLYP}.jpg"
+    )
+
+
+def random_box_channel_checkpoint(
+    path: Path, architecture: str = "unet", encoder: str = "resnet18", size: int = 128
+) -> Path:
+    """A random-weight U-Net / U-Net++ written in the project's real checkpoint format."""
+    from polypseg.predictors.box_channel import create_box_channel_model
+
+    torch.manual_seed(0)
+    model = create_box_channel_model(architecture, encoder)
+    metadata = {
+        "architecture": architecture,
+        "encoder": encoder,
+        "input": {"mode": "crop", "size": size, "margin": 0.25},
+        "version": f"test-{architecture}",
+    }
+    save_checkpoint(path, model.state_dict(), metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def unet_checkpoint(tmp_path_factory) -> Path:
+    return random_box_channel_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.pt")
+
+
+@pytest.fixture(scope="session")
+def unetplusplus_checkpoint(tmp_path_factory) -> Path:
+    return random_box_channel_checkpoint(tmp_path_factory.mktemp("ckpt") / "unetpp.pt", "unetplusplus")
+
+
+@pytest.fixture(scope="session")
+def sam2_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight sam2.1 tiny in the official file format: {"model": state_dict}."""
+    from polypseg.predictors.sam2 import create_sam2_model, sam2_config_name
+
+    torch.manual_seed(0)
+    model = create_sam2_model(sam2_config_name("t"))
+    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path

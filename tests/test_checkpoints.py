@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from conftest import random_box_channel_checkpoint
+from polypseg.checkpoints import load_checkpoint, save_checkpoint
+from polypseg.errors import CheckpointError, ModelError
+from polypseg.predictors import build_predictor
+
+
+def test_round_trip_and_no_temporary_left(tmp_path):
+    save_checkpoint(
+        tmp_path / "m.pt", {"w": torch.ones(2)}, {"architecture": "unet", "version": "v1"}, step=3
+    )
+    state, metadata, extra = load_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(state["w"], torch.ones(2)) and metadata["version"] == "v1" and extra == {"step": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, {"w": torch.ones(2)}, {"version": "old"})
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"w": torch.zeros(2)}, {"version": "new"})
+    assert load_checkpoint(path)[1]["version"] == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_unreadable_files_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: no such checkpoint file"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no 'model' state dict"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_checkpoint_of_another_architecture(unet_checkpoint):
+    with pytest.raises(CheckpointError, match="holds a unet model, not unetplusplus"):
+        build_predictor("unetplusplus", unet_checkpoint)
+    with pytest.raises(CheckpointError, match="holds a unet model, not sam2"):
+        build_predictor("sam2", unet_checkpoint)
+
+
+def test_weights_that_do_not_fit_their_metadata(tmp_path, unet_checkpoint):
+    state, metadata, _ = load_checkpoint(unet_checkpoint)
+    save_checkpoint(tmp_path / "lying.pt", state, {**metadata, "encoder": "resnet34"})
+    with pytest.raises(CheckpointError, match="weights do not fit unet with encoder resnet34"):
+        build_predictor(checkpoint=tmp_path / "lying.pt")
+
+
+def test_unknown_model_and_missing_checkpoint(tmp_path):
+    with pytest.raises(ModelError, match="unknown model 'segformer'"):
+        build_predictor("segformer", tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="x.pt: no such checkpoint file"):
+        build_predictor("unet", tmp_path / "x.pt")
+
+
+def test_metadata_rebuilds_unetplusplus(tmp_path):
+    path = random_box_channel_checkpoint(tmp_path / "pp.pt", "unetplusplus", "resnet18", size=96)
+    predictor = build_predictor(checkpoint=path)
+    assert predictor.name == "unetplusplus" and predictor.geometry.size == 96

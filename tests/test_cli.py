@@ -1,0 +1,163 @@
+"""The `polypseg` command as a user runs it: a subprocess, files in and out, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ONE_POLYP, VAL_LIST
+from polypseg.images import read_image, read_mask
+
+
+def polypseg(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, "-m", "polypseg.cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_segment_writes_mask_and_overlay(tmp_path, kvasir, unet_checkpoint):
+    image = kvasir / "images" / f"{ONE_POLYP}.jpg"
+    polypseg(
+        "segment",
+        image,
+        "--box",
+        "38,5,430,338",
+        "--checkpoint",
+        unet_checkpoint,
+        "--out",
+        tmp_path / "mask.png",
+        "--overlay",
+        tmp_path / "overlay.png",
+    )
+    assert read_mask(tmp_path / "mask.png").shape == (529, 622)
+    assert read_image(tmp_path / "overlay.png").shape == (529, 622, 3)
+
+
+def test_segment_with_sam2_clicks(tmp_path, kvasir, sam2_checkpoint):
+    image = kvasir / "images" / f"{ONE_POLYP}.jpg"
+    polypseg(
+        "segment",
+        image,
+        "--point",
+        "200,150",
+        "--point",
+        "20,500,0",
+        "--model",
+        "sam2",
+        "--checkpoint",
+        sam2_checkpoint,
+        "--out",
+        tmp_path / "mask.png",
+    )
+    assert read_mask(tmp_path / "mask.png").shape == (529, 622)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.jpg", "--box", "1,1,5,5"], "missing.jpg: no such file"),
+        (["IMAGE", "--box", "1,1,5"], "box '1,1,5' is not X1,Y1,X2,Y2"),
+        (["IMAGE", "--box", "700,600,800,700"], "lies outside the 622x529 image"),
+        (["IMAGE", "--box", "10,10,10,40"], "has no area"),
+        (["IMAGE", "--point", "10,10"], "needs a box around the polyp"),
+        (
+            ["IMAGE", "--box", "1,1,50,50", "--checkpoint", "nothere.pt"],
+            "nothere.pt: no such checkpoint file",
+        ),
+        (["IMAGE", "--box", "1,1,50,50", "--model", "sam2"], "holds a unet model, not sam2"),
+    ],
+)
+def test_segment_bad_input_is_one_clear_line(tmp_path, kvasir, unet_checkpoint, args, message):
+    args = [str(kvasir / "images" / f"{ONE_POLYP}.jpg") if a == "IMAGE" else a for a in args]
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", str(unet_checkpoint)]
+    result = polypseg("segment", *args, "--out", tmp_path / "m.png", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_prints_table_and_writes_json_and_report(tmp_path, kvasir, unet_checkpoint):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(VAL_LIST.read_text().split()[:6]))
+    result = polypseg(
+        "evaluate",
+        "--images",
+        kvasir / "images",
+        "--masks",
+        kvasir / "masks",
+        "--boxes",
+        kvasir / "bboxes.json",
+        "--names",
+        names,
+        "--box-noise",
+        "0.1",
+        "--checkpoint",
+        unet_checkpoint,
+        "--json",
+        tmp_path / "scores.json",
+        "--report",
+        tmp_path / "report",
+    )
+    assert "ellipse in box" in result.stdout and "mean IoU" in result.stdout
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["n"] == 6 and len(scores["per_image"]) == 6
+    for key in ("mean_iou", "mean_dice", "mean_precision", "mean_recall"):
+        assert 0.0 <= scores[key] <= 1.0
+    # The baseline is scored on the same boxes: about 0.7-0.8 IoU on Kvasir-SEG at noise 0.1.
+    assert 0.55 < scores["baseline"]["mean_iou"] < 0.9
+    assert (tmp_path / "report" / "worst.png").stat().st_size > 10_000
+    assert "| ellipse in box | 6 |" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_evaluate_boxes_from_mask_components(tmp_path, kvasir, unet_checkpoint):
+    names = tmp_path / "names.txt"
+    names.write_text(ONE_POLYP)
+    polypseg(
+        "evaluate",
+        "--images",
+        kvasir / "images",
+        "--masks",
+        kvasir / "masks",
+        "--names",
+        names,
+        "--checkpoint",
+        unet_checkpoint,
+        "--json",
+        tmp_path / "s.json",
+    )
+    scores = json.loads((tmp_path / "s.json").read_text())
+    assert scores["per_image"][0]["polyps"] >= 1
+
+
+def test_evaluate_bad_folders(tmp_path, unet_checkpoint):
+    (tmp_path / "images").mkdir()
+    result = polypseg(
+        "evaluate",
+        "--images",
+        tmp_path / "images",
+        "--masks",
+        tmp_path / "nomasks",
+        "--checkpoint",
+        unet_checkpoint,
+        check=False,
+    )
+    assert result.returncode == 2 and "nomasks: no such folder" in result.stderr
+
+
+def test_box_noise_is_seeded_and_moves_boxes(tmp_path, kvasir):
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.evaluation import polyp_prompts
+
+    sample = load_folder_dataset(kvasir / "images", kvasir / "masks", kvasir / "bboxes.json", [ONE_POLYP])[0]
+    truth = read_mask(sample.mask_path)
+    first = polyp_prompts(sample, truth, 0.1, seed=0)[0].box
+    assert first == polyp_prompts(sample, truth, 0.1, seed=0)[0].box
+    assert first != polyp_prompts(sample, truth, 0.0, seed=0)[0].box
+    exact = polyp_prompts(sample, truth, 0.0, seed=0)[0].box
+    assert abs(first.x1 - exact.x1) <= 0.1 * exact.width + 1e-6
+    assert np.isclose(exact.x1, 38)

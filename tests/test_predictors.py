@@ -1,0 +1,84 @@
+"""Predictors on real frames with random-weight checkpoints in the real file formats."""
+
+import numpy as np
+import pytest
+import torch
+
+from polypseg.errors import CheckpointError, PromptError
+from polypseg.predictors import build_predictor
+from polypseg.predictors.sam2 import config_from_weights
+from polypseg.prompts import Box, Point, Prompt
+
+BOX = Box(38, 5, 430, 338)
+
+
+@pytest.mark.parametrize("fixture", ["unet_checkpoint", "unetplusplus_checkpoint"])
+def test_box_channel_models_answer_an_image_sized_mask(request, polyp_image, fixture):
+    predictor = build_predictor(checkpoint=request.getfixturevalue(fixture), device="cpu")
+    image, _ = polyp_image
+    prediction = predictor.predict(image, Prompt(box=BOX))
+    assert prediction.mask.shape == image.shape[:2] and prediction.mask.dtype == bool
+    assert 0.0 <= prediction.score <= 1.0
+    # The crop geometry never paints outside the window around the box.
+    window = predictor.geometry.window(BOX, image.shape[1], image.shape[0])
+    outside = prediction.mask.copy()
+    outside[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)] = False
+    assert not outside.any()
+
+
+def test_box_channel_models_refuse_clicks_alone(polyp_image, unet_checkpoint):
+    predictor = build_predictor(checkpoint=unet_checkpoint)
+    with pytest.raises(PromptError, match="needs a box around the polyp"):
+        predictor.predict(polyp_image[0], Prompt(points=(Point(200, 200),)))
+
+
+def test_grayscale_and_rgba_input_arrays(polyp_image, unet_checkpoint):
+    predictor = build_predictor(checkpoint=unet_checkpoint)
+    gray = polyp_image[0][:, :, 0]
+    rgba = np.dstack([polyp_image[0], np.full(gray.shape, 255, np.uint8)])
+    for image in (gray, rgba):
+        assert predictor.predict(image, Prompt(box=BOX)).mask.shape == gray.shape
+
+
+@pytest.fixture(scope="module")
+def sam2(sam2_checkpoint):
+    return build_predictor(checkpoint=sam2_checkpoint, device="cpu")
+
+
+def test_official_sam2_file_is_recognised(sam2, sam2_checkpoint):
+    state = torch.load(sam2_checkpoint, weights_only=True)["model"]
+    assert config_from_weights(state) == "configs/sam2.1/sam2.1_hiera_t.yaml"
+    assert sam2.name == "sam2" and sam2.model.image_size == 1024
+
+
+def test_sam2_prompts_and_the_cache(sam2, polyp_image):
+    image, _ = polyp_image
+    runs = sam2.encoder_runs
+    prepared = sam2.prepare(image)
+    prompts = [
+        Prompt(box=BOX),
+        Prompt(points=(Point(200, 150),)),
+        Prompt(points=(Point(200, 150), Point(20, 500, positive=False))),
+        Prompt(box=BOX, points=(Point(200, 150),)),
+    ]
+    for prompt in prompts:
+        prediction = sam2.segment(prepared, prompt)
+        assert prediction.mask.shape == image.shape[:2] and 0 <= prediction.score <= 1
+    refined = sam2.segment(prepared, Prompt(box=BOX, previous_mask=prediction.mask))
+    assert refined.mask.shape == image.shape[:2]
+    # A second prompt on the same image, even through predict(), skips the encoder.
+    sam2.predict(image.copy(), Prompt(box=Box(100, 50, 300, 300)))
+    assert sam2.encoder_runs == runs + 1 and sam2.cache.hits >= 1
+
+
+def test_sam2_weights_of_another_size_are_refused(tmp_path, sam2_checkpoint):
+    state = torch.load(sam2_checkpoint, weights_only=True)["model"]
+    from polypseg.checkpoints import save_checkpoint
+
+    save_checkpoint(
+        tmp_path / "mislabelled.pt",
+        state,
+        {"architecture": "sam2", "config": "configs/sam2.1/sam2.1_hiera_s.yaml"},
+    )
+    with pytest.raises(CheckpointError, match="weights do not fit configs/sam2.1/sam2.1_hiera_s.yaml"):
+        build_predictor(checkpoint=tmp_path / "mislabelled.pt")

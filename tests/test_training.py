@@ -1,0 +1,149 @@
+"""U-Net training on a handful of real images: it learns, resumes, and runs under torchrun."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from polypseg.box_input import BoxInputGeometry
+from polypseg.checkpoints import load_checkpoint
+from polypseg.datasets import load_folder_dataset, polyp_targets
+from polypseg.images import read_image, read_mask
+from polypseg.predictors import build_predictor
+from polypseg.predictors.box_channel import create_box_channel_model
+from polypseg.training.unet import UnetTrainConfig, bce_dice_loss, train_unet
+
+SIZE = 64
+
+
+def config(kvasir: Path, out: Path, **overrides) -> UnetTrainConfig:
+    settings = dict(
+        images=kvasir / "images",
+        masks=kvasir / "masks",
+        boxes=kvasir / "bboxes.json",
+        out=out,
+        encoder="resnet18",
+        size=SIZE,
+        epochs=8,
+        batch_size=2,
+        limit=6,
+        workers=0,
+        lr=3e-3,
+    )
+    return UnetTrainConfig(**{**settings, **overrides})
+
+
+def fixed_batch(kvasir: Path, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images with their tight boxes, not augmented."""
+    geometry = BoxInputGeometry("crop", SIZE, 0.25)
+    xs, ys = [], []
+    for sample in load_folder_dataset(kvasir / "images", kvasir / "masks", kvasir / "bboxes.json")[:n]:
+        image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
+        box, target = polyp_targets(mask, sample.boxes)[0]
+        window = geometry.window(box, image.shape[1], image.shape[0])
+        xs.append(geometry.make_input(image, box, window))
+        crop = target[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)].astype(np.float32)
+        import cv2
+
+        ys.append(cv2.resize(crop, (SIZE, SIZE))[None])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def loss_of(state_dict, batch) -> float:
+    model = create_box_channel_model("unet", "resnet18")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    model.eval()
+    with torch.inference_mode():
+        return float(bce_dice_loss(model(batch[0]), batch[1]))
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, kvasir):
+    batch = fixed_batch(kvasir)
+    torch.manual_seed(0)
+    before = loss_of(create_box_channel_model("unet", "resnet18").state_dict(), batch)
+    best = train_unet(config(kvasir, tmp_path / "run"))
+    state, metadata, _ = load_checkpoint(tmp_path / "run" / "last.pt")
+    after = loss_of(state, batch)
+    assert after < before - 0.1, (before, after)
+    assert metadata["architecture"] == "unet" and metadata["input"]["size"] == SIZE
+    assert (tmp_path / "run" / "log.csv").read_text().count("\n") == 9  # header + 8 epochs
+    assert (tmp_path / "run" / "curves.png").is_file()
+    assert build_predictor(checkpoint=best).name == "unet"  # the file alone rebuilds the model
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, kvasir):
+    out = tmp_path / "run"
+    train_unet(config(kvasir, out, epochs=3, max_steps=4))
+    _, _, extra = load_checkpoint(out / "last.pt")
+    assert extra["position"]["step"] == 4
+    train_unet(config(kvasir, out, epochs=3, resume=True))
+    _, _, extra = load_checkpoint(out / "last.pt")
+    total = 3 * extra["history"][0]["step"]  # the first epoch's row counts its steps
+    assert total > 4
+    assert extra["position"] == {"epoch": 3, "batch": 0, "step": total, "best": extra["position"]["best"]}
+    # AdamW counted every step, those before the interruption too: its state was restored.
+    assert int(extra["optimizer"]["state"][0]["step"]) == total
+    assert len(extra["history"]) == 3
+
+
+def test_validation_split_is_never_trained_on(tmp_path, kvasir):
+    names = sorted(p.stem for p in (kvasir / "images").iterdir())[:8]
+    val_list = tmp_path / "val.txt"
+    val_list.write_text("\n".join(names[:2]))
+    from polypseg.training.unet import _Run
+
+    run = _Run(config(kvasir, tmp_path / "run", val_list=val_list, limit=None, epochs=1))
+    trained = {s.name for s in run.train_samples}
+    assert not trained & set(names[:2]) and {s.name for s in run.val_samples} == set(names[:2])
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path, kvasir):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun comes with torch"
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "polypseg.cli",
+            "train",
+            "unet",
+            "--images",
+            kvasir / "images",
+            "--masks",
+            kvasir / "masks",
+            "--boxes",
+            kvasir / "bboxes.json",
+            "--out",
+            out,
+            "--size",
+            str(SIZE),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--limit",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, extra = load_checkpoint(out / "last.pt")
+    # 8 polyps over 2 ranks in batches of 2: 2 steps an epoch, each step seeing 4 samples.
+    assert extra["position"]["step"] == 4 and len(extra["history"]) == 2
