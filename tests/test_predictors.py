@@ -82,3 +82,23 @@ def test_sam2_weights_of_another_size_are_refused(tmp_path, sam2_checkpoint):
     )
     with pytest.raises(CheckpointError, match="weights do not fit configs/sam2.1/sam2.1_hiera_s.yaml"):
         build_predictor(checkpoint=tmp_path / "mislabelled.pt")
+
+
+def test_project_sam2_checkpoint_carries_its_metadata(tmp_path, sam2_checkpoint):
+    from polypseg.checkpoints import save_checkpoint
+
+    state = torch.load(sam2_checkpoint, weights_only=True)["model"]
+    metadata = {
+        "architecture": "sam2",
+        "config": "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "version": "sam2-polyp-1",
+    }
+    save_checkpoint(tmp_path / "finetuned.pt", {k: v.half() for k, v in state.items()}, metadata)
+    predictor = build_predictor("sam2", tmp_path / "finetuned.pt")
+    assert predictor.version == "sam2-polyp-1" and predictor.metadata["config"].endswith("hiera_t.yaml")
+
+
+def test_box_channel_models_keep_no_cache(polyp_image, unet_checkpoint):
+    predictor = build_predictor(checkpoint=unet_checkpoint)
+    predictor.predict(polyp_image[0], Prompt(box=BOX))
+    assert len(predictor.cache) == 0 and predictor.encoder_runs == 0

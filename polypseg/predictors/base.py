@@ -48,6 +48,8 @@ class ImagePredictor(ABC):
     name: str
     version: str
     metadata: dict[str, Any]
+    # False for models that see the prompt from their first layer: nothing to cache then.
+    has_prompt_free_part = True
 
     def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.cache: EmbeddingCache[PreparedImage] = EmbeddingCache(
@@ -58,6 +60,8 @@ class ImagePredictor(ABC):
     def prepare(self, image: np.ndarray) -> PreparedImage:
         """Run (or fetch from the cache) the expensive, prompt-free part for an RGB image."""
         image = as_rgb(image)
+        if not self.has_prompt_free_part:
+            return PreparedImage(image, digest="")
         digest = image_digest(image)
         return self.cache.get_or_compute((self.version, digest), lambda: self._prepare(image, digest))
 

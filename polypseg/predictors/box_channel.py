@@ -45,6 +45,8 @@ def create_box_channel_model(
 
 
 class BoxChannelPredictor(ImagePredictor):
+    has_prompt_free_part = False
+
     def __init__(
         self,
         model: torch.nn.Module,
