@@ -97,6 +97,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         log.info("report -> %s", args.report)
 
 
+def cmd_track(args: argparse.Namespace) -> None:
+    from polypseg.predictors import build_predictor
+    from polypseg.prompts import Box, Point, Prompt
+    from polypseg.video.frames import open_frames
+    from polypseg.video.tracking_job import build_tracker, track_video, write_overlay
+
+    source = open_frames(args.video)
+    prompt = Prompt(
+        box=Box.parse(args.box) if args.box else None, points=tuple(Point.parse(p) for p in args.point)
+    )
+    prompt.fitted_to(source.info.width, source.info.height)  # refuse a bad prompt before loading a model
+    options = {"image_size": args.sam2_size} if args.sam2_size else {}
+    predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
+    tracker = build_tracker(args.tracker, predictor)
+    results = track_video(source, tracker, args.frame, prompt, args.out, args.direction, args.max_frames)
+    lost = sum(r.lost for r in results)
+    log.info("%d frames tracked, %d of them lost; masks and track.json in %s", len(results), lost, args.out)
+    if args.overlay:
+        write_overlay(source, results, args.out, args.overlay)
+        log.info("overlay -> %s", args.overlay)
+
+
 def cmd_train_unet(args: argparse.Namespace) -> None:
     from polypseg.training.unet import UnetTrainConfig, train_unet
 
@@ -170,6 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    track = commands.add_parser(
+        "track", help="propagate a polyp mask through a video from one prompted frame"
+    )
+    track.add_argument("video", type=Path, help="a video file (mp4, avi, ...) or a folder of numbered frames")
+    track.add_argument("--frame", type=int, required=True, help="the frame (0-based) the prompt is on")
+    track.add_argument("--box", help="X1,Y1,X2,Y2 in pixels on that frame")
+    track.add_argument("--point", action="append", default=[], help="X,Y[,LABEL] click on that frame")
+    track.add_argument(
+        "--tracker",
+        choices=("classical", "sam2"),
+        default="classical",
+        help="classical: box tracker + the image model (CPU default); sam2: SAM2 memory",
+    )
+    track.add_argument("--direction", choices=("forward", "backward", "both"), default="forward")
+    track.add_argument("--max-frames", type=int, help="at most this many frames in each direction")
+    track.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64; default 1024)")
+    track.add_argument(
+        "--out", type=Path, required=True, help="folder for mask_NNNNNN.png files and track.json"
+    )
+    track.add_argument("--overlay", type=Path, help="also write an mp4 with the masks drawn on the frames")
+    _add_model_options(track)
+    track.set_defaults(run=cmd_track)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
     unet = train.add_parser("unet", help="train a box-prompted U-Net / U-Net++")

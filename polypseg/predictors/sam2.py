@@ -46,11 +46,21 @@ def config_from_weights(state: dict[str, torch.Tensor]) -> str:
     return sam2_config_name(HIERA_SIZES[(width, blocks)], family)
 
 
-def create_sam2_model(config: str, device: str = "cpu") -> torch.nn.Module:
-    """An untrained SAM2 model (SAM2Base) of a packaged config."""
+def create_sam2_model(config: str, device: str = "cpu", image_size: int | None = None) -> torch.nn.Module:
+    """An untrained SAM2 model (SAM2Base) of a packaged config.
+
+    `image_size` (a multiple of 64) overrides the config's 1024 px working resolution: the
+    weights are the same, every feature map scales with it, and the encoder's cost falls
+    with its square.
+    """
     from sam2.build_sam import build_sam2
 
-    return build_sam2(config, ckpt_path=None, device=device, mode="eval")
+    overrides = []
+    if image_size is not None:
+        if image_size % 64:
+            raise CheckpointError(f"SAM2 working resolution {image_size} is not a multiple of 64")
+        overrides.append(f"++model.image_size={image_size}")
+    return build_sam2(config, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides)
 
 
 class Sam2Predictor(ImagePredictor):
@@ -74,11 +84,12 @@ class Sam2Predictor(ImagePredictor):
         metadata: dict[str, Any],
         path: str,
         device: str = "cpu",
+        image_size: int | None = None,
         **kwargs: Any,
     ) -> Sam2Predictor:
         metadata = {**metadata, "architecture": "sam2"}
         metadata.setdefault("config", config_from_weights(state))
-        model = create_sam2_model(metadata["config"])
+        model = create_sam2_model(metadata["config"], image_size=image_size or metadata.get("image_size"))
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         except RuntimeError as exc:

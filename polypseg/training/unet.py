@@ -95,7 +95,9 @@ class PolypRegions(Dataset):
         if scale < 1.0:
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            target = cv2.resize(target.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            coverage = cv2.resize(target.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            # A tiny polyp in a downscaled whole frame may cover no pixel by half: keep any trace.
+            target = coverage >= 0.5 if (coverage >= 0.5).any() else coverage > 0
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
     def __len__(self) -> int:

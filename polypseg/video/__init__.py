@@ -1,0 +1,1 @@
+"""Video: frames streamed from files or folders, and trackers that carry a polyp mask along."""

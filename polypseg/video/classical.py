@@ -1,0 +1,110 @@
+"""The classical tracker: an OpenCV box tracker carries the box, the image predictor segments.
+
+On each frame the box tracker (MIL) proposes where the polyp moved; the box-prompted model
+segments inside that box; the mask's tight box re-centres the box tracker, so it does not
+drift. A frame is lost when the box tracker fails, the model is unsure, or the mask jumps in
+size or colour away from the polyp it has followed; while lost, each frame is tried again at
+the last good box, so the track picks up when the polyp returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import cv2
+import numpy as np
+
+from polypseg.masks import mask_box
+from polypseg.predictors.base import ImagePredictor
+from polypseg.prompts import Box, Prompt
+from polypseg.video.tracking import Frames, TrackedFrame, VideoTracker, lost_frame
+
+
+def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A normalised hue-saturation histogram of the masked pixels."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    histogram = cv2.calcHist([hsv], [0, 1], mask.astype(np.uint8), [18, 8], [0, 180, 0, 256])
+    return np.asarray(histogram, dtype=np.float32).flatten() / max(float(histogram.sum()), 1.0)
+
+
+class ClassicalTracker(VideoTracker):
+    def __init__(
+        self,
+        predictor: ImagePredictor,
+        min_score: float = 0.5,
+        max_area_change: float = 2.5,
+    ) -> None:
+        """`min_score`: the least model confidence x colour likeness to the followed polyp;
+        `max_area_change`: the largest factor the mask's area may jump by between frames."""
+        self.predictor = predictor
+        self.min_score = min_score
+        self.max_area_change = max_area_change
+
+    def track(
+        self, frames: Frames, prompt: Prompt, corrections: Mapping[int, Prompt] | None = None
+    ) -> Iterator[TrackedFrame]:
+        corrections = dict(corrections or {})
+        box_tracker: cv2.Tracker | None = None
+        last_box: Box | None = None
+        last_area = 0.0
+        signature: np.ndarray | None = None
+        for position, (index, image) in enumerate(frames):
+            anchor = prompt if position == 0 else corrections.get(index)
+            if anchor is not None:
+                prediction = self.predictor.predict(image, anchor)
+                box = mask_box(prediction.mask)
+                if box is None:
+                    yield lost_frame(index, image.shape, prediction.score)
+                    continue
+                signature = colour_signature(image, prediction.mask)
+                last_box, last_area = box, float(prediction.mask.sum())
+                box_tracker = self._start(image, box)
+                yield TrackedFrame(index, prediction.mask, box, prediction.score, False)
+                continue
+            if box_tracker is None or last_box is None or signature is None:
+                yield lost_frame(index, image.shape, 0.0)
+                continue
+            found, xywh = box_tracker.update(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            proposal = Box(xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3]) if found else last_box
+            result = self._segment(index, image, proposal, last_area, signature)
+            if result.lost and found:  # the box tracker may have drifted: try where the polyp was
+                result = self._segment(index, image, last_box, last_area, signature)
+            if result.lost:
+                yield result
+                continue
+            assert result.box is not None
+            last_box, last_area = result.box, float(result.mask.sum())
+            box_tracker = self._start(image, result.box)
+            yield result
+
+    def _start(self, image: np.ndarray, box: Box) -> cv2.Tracker:
+        tracker = cv2.TrackerMIL.create()
+        xywh = (int(box.x1), int(box.y1), max(1, int(box.width)), max(1, int(box.height)))
+        tracker.init(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), xywh)
+        return tracker
+
+    def _segment(
+        self, index: int, image: np.ndarray, box: Box, last_area: float, signature: np.ndarray
+    ) -> TrackedFrame:
+        height, width = image.shape[:2]
+        try:
+            prompt = Prompt(box=box).fitted_to(width, height)
+        except ValueError:
+            return lost_frame(index, image.shape, 0.0)
+        prediction = self.predictor.predict(image, prompt)
+        area = float(prediction.mask.sum())
+        found = mask_box(prediction.mask)
+        if found is None or area == 0:
+            return lost_frame(index, image.shape, prediction.score)
+        change = max(area / last_area, last_area / area) if last_area else 1.0
+        similarity = float(
+            cv2.compareHist(signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
+        )
+        score = prediction.score * max(similarity, 0.0)
+        if (
+            prediction.score < self.min_score
+            or change > self.max_area_change
+            or similarity < self.min_colour_similarity
+        ):
+            return lost_frame(index, image.shape, score)
+        return TrackedFrame(index, prediction.mask, found, score, False)

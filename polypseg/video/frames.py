@@ -1,0 +1,133 @@
+"""Frames streamed from a video file or a folder of frame images, forward or backward.
+
+Nothing here holds more than a few frames: forward reads decode one frame at a time, and
+backward reads decode short chunks (seek to the chunk's start, decode it forward, hand it
+out reversed), so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from polypseg.datasets import IMAGE_SUFFIXES
+from polypseg.errors import InputImageError
+from polypseg.images import read_image
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
+BACKWARD_CHUNK = 16  # frames decoded at once when reading backward
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+
+
+class FrameSource(ABC):
+    """Numbered RGB frames (0-based) of one video."""
+
+    info: VideoInfo
+
+    def frames(
+        self, start: int, direction: str = "forward", max_frames: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames from `start` (included) towards the end ("forward") or the beginning ("backward")."""
+        if not 0 <= start < self.info.frame_count:
+            raise InputImageError(f"frame {start} is outside the video's {self.info.frame_count} frames")
+        if direction not in ("forward", "backward"):
+            raise ValueError(f"direction {direction!r} is not forward or backward")
+        if direction == "forward":
+            stop = (
+                self.info.frame_count
+                if max_frames is None
+                else min(self.info.frame_count, start + max_frames)
+            )
+            yield from self._forward(start, stop)
+        else:
+            first = 0 if max_frames is None else max(0, start - max_frames + 1)
+            end = start
+            while end >= first:
+                chunk_start = max(first, end - BACKWARD_CHUNK + 1)
+                yield from reversed(list(self._forward(chunk_start, end + 1)))
+                end = chunk_start - 1
+
+    @abstractmethod
+    def _forward(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Frames start..stop-1 in order."""
+
+
+class VideoFileSource(FrameSource):
+    """A video file decoded by OpenCV (FFmpeg)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        capture = self._open()
+        self.info = VideoInfo(
+            frame_count=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
+            fps=float(capture.get(cv2.CAP_PROP_FPS)) or 25.0,
+            width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+        )
+        capture.release()
+        if self.info.frame_count <= 0:
+            raise InputImageError(f"{path}: no frames could be read")
+
+    def _open(self) -> cv2.VideoCapture:
+        if not self.path.is_file():
+            raise InputImageError(f"{self.path}: no such video file")
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise InputImageError(f"{self.path}: not a video that OpenCV can decode")
+        return capture
+
+    def _forward(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        capture = self._open()
+        try:
+            if start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+            for index in range(start, stop):
+                ok, frame = capture.read()
+                if not ok:
+                    return  # containers often over-count their frames by one or two
+                yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            capture.release()
+
+
+class FrameFolderSource(FrameSource):
+    """A folder of frame images, ordered by the last number in each file name."""
+
+    def __init__(self, folder: Path) -> None:
+        numbered = []
+        for path in folder.iterdir():
+            found = re.findall(r"\d+", path.stem)
+            if path.suffix.lower() in IMAGE_SUFFIXES and found:
+                numbered.append((int(found[-1]), path))
+        if not numbered:
+            raise InputImageError(f"{folder}: no numbered frame images in it")
+        self.paths = [path for _, path in sorted(numbered)]
+        height, width = read_image(self.paths[0]).shape[:2]
+        self.info = VideoInfo(frame_count=len(self.paths), fps=25.0, width=width, height=height)
+
+    def _forward(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        for index in range(start, stop):
+            yield index, read_image(self.paths[index])
+
+
+def open_frames(path: Path) -> FrameSource:
+    """A video file (mp4, avi, ...) or a folder of numbered frames."""
+    path = Path(path)
+    if path.is_dir():
+        return FrameFolderSource(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InputImageError(f"{path}: not a video ({', '.join(VIDEO_SUFFIXES)}) or a folder of frames")
+    return VideoFileSource(path)

@@ -1,0 +1,144 @@
+"""The SAM2 tracker: SAM2's memory attention, driven one streamed frame at a time.
+
+`sam2`'s own video predictor wants every frame in a folder up front (`init_state`). This
+tracker calls the same model step (`SAM2Base.track_step`) itself as frames arrive, and keeps
+only what the next steps can read: the prompted (conditioning) frames and the last few
+frames' memories (`num_maskmem` spatial memories, `max_obj_ptrs_in_encoder` object
+pointers), so memory stays flat however long the video is.
+
+Lost: SAM2 scores whether the object is present on each frame; the tracker smooths that
+probability over a few frames (an exponential moving average) and reports the polyp lost
+while the smoothed value is below one half, painting no mask there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from polypseg.masks import mask_box
+from polypseg.predictors.sam2 import Sam2Predictor
+from polypseg.prompts import Prompt
+from polypseg.video.tracking import Frames, TrackedFrame, VideoTracker
+
+# The model asks for the video's length only to stop looking past its ends; a stream has none.
+STREAM_LENGTH = 1 << 30
+# What a frame's output must keep for later frames' memory attention.
+MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")
+
+
+class PresenceFilter:
+    """Debounces SAM2's per-frame object presence into a lost flag."""
+
+    def __init__(self, smoothing: float = 0.5) -> None:
+        self.smoothing = smoothing
+        self.value = 1.0
+
+    def reset(self) -> None:
+        self.value = 1.0
+
+    def update(self, probability: float) -> bool:
+        """Feed one frame's presence probability; True while the polyp counts as lost."""
+        self.value = self.smoothing * self.value + (1 - self.smoothing) * probability
+        return self.value < 0.5
+
+
+class Sam2MemoryTracker(VideoTracker):
+    def __init__(self, predictor: Sam2Predictor, smoothing: float = 0.5) -> None:
+        self.predictor = predictor
+        self.model: Any = predictor.model
+        self.smoothing = smoothing
+
+    @property
+    def keep_recent(self) -> int:
+        """How many past non-prompted frames the model can still attend to."""
+        return max(self.model.num_maskmem, self.model.max_obj_ptrs_in_encoder) * max(
+            1, self.model.memory_temporal_stride_for_eval
+        )
+
+    @torch.inference_mode()
+    def track(
+        self,
+        frames: Frames,
+        prompt: Prompt,
+        corrections: Mapping[int, Prompt] | None = None,
+        backward: bool | None = None,
+    ) -> Iterator[TrackedFrame]:
+        corrections = dict(corrections or {})
+        memory: dict[str, dict[int, dict[str, Any]]] = {
+            "cond_frame_outputs": {},
+            "non_cond_frame_outputs": {},
+        }
+        presence = PresenceFilter(self.smoothing)
+        previous: int | None = None
+        for position, (index, image) in enumerate(frames):
+            if previous is not None and backward is None:
+                backward = index < previous
+            previous = index
+            anchor = prompt if position == 0 else corrections.get(index)
+            height, width = image.shape[:2]
+            features = self._features(image)
+            point_inputs = self._points(anchor.fitted_to(width, height), height, width) if anchor else None
+            out = self.model.track_step(
+                frame_idx=index,
+                is_init_cond_frame=anchor is not None,
+                current_vision_feats=features[0],
+                current_vision_pos_embeds=features[1],
+                feat_sizes=features[2],
+                point_inputs=point_inputs,
+                mask_inputs=None,
+                output_dict=memory,
+                num_frames=STREAM_LENGTH,
+                track_in_reverse=bool(backward),
+                run_mem_encoder=True,
+            )
+            kind = "cond_frame_outputs" if anchor is not None else "non_cond_frame_outputs"
+            memory[kind][index] = {key: out[key] for key in MEMORY_KEYS}
+            self._forget(memory["non_cond_frame_outputs"], index, bool(backward))
+            if anchor is not None:
+                presence.reset()
+            probability = float(torch.sigmoid(out["object_score_logits"]).max())
+            lost = presence.update(probability)
+            logits = out["pred_masks_high_res"][0, 0].float().cpu().numpy()
+            mask = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0
+            if lost or not mask.any():
+                mask = np.zeros((height, width), dtype=bool)
+            box = mask_box(mask)
+            yield TrackedFrame(index, mask, box, probability, lost or box is None)
+
+    def _features(
+        self, image: np.ndarray
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+        x = self.predictor.transforms(image)[None].to(self.predictor.device)
+        backbone = self.model.forward_image(x)
+        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
+        return feats, pos, sizes
+
+    def _points(self, prompt: Prompt, height: int, width: int) -> dict[str, torch.Tensor]:
+        coords: list[tuple[float, float]] = []
+        labels: list[int] = []
+        if prompt.box is not None:
+            coords += [(prompt.box.x1, prompt.box.y1), (prompt.box.x2, prompt.box.y2)]
+            labels += [2, 3]
+        for p in prompt.points:
+            coords.append((p.x, p.y))
+            labels.append(1 if p.positive else 0)
+        device = self.predictor.device
+        points = self.predictor.transforms.transform_coords(
+            torch.tensor([coords], dtype=torch.float32, device=device),
+            normalize=True,
+            orig_hw=(height, width),
+        )
+        return {
+            "point_coords": points,
+            "point_labels": torch.tensor([labels], dtype=torch.int32, device=device),
+        }
+
+    def _forget(self, outputs: dict[int, dict[str, Any]], index: int, backward: bool) -> None:
+        """Drop non-prompted frames the model can no longer attend to."""
+        for old in [i for i in outputs if abs(index - i) > self.keep_recent]:
+            del outputs[old]

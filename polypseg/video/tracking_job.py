@@ -1,0 +1,112 @@
+"""Tracking a whole video to a folder: a mask PNG per frame, a JSON track, an overlay video."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from polypseg.errors import ModelError
+from polypseg.images import read_mask, write_mask
+from polypseg.masks import draw_overlay
+from polypseg.predictors.base import ImagePredictor
+from polypseg.prompts import Prompt
+from polypseg.video.frames import FrameSource
+from polypseg.video.tracking import TrackedFrame, VideoTracker
+
+TRACKERS = ("classical", "sam2")
+
+
+def build_tracker(kind: str, predictor: ImagePredictor) -> VideoTracker:
+    if kind == "classical":
+        from polypseg.video.classical import ClassicalTracker
+
+        return ClassicalTracker(predictor)
+    if kind == "sam2":
+        from polypseg.predictors.sam2 import Sam2Predictor
+        from polypseg.video.sam2_memory import Sam2MemoryTracker
+
+        if not isinstance(predictor, Sam2Predictor):
+            raise ModelError("the sam2 tracker needs a SAM2 checkpoint (--checkpoint sam2.1_hiera_*.pt)")
+        return Sam2MemoryTracker(predictor)
+    raise ModelError(f"unknown tracker {kind!r}: one of {', '.join(TRACKERS)}")
+
+
+def mask_path(out: Path, index: int) -> Path:
+    return out / f"mask_{index:06d}.png"
+
+
+def track_video(
+    source: FrameSource,
+    tracker: VideoTracker,
+    start: int,
+    prompt: Prompt,
+    out: Path,
+    direction: str = "forward",
+    max_frames: int | None = None,
+) -> list[TrackedFrame]:
+    """Track from frame `start` in one or both directions; masks go to `out` as they come, and
+    the returned results (in frame order) carry no masks, so memory stays flat."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs = ["backward", "forward"] if direction == "both" else [direction]
+    results: dict[int, TrackedFrame] = {}
+    for run in runs:
+        frames = source.frames(start, run, max_frames)
+        total = min(
+            max_frames or source.info.frame_count,
+            start + 1 if run == "backward" else source.info.frame_count - start,
+        )
+        for result in tqdm(tracker.track(frames, prompt), total=total, desc=f"tracking {run}", unit="frame"):
+            write_mask(mask_path(out, result.index), result.mask)
+            results[result.index] = TrackedFrame(
+                result.index, np.zeros((0, 0), bool), result.box, result.score, result.lost
+            )
+    ordered = [results[i] for i in sorted(results)]
+    (out / "track.json").write_text(json.dumps(track_summary(ordered, start, prompt), indent=1))
+    return ordered
+
+
+def track_summary(results: list[TrackedFrame], start: int, prompt: Prompt) -> dict[str, Any]:
+    box = prompt.box
+    return {
+        "start_frame": start,
+        "prompt_box": [box.x1, box.y1, box.x2, box.y2] if box else None,
+        "frames": [
+            {
+                "frame": r.index,
+                "box": [r.box.x1, r.box.y1, r.box.x2, r.box.y2] if r.box else None,
+                "score": round(r.score, 4),
+                "lost": r.lost,
+            }
+            for r in results
+        ],
+    }
+
+
+def write_overlay(source: FrameSource, results: list[TrackedFrame], masks: Path, path: Path) -> None:
+    """An mp4 of the tracked frames with their masks drawn on, in frame order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(
+        str(path), cv2.VideoWriter.fourcc(*"mp4v"), source.info.fps, (source.info.width, source.info.height)
+    )
+    try:
+        for index, image in _frames_of(source, results):
+            overlay = draw_overlay(image, read_mask(mask_path(masks, index)))
+            writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+
+
+def _frames_of(source: FrameSource, results: list[TrackedFrame]) -> Iterator[tuple[int, np.ndarray]]:
+    if not results:
+        return
+    wanted = {r.index for r in results}
+    first, last = results[0].index, results[-1].index
+    for index, image in source.frames(first, "forward", last - first + 1):
+        if index in wanted:
+            yield index, image

@@ -1,0 +1,172 @@
+"""Frames streamed from the real clip, and both trackers on it.
+
+The clip (../shared/data/README.md): one polyp, large at the lower right in frames ~113-177,
+out of view in frames 0-28, blurred out at the very end; a box around it on frame 133.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA
+from polypseg.errors import InputImageError
+from polypseg.images import read_mask
+from polypseg.predictors import build_predictor
+from polypseg.prompts import Box, Prompt
+from polypseg.video.classical import ClassicalTracker
+from polypseg.video.frames import BACKWARD_CHUNK, open_frames
+from polypseg.video.sam2_memory import PresenceFilter, Sam2MemoryTracker
+
+CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
+POLYP_BOX = Prompt(box=Box(360, 240, 450, 400))  # on frame 133
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return open_frames(CLIP)
+
+
+def test_clip_streams_forward_and_backward_alike(clip):
+    assert (clip.info.width, clip.info.height) == (560, 480) and clip.info.frame_count >= 180
+    forward = dict(clip.frames(100, "forward", max_frames=2 * BACKWARD_CHUNK + 3))
+    backward = list(clip.frames(100 + 2 * BACKWARD_CHUNK + 2, "backward", max_frames=2 * BACKWARD_CHUNK + 3))
+    assert [i for i, _ in backward] == sorted(forward, reverse=True)
+    assert all(np.array_equal(forward[i], image) for i, image in backward)
+
+
+def test_frame_folder_is_ordered_by_number(tmp_path, clip):
+    frames = dict(clip.frames(0, "forward", 12))
+    for index, image in frames.items():
+        Image.fromarray(image).save(tmp_path / f"frame_{index}.png")  # frame_10 after frame_9
+    folder = open_frames(tmp_path)
+    assert folder.info.frame_count == 12
+    assert all(np.array_equal(image, frames[i]) for i, image in folder.frames(11, "backward"))
+
+
+def test_bad_video_inputs(tmp_path, clip):
+    with pytest.raises(InputImageError, match="not a video"):
+        open_frames(tmp_path / "notes.txt")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(InputImageError, match="broken.mp4"):
+        open_frames(tmp_path / "broken.mp4")
+    with pytest.raises(InputImageError, match="frame 500 is outside the video's"):
+        next(clip.frames(500))
+
+
+@pytest.fixture(scope="module")
+def classical():
+    return ClassicalTracker(build_predictor(device="cpu"))  # the shipped default model
+
+
+@pytest.mark.slow
+def test_classical_tracker_follows_the_polyp_forward(clip, classical):
+    results = list(classical.track(clip.frames(133, "forward", 40), POLYP_BOX))
+    assert [r.index for r in results] == list(range(133, 173))
+    assert not any(r.lost for r in results)
+    areas = np.array([r.mask.sum() for r in results], dtype=float)
+    # Neither vanishing nor swelling to the frame: the polyp changes size slowly.
+    assert areas.min() > 0.3 * areas[0] and areas.max() < 3 * areas[0]
+    assert areas.max() < 0.25 * 560 * 480
+    for before, after in zip(results, results[1:], strict=False):
+        assert before.box is not None and after.box is not None
+        assert abs(after.box.x1 - before.box.x1) < 40 and abs(after.box.y2 - before.box.y2) < 40
+
+
+@pytest.mark.slow
+def test_classical_tracker_says_lost_where_the_polyp_is_out_of_view(clip, classical):
+    results = {r.index: r for r in classical.track(clip.frames(133, "backward"), POLYP_BOX)}
+    assert not any(results[i].lost for i in range(125, 134))
+    out_of_view = [results[i] for i in range(0, 29)]
+    assert sum(r.lost for r in out_of_view) >= 0.9 * len(out_of_view)
+    assert all(not r.mask.any() for r in out_of_view if r.lost)
+
+
+@pytest.mark.slow
+def test_classical_tracker_re_anchors_on_a_correction(clip, classical):
+    # Start on a frame where the polyp is out of view: the first prompt finds nothing.
+    corrections = {133: POLYP_BOX}
+    results = {
+        r.index: r
+        for r in classical.track(
+            clip.frames(10, "forward", 130), Prompt(box=Box(100, 100, 200, 200)), corrections
+        )
+    }
+    assert not results[133].lost and results[133].mask.any()
+    assert not results[136].lost
+
+
+def test_presence_filter_debounces():
+    presence = PresenceFilter(smoothing=0.5)
+    assert not presence.update(0.1)  # one bad frame is not enough: 0.55
+    assert presence.update(0.1)  # two are: 0.325
+    assert not presence.update(0.9)  # and one good frame brings it back: 0.6125
+    presence.reset()
+    assert not presence.update(0.4)
+
+
+@pytest.fixture(scope="module")
+def sam2_small(sam2_checkpoint):
+    return build_predictor(checkpoint=sam2_checkpoint, device="cpu", image_size=256)
+
+
+@pytest.mark.slow
+def test_sam2_tracker_streams_with_bounded_memory(clip, sam2_small):
+    tracker = Sam2MemoryTracker(sam2_small)
+    seen = []
+    memory_sizes = []
+    original = tracker._forget
+
+    def watch(outputs, index, backward):
+        original(outputs, index, backward)
+        memory_sizes.append(len(outputs))
+
+    tracker._forget = watch
+    corrections = {150: POLYP_BOX}
+    for result in tracker.track(clip.frames(133, "forward", 30), POLYP_BOX, corrections):
+        assert result.mask.shape == (480, 560) and 0 <= result.score <= 1
+        if result.lost:
+            assert not result.mask.any()
+        seen.append(result.index)
+    assert seen == list(range(133, 163))
+    assert max(memory_sizes) <= tracker.keep_recent + 1
+    backward = [r.index for r in tracker.track(clip.frames(133, "backward", 5), POLYP_BOX)]
+    assert backward == [133, 132, 131, 130, 129]
+
+
+@pytest.mark.slow
+def test_track_cli_writes_masks_json_and_overlay(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "track"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polypseg.cli",
+            "track",
+            str(CLIP),
+            "--frame",
+            "133",
+            "--box",
+            "360,240,450,400",
+            "--direction",
+            "both",
+            "--max-frames",
+            "6",
+            "--out",
+            str(out),
+            "--overlay",
+            str(tmp_path / "overlay.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    track = json.loads((out / "track.json").read_text())
+    assert [f["frame"] for f in track["frames"]] == list(range(128, 139))
+    assert read_mask(out / "mask_000133.png").shape == (480, 560)
+    assert open_frames(tmp_path / "overlay.mp4").info.frame_count == 11
