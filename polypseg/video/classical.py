@@ -101,10 +101,6 @@ class ClassicalTracker(VideoTracker):
             cv2.compareHist(signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
         )
         score = prediction.score * max(similarity, 0.0)
-        if (
-            prediction.score < self.min_score
-            or change > self.max_area_change
-            or similarity < self.min_colour_similarity
-        ):
+        if score < self.min_score or change > self.max_area_change:
             return lost_frame(index, image.shape, score)
         return TrackedFrame(index, prediction.mask, found, score, False)
