@@ -28,8 +28,10 @@ from tqdm import tqdm
 from polypseg.box_input import BoxInputGeometry
 from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
+from polypseg.errors import PromptError
 from polypseg.evaluation import evaluate
 from polypseg.images import read_image, read_mask
+from polypseg.masks import mask_box
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, training_transform
@@ -83,7 +85,9 @@ class PolypRegions(Dataset):
         for sample in tqdm(samples, desc="caching regions", unit="image", leave=False):
             image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
             for box, target in polyp_targets(mask, sample.boxes):
-                self.regions.append(self._region(image, target, box))
+                region = self._region(image, target, box)
+                if region[1].any():
+                    self.regions.append(region)
 
     def _region(self, image: np.ndarray, target: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
         height, width = target.shape
@@ -103,20 +107,24 @@ class PolypRegions(Dataset):
     def __len__(self) -> int:
         return len(self.regions)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target = self.regions[index]
-        rng = np.random.default_rng()
-        for _ in range(5):  # an augmentation may push the polyp out of the region: draw again
+    def _draw(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """An augmented copy; the original when augmentations keep pushing the polyp out."""
+        for _ in range(5):
             out = self.transform(image=image, mask=target.astype(np.uint8))
-            box = annotator_box(out["mask"] > 0, rng)
-            if box is not None:
-                image, target = out["image"], out["mask"] > 0
-                break
-        else:
-            box = annotator_box(target, rng)
-        assert box is not None
+            if out["mask"].any():
+                return out["image"], out["mask"] > 0
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self._draw(*self.regions[index])
         height, width = target.shape
-        box = box.clipped(width, height)
+        box = annotator_box(target, np.random.default_rng())
+        try:
+            box = box.clipped(width, height) if box is not None else None
+        except PromptError:  # a jittered box around a sliver at the border: take it tight
+            box = None
+        box = box or mask_box(target)
+        assert box is not None  # _draw keeps the polyp in view
         window = self.geometry.window(box, width, height)
         x = self.geometry.make_input(image, box, window)
         crop = target[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)]
