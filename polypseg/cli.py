@@ -65,10 +65,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from polypseg.predictors import build_predictor
     from polypseg.reports import print_table, write_report
 
-    names = None
-    if args.names:
-        names = [n.strip() for n in args.names.read_text().splitlines() if n.strip()]
-    samples = load_folder_dataset(args.images, args.masks, args.boxes, names)
+    samples = load_folder_dataset(args.images, args.masks, args.boxes, _names(args.names))
     if args.limit:
         samples = samples[: args.limit]
     predictor = build_predictor(args.model, args.checkpoint, args.device)
@@ -117,6 +114,54 @@ def cmd_track(args: argparse.Namespace) -> None:
     if args.overlay:
         write_overlay(source, results, args.out, args.overlay)
         log.info("overlay -> %s", args.overlay)
+
+
+def cmd_make_sequences(args: argparse.Namespace) -> None:
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.video.synthetic import write_sequences
+
+    samples = load_folder_dataset(args.images, args.masks, None, _names(args.names))[: args.count]
+    folders = write_sequences(samples, args.out, args.length, args.seed)
+    log.info("%d sequences of %d frames in %s", len(folders), args.length, args.out)
+
+
+def cmd_evaluate_video(args: argparse.Namespace) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from polypseg.predictors import build_predictor
+    from polypseg.video.evaluation import evaluate_sequence, plot_iou_over_time, sequence_folders
+    from polypseg.video.tracking_job import build_tracker
+
+    folders = sequence_folders(args.sequences)
+    options = {"image_size": args.sam2_size} if args.sam2_size else {}
+    tracker = build_tracker(
+        args.tracker, build_predictor(args.model, args.checkpoint, args.device, **options)
+    )
+    results = [evaluate_sequence(tracker, folder) for folder in folders]
+    frames = sum(len(r.ious) for r in results)
+    table = Table(
+        "tracker", "sequences", "frames", "mean IoU", "mean Dice", "lost frames", "recoveries", "frames/s"
+    )
+    table.add_row(
+        args.tracker,
+        str(len(results)),
+        str(frames),
+        f"{np.mean([v for r in results for v in r.ious]):.4f}",
+        f"{np.mean([v for r in results for v in r.dices]):.4f}",
+        str(sum(sum(r.lost) for r in results)),
+        str(sum(r.recoveries for r in results)),
+        f"{frames / sum(r.seconds for r in results):.2f}",
+    )
+    Console(width=160).print(table)
+    if args.plot:
+        plot_iou_over_time(results, args.plot)
+        log.info("IoU over time -> %s", args.plot)
+
+
+def _names(path: Path | None) -> list[str] | None:
+    return [n.strip() for n in path.read_text().splitlines() if n.strip()] if path else None
 
 
 def cmd_train_unet(args: argparse.Namespace) -> None:
@@ -215,6 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--overlay", type=Path, help="also write an mp4 with the masks drawn on the frames")
     _add_model_options(track)
     track.set_defaults(run=cmd_track)
+
+    sequences = commands.add_parser("make-sequences", help="make videos with true masks from stills")
+    sequences.add_argument("--images", type=Path, required=True)
+    sequences.add_argument("--masks", type=Path, required=True)
+    sequences.add_argument("--names", type=Path, help="only the images named in this file")
+    sequences.add_argument("--count", type=int, default=20, help="number of sequences (one still each)")
+    sequences.add_argument("--length", type=int, default=30, help="frames per sequence")
+    sequences.add_argument("--seed", type=int, default=0)
+    sequences.add_argument("--out", type=Path, required=True)
+    sequences.set_defaults(run=cmd_make_sequences)
+
+    video_eval = commands.add_parser(
+        "evaluate-video", help="score a tracker over time on sequences with masks"
+    )
+    video_eval.add_argument("sequences", type=Path, help="folder of sequences, each with frames/ and masks/")
+    video_eval.add_argument("--tracker", choices=("classical", "sam2"), default="classical")
+    video_eval.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64)")
+    video_eval.add_argument("--plot", type=Path, help="write the IoU-over-time plot (PNG) here")
+    _add_model_options(video_eval)
+    video_eval.set_defaults(run=cmd_evaluate_video)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
     unet = train.add_parser("unet", help="train a box-prompted U-Net / U-Net++")

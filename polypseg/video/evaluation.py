@@ -1,0 +1,84 @@
+"""Scoring a tracker over time on sequences with a true mask on every frame.
+
+A sequence is a folder with `frames/` and `masks/` (numbered alike, as `make-sequences`
+writes them). The tracker starts from the tight box of the first frame's mask.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from polypseg.errors import DatasetError
+from polypseg.images import read_mask
+from polypseg.masks import mask_box
+from polypseg.metrics import score_masks
+from polypseg.prompts import Prompt
+from polypseg.video.frames import FrameFolderSource
+from polypseg.video.tracking import VideoTracker
+
+
+@dataclass
+class SequenceResult:
+    name: str
+    ious: list[float] = field(default_factory=list)
+    dices: list[float] = field(default_factory=list)
+    lost: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def recoveries(self) -> int:
+        """Times the track came back after being lost."""
+        return sum(1 for before, now in zip(self.lost, self.lost[1:], strict=False) if before and not now)
+
+
+def evaluate_sequence(tracker: VideoTracker, folder: Path) -> SequenceResult:
+    frames = FrameFolderSource(folder / "frames")
+    masks = FrameFolderSource(folder / "masks")
+    if masks.info.frame_count != frames.info.frame_count:
+        raise DatasetError(f"{folder}: {frames.info.frame_count} frames but {masks.info.frame_count} masks")
+    first = read_mask(masks.paths[0])
+    box = mask_box(first)
+    if box is None:
+        raise DatasetError(f"{masks.paths[0]}: the first frame's mask is empty: nothing to track")
+    result = SequenceResult(folder.name)
+    start = time.perf_counter()
+    for tracked in tracker.track(frames.frames(0), Prompt(box=box)):
+        scores = score_masks(tracked.mask, read_mask(masks.paths[tracked.index]))
+        result.ious.append(scores.iou)
+        result.dices.append(scores.dice)
+        result.lost.append(tracked.lost)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def sequence_folders(root: Path) -> list[Path]:
+    folders = sorted(p for p in Path(root).iterdir() if (p / "frames").is_dir() and (p / "masks").is_dir())
+    if not folders:
+        raise DatasetError(f"{root}: no sequence folders (each with frames/ and masks/) in it")
+    return folders
+
+
+def plot_iou_over_time(results: list[SequenceResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    length = max(len(r.ious) for r in results)
+    table = np.full((len(results), length), np.nan)
+    for row, r in enumerate(results):
+        table[row, : len(r.ious)] = r.ious
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for series in table:
+        axis.plot(series, color="0.8", linewidth=0.8)
+    axis.plot(np.nanmean(table, axis=0), color="C0", linewidth=2, label="mean over sequences")
+    axis.set(xlabel="frame", ylabel="IoU", ylim=(0, 1), title="IoU over time")
+    axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

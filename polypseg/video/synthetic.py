@@ -1,0 +1,93 @@
+"""Video sequences with a true mask on every frame, made from still images.
+
+A still frame and its mask are moved along a smooth random camera path (shift, zoom,
+rotation), blurred in proportion to the motion and relit, with the same warp applied to the
+mask. Polyp videos with per-frame masks are not public; these let trackers be scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from polypseg.datasets import PolypSample, polyp_targets
+from polypseg.images import read_image, read_mask, write_mask
+
+
+def smooth_path(length: int, rng: np.random.Generator, amplitude: float, knots: int = 4) -> np.ndarray:
+    """A smooth random curve of `length` values within about +-amplitude, starting at 0."""
+    points = rng.uniform(-amplitude, amplitude, size=knots + 1)
+    points[0] = 0.0
+    curve = np.interp(np.linspace(0, knots, length), np.arange(knots + 1), points)
+    kernel = np.hanning(max(3, length // knots)) / np.hanning(max(3, length // knots)).sum()
+    smoothed = np.convolve(np.pad(curve, len(kernel), mode="edge"), kernel, mode="same")[
+        len(kernel) : -len(kernel)
+    ]
+    return smoothed - smoothed[0]
+
+
+def synthetic_sequence(
+    image: np.ndarray, mask: np.ndarray, length: int, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`length` (frame, mask) pairs along one random camera path; frame 0 is the still itself."""
+    height, width = mask.shape
+    shift_x = smooth_path(length, rng, 0.2 * width)
+    shift_y = smooth_path(length, rng, 0.2 * height)
+    zoom = np.exp(smooth_path(length, rng, 0.35))
+    angle = smooth_path(length, rng, 20.0)
+    light = smooth_path(length, rng, 0.25)
+    centre = (width / 2, height / 2)
+    for t in range(length):
+        matrix = np.asarray(
+            cv2.getRotationMatrix2D(centre, float(angle[t]), float(zoom[t])), dtype=np.float64
+        )
+        matrix[:, 2] += (shift_x[t], shift_y[t])
+        frame = cv2.warpAffine(
+            image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        )
+        warped = cv2.warpAffine(mask.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
+        if t:
+            speed = float(np.hypot(shift_x[t] - shift_x[t - 1], shift_y[t] - shift_y[t - 1]))
+            frame = _motion_blur(
+                frame,
+                speed,
+                float(np.degrees(np.arctan2(shift_y[t] - shift_y[t - 1], shift_x[t] - shift_x[t - 1]))),
+            )
+        frame = np.clip(frame.astype(np.float32) * (1 + light[t]), 0, 255).astype(np.uint8)
+        yield frame, warped
+
+
+def _motion_blur(frame: np.ndarray, length: float, degrees: float) -> np.ndarray:
+    size = int(round(length))
+    if size < 2:
+        return frame
+    line = np.zeros((size, size), dtype=np.float32)
+    line[size // 2, :] = 1.0 / size
+    rotation = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), degrees, 1.0)
+    kernel = np.asarray(cv2.warpAffine(line, rotation, (size, size)), dtype=np.float32)
+    return cv2.filter2D(frame, -1, kernel / max(float(kernel.sum()), 1e-6))
+
+
+def write_sequences(samples: list[PolypSample], out: Path, length: int, seed: int = 0) -> list[Path]:
+    """One sequence folder per sample: `frames/NNNNN.jpg` and `masks/NNNNN.png`."""
+    folders = []
+    for number, sample in enumerate(tqdm(samples, desc="making sequences", unit="sequence")):
+        rng = np.random.default_rng([seed, number])
+        folder = out / sample.name
+        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
+        # One polyp a sequence, the largest: a tracker follows one object.
+        mask = max((target for _, target in polyp_targets(mask, None)), key=np.count_nonzero, default=mask)
+        for t, (frame, truth) in enumerate(synthetic_sequence(image, mask, length, rng)):
+            cv2.imwrite(
+                str(folder / "frames" / f"{t:05d}.jpg"),
+                cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 92],
+            )
+            write_mask(folder / "masks" / f"{t:05d}.png", truth)
+        folders.append(folder)
+    return folders
