@@ -111,9 +111,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.sam2_size, args.folder)))
         return
-    print(
-        f"clip {CLIP.name} from frame {START}, looped; {torch.get_num_threads()} threads, SAM2 at {args.sam2_size} px"
-    )
+    threads = torch.get_num_threads()
+    print(f"clip {CLIP.name} from frame {START}, looped; {threads} threads, SAM2 at {args.sam2_size} px")
     print("| tracker | frames | frames/s | peak memory MB |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         runs = itertools.product(
