@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     samples = load_folder_dataset(KVASIR / "images", KVASIR / "masks", KVASIR / "bboxes.json")[:64]
-    data = PolypRegions(samples, BoxInputGeometry("crop", args.size, 0.25), seed=0)
+    data = PolypRegions(samples, BoxInputGeometry("crop", args.size, 0.25), negative_fraction=0.1)
     loader = torch.utils.data.DataLoader(
         data, batch_size=args.batch_size, shuffle=True, num_workers=args.workers, drop_last=True
     )

@@ -179,6 +179,7 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
         geometry=args.geometry,
         size=args.size,
         margin=args.margin,
+        negative_fraction=args.negative_fraction,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -294,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--geometry", choices=("crop", "whole"), default="crop")
     unet.add_argument("--size", type=int, default=224, help="network input size (a multiple of 32)")
     unet.add_argument("--margin", type=float, default=0.25, help="crop margin around the box, of its size")
+    unet.add_argument(
+        "--negative-fraction",
+        type=float,
+        default=0.1,
+        help="share of draws that are boxes without a polyp (empty target)",
+    )
     unet.add_argument("--epochs", type=int, default=36)
     unet.add_argument("--batch-size", type=int, default=8)
     unet.add_argument("--lr", type=float, default=2e-3)

@@ -58,6 +58,7 @@ class UnetTrainConfig:
     geometry: str = "crop"
     size: int = 256
     margin: float = 0.25
+    negative_fraction: float = 0.1
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-3
@@ -75,19 +76,29 @@ class UnetTrainConfig:
 
 
 class PolypRegions(Dataset):
-    """One training sample per polyp: its image region, its own mask, augmented per draw."""
+    """One training sample per polyp: its image region, its own mask, augmented per draw.
 
-    def __init__(self, samples: list[PolypSample], geometry: BoxInputGeometry, seed: int) -> None:
+    With probability `negative_fraction` a draw is a negative instead: a box on the same frame
+    where there is no polyp, whose target is empty. It teaches the model to answer "nothing
+    here", which trackers rely on to say that a polyp is lost.
+    """
+
+    def __init__(
+        self, samples: list[PolypSample], geometry: BoxInputGeometry, negative_fraction: float = 0.0
+    ) -> None:
         self.geometry = geometry
-        self.seed = seed
+        self.negative_fraction = negative_fraction
         self.transform = training_transform()
-        self.regions: list[tuple[np.ndarray, np.ndarray]] = []
+        self.regions: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self.frames: list[tuple[np.ndarray, np.ndarray]] = []  # whole frames (downscaled) for negatives
         for sample in tqdm(samples, desc="caching regions", unit="image", leave=False):
             image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
             for box, target in polyp_targets(mask, sample.boxes):
-                region = self._region(image, target, box)
-                if region[1].any():
-                    self.regions.append(region)
+                region, region_target = self._region(image, target, box)
+                if region_target.any():
+                    self.regions.append((region, region_target, len(self.frames)))
+            if negative_fraction > 0:
+                self.frames.append(self._downscale(image, mask))
 
     def _region(self, image: np.ndarray, target: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
         height, width = target.shape
@@ -95,6 +106,9 @@ class PolypRegions(Dataset):
             r = box.expanded(REGION_MARGIN, width, height)
             x1, y1, x2, y2 = int(r.x1), int(r.y1), int(np.ceil(r.x2)), int(np.ceil(r.y2))
             image, target = image[y1:y2, x1:x2], target[y1:y2, x1:x2]
+        return self._downscale(image, target)
+
+    def _downscale(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scale = min(1.0, REGION_SCALE * self.geometry.size / max(image.shape[:2]))
         if scale < 1.0:
             size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
@@ -116,15 +130,40 @@ class PolypRegions(Dataset):
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target = self._draw(*self.regions[index])
+        image, target, frame = self.regions[index]
+        rng = np.random.default_rng()
+        if rng.random() < self.negative_fraction:
+            negative = self._negative(*self.frames[frame], rng)
+            if negative is not None:
+                return negative
+        image, target = self._draw(image, target)
         height, width = target.shape
-        box = annotator_box(target, np.random.default_rng())
+        box = annotator_box(target, rng)
         try:
             box = box.clipped(width, height) if box is not None else None
         except PromptError:  # a jittered box around a sliver at the border: take it tight
             box = None
         box = box or mask_box(target)
         assert box is not None  # _draw keeps the polyp in view
+        return self._sample(image, target, box)
+
+    def _negative(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A box on the frame that holds (almost) no polyp, or None if none was found."""
+        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        image, mask = out["image"], out["mask"] > 0
+        height, width = mask.shape
+        for _ in range(10):
+            w, h = rng.uniform(0.1, 0.5) * width, rng.uniform(0.1, 0.5) * height
+            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            box = Box(x, y, x + w, y + h)
+            if mask[int(y) : int(y + h), int(x) : int(x + w)].mean() < 0.02:
+                return self._sample(image, np.zeros_like(mask), box)
+        return None
+
+    def _sample(self, image: np.ndarray, target: np.ndarray, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = target.shape
         window = self.geometry.window(box, width, height)
         x = self.geometry.make_input(image, box, window)
         crop = target[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)]
@@ -182,7 +221,7 @@ class _Run:
         self.train_model: torch.nn.Module = self.model
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.data = PolypRegions(self.train_samples, self.geometry, config.seed)
+        self.data = PolypRegions(self.train_samples, self.geometry, config.negative_fraction)
         self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
         self.optimizer = torch.optim.AdamW(
