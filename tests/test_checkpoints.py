@@ -66,3 +66,10 @@ def test_metadata_rebuilds_unetplusplus(tmp_path):
     path = random_box_channel_checkpoint(tmp_path / "pp.pt", "unetplusplus", "resnet18", size=96)
     predictor = build_predictor(checkpoint=path)
     assert predictor.name == "unetplusplus" and predictor.geometry.size == 96
+
+
+def test_a_model_name_without_checkpoint_needs_one_unless_it_is_the_default(monkeypatch, unet_checkpoint):
+    monkeypatch.setenv("POLYPSEG_CHECKPOINT", str(unet_checkpoint))
+    assert build_predictor("unet").version == "test-unet"  # the default is a unet: take it
+    with pytest.raises(ModelError, match="no checkpoint given for model 'sam2' .*pass one with --checkpoint"):
+        build_predictor("sam2")

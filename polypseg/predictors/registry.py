@@ -69,8 +69,6 @@ def build_predictor(
     if name is not None and name not in REGISTRY:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-    if checkpoint is None and name not in (None, _architecture_of(path)):
-        raise ModelError(f"no checkpoint given for model {name!r}: pass one with --checkpoint")
     state, metadata, _ = load_checkpoint(path)
     if not metadata:
         metadata = {"architecture": "sam2"} if any(k.startswith("image_encoder.") for k in state) else {}
@@ -78,12 +76,10 @@ def build_predictor(
     if architecture not in REGISTRY:
         raise CheckpointError(f"{path}: not a checkpoint of a known model ({', '.join(MODEL_NAMES)})")
     if name is not None and name != architecture:
+        if checkpoint is None:
+            raise ModelError(
+                f"no checkpoint given for model {name!r} (the default is a {architecture}): "
+                "pass one with --checkpoint"
+            )
         raise CheckpointError(f"{path} holds a {architecture} model, not {name}")
     return REGISTRY[architecture](state, metadata, str(path), device=resolve_device(device), **options)
-
-
-def _architecture_of(path: Path) -> str | None:
-    try:
-        return load_checkpoint(path)[1].get("architecture")
-    except CheckpointError:
-        return None
