@@ -33,12 +33,15 @@ class ClassicalTracker(VideoTracker):
         predictor: ImagePredictor,
         min_score: float = 0.5,
         max_area_change: float = 2.5,
+        min_area: int = 64,
     ) -> None:
         """`min_score`: the least model confidence x colour likeness to the followed polyp;
-        `max_area_change`: the largest factor the mask's area may jump by between frames."""
+        `max_area_change`: the largest factor the mask's area may jump by between frames;
+        `min_area`: masks of fewer pixels are specks, not a polyp one could outline."""
         self.predictor = predictor
         self.min_score = min_score
         self.max_area_change = max_area_change
+        self.min_area = min_area
 
     def track(
         self, frames: Frames, prompt: Prompt, corrections: Mapping[int, Prompt] | None = None
@@ -94,7 +97,7 @@ class ClassicalTracker(VideoTracker):
         prediction = self.predictor.predict(image, prompt)
         area = float(prediction.mask.sum())
         found = mask_box(prediction.mask)
-        if found is None or area == 0:
+        if found is None or area < self.min_area:
             return lost_frame(index, image.shape, prediction.score)
         change = max(area / last_area, last_area / area) if last_area else 1.0
         similarity = float(
