@@ -30,6 +30,7 @@ def save_checkpoint(
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"model": state_dict, "polypseg": metadata, **extra}, handle)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
