@@ -10,8 +10,12 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polypseg.errors import PolypsegError
+
+if TYPE_CHECKING:
+    from polypseg.prompts import Prompt
 
 log = logging.getLogger("polypseg")
 
@@ -28,17 +32,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)")
 
 
+def _prompt(args: argparse.Namespace) -> Prompt:
+    """The prompt of --box and --point flags."""
+    from polypseg.prompts import Box, Point, Prompt
+
+    return Prompt(
+        box=Box.parse(args.box) if args.box else None, points=tuple(Point.parse(p) for p in args.point)
+    )
+
+
 def cmd_segment(args: argparse.Namespace) -> None:
     from polypseg.images import read_image, write_mask
     from polypseg.masks import draw_overlay
     from polypseg.predictors import build_predictor
-    from polypseg.prompts import Box, Point, Prompt
 
     image = read_image(args.image)
-    prompt = Prompt(
-        box=Box.parse(args.box) if args.box else None,
-        points=tuple(Point.parse(p) for p in args.point),
-    )
+    prompt = _prompt(args)
     predictor = build_predictor(args.model, args.checkpoint, args.device)
     prediction = predictor.predict(image, prompt)
     write_mask(args.out, prediction.mask)
@@ -96,14 +105,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_track(args: argparse.Namespace) -> None:
     from polypseg.predictors import build_predictor
-    from polypseg.prompts import Box, Point, Prompt
     from polypseg.video.frames import open_frames
     from polypseg.video.tracking_job import build_tracker, track_video, write_overlay
 
     source = open_frames(args.video)
-    prompt = Prompt(
-        box=Box.parse(args.box) if args.box else None, points=tuple(Point.parse(p) for p in args.point)
-    )
+    prompt = _prompt(args)
     prompt.fitted_to(source.info.width, source.info.height)  # refuse a bad prompt before loading a model
     options = {"image_size": args.sam2_size} if args.sam2_size else {}
     predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
