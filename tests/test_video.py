@@ -170,3 +170,34 @@ def test_track_cli_writes_masks_json_and_overlay(tmp_path):
     assert [f["frame"] for f in track["frames"]] == list(range(128, 139))
     assert read_mask(out / "mask_000133.png").shape == (480, 560)
     assert open_frames(tmp_path / "overlay.mp4").info.frame_count == 11
+
+
+@pytest.mark.slow
+def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
+    import subprocess
+    import sys
+
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.video.evaluation import evaluate_sequence
+    from polypseg.video.synthetic import write_sequences
+
+    names = ["cju0qkwl35piu0993l0dewei2"]
+    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", None, names)
+    folder = write_sequences(samples, tmp_path / "seqs", length=8, seed=3)[0]
+    frames, masks = sorted((folder / "frames").iterdir()), sorted((folder / "masks").iterdir())
+    assert len(frames) == len(masks) == 8
+    # Frame 0 is the still itself; later frames move, and the mask moves with the image.
+    assert read_mask(masks[0]).sum() == read_mask(kvasir / "masks" / f"{names[0]}.jpg").sum()
+    assert not np.array_equal(read_mask(masks[0]), read_mask(masks[7]))
+    # A tracker that is told the truth on frame 0 of a moving still keeps most of it.
+    result = evaluate_sequence(ClassicalTracker(build_predictor(device="cpu")), folder)
+    assert len(result.ious) == 8 and result.ious[0] > 0.8 and np.mean(result.ious) > 0.5
+    plot = tmp_path / "iou.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "polypseg.cli", "evaluate-video", str(tmp_path / "seqs"), "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "mean IoU" in run.stdout and plot.stat().st_size > 5000
