@@ -25,9 +25,12 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# The main job until the Label Studio backend lands: the shipped model on a sample frame.
+# The main job until the Label Studio backend lands: the shipped model on a sample frame, and
+# its scores on the held-out validation images (for another DATA folder: NAMES= SAMPLE=... BOX=...).
+NAMES ?= training/splits/kvasir-seg-val.txt
+BOX ?= 38,5,430,338
 demo: install
-	$(BIN)/polypseg segment $(DATA)/images/$(SAMPLE).jpg --box 38,5,430,338 \
-		--out demo/mask.png --overlay demo/overlay.png
-	$(BIN)/polypseg evaluate --images $(DATA)/images --masks $(DATA)/masks --boxes $(DATA)/bboxes.json \
-		--names training/splits/kvasir-seg-val.txt --box-noise 0.1 --report demo/report
+	$(BIN)/polypseg segment $(DATA)/images/$(SAMPLE).jpg --box $(BOX) --out demo/mask.png --overlay demo/overlay.png
+	$(BIN)/polypseg evaluate --images $(DATA)/images --masks $(DATA)/masks \
+		$(if $(wildcard $(DATA)/bboxes.json),--boxes $(DATA)/bboxes.json) $(if $(NAMES),--names $(NAMES)) \
+		--box-noise 0.1 --report demo/report
