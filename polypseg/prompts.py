@@ -91,7 +91,8 @@ class Point:
 
 @dataclass(frozen=True)
 class Prompt:
-    """What the annotator gave: a box and/or clicks, and optionally the previous mask."""
+    """What the annotator gave: a box and/or clicks, and optionally a mask (a previous answer
+    to refine, or the object to follow when a tracker starts from a mask)."""
 
     box: Box | None = None
     points: tuple[Point, ...] = field(default_factory=tuple)
@@ -99,8 +100,8 @@ class Prompt:
 
     def fitted_to(self, width: int, height: int) -> Prompt:
         """Check the prompt against a width x height image: clip the box, refuse stray clicks."""
-        if self.box is None and not self.points:
-            raise PromptError("a prompt needs a box or at least one click")
+        if self.box is None and not self.points and self.previous_mask is None:
+            raise PromptError("a prompt needs a box, a click or a mask")
         for p in self.points:
             if not (0 <= p.x < width and 0 <= p.y < height):
                 raise PromptError(f"point ({p.x:g},{p.y:g}) lies outside the {width}x{height} image")

@@ -102,3 +102,9 @@ def test_box_channel_models_keep_no_cache(polyp_image, unet_checkpoint):
     predictor = build_predictor(checkpoint=unet_checkpoint)
     predictor.predict(polyp_image[0], Prompt(box=BOX))
     assert len(predictor.cache) == 0 and predictor.encoder_runs == 0
+
+
+def test_sam2_takes_a_mask_alone(sam2, polyp_image):
+    image, truth = polyp_image
+    prediction = sam2.predict(image, Prompt(previous_mask=truth))
+    assert prediction.mask.shape == truth.shape

@@ -26,9 +26,10 @@ def test_point_outside_is_refused():
         Prompt(points=(Point(640, 5),)).fitted_to(640, 480)
 
 
-def test_prompt_needs_box_or_click():
-    with pytest.raises(PromptError, match="needs a box or at least one click"):
+def test_prompt_needs_box_click_or_mask():
+    with pytest.raises(PromptError, match="needs a box, a click or a mask"):
         Prompt().fitted_to(640, 480)
+    assert Prompt(previous_mask=np.ones((480, 640), bool)).fitted_to(640, 480).box is None
 
 
 def test_previous_mask_must_match_the_image():

@@ -201,3 +201,16 @@ def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
     )
     assert run.returncode == 0, run.stderr
     assert "mean IoU" in run.stdout and plot.stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
+    frame = dict(clip.frames(133, "forward", 1))[133]
+    mask = classical.predictor.predict(frame, POLYP_BOX).mask
+    start = Prompt(previous_mask=mask)
+    results = list(classical.track(clip.frames(133, "forward", 8), start))
+    assert np.array_equal(results[0].mask, mask) and not any(r.lost for r in results)
+    tracked = list(Sam2MemoryTracker(sam2_small).track(clip.frames(133, "forward", 3), start))
+    assert [r.index for r in tracked] == [133, 134, 135]
+    # SAM2 takes a given mask as the prompted frame's answer.
+    assert not tracked[0].lost and np.mean(tracked[0].mask == mask) > 0.95

@@ -129,16 +129,18 @@ class Sam2Predictor(ImagePredictor):
         for p in prompt.points:
             coords.append((p.x, p.y))
             labels.append(1 if p.positive else 0)
-        points = self.transforms.transform_coords(
-            torch.tensor([coords], dtype=torch.float32, device=self.device),
-            normalize=True,
-            orig_hw=(height, width),
-        )
-        point_labels = torch.tensor([labels], dtype=torch.int, device=self.device)
+        points = None
+        if coords:  # a mask alone is a prompt too
+            points = (
+                self.transforms.transform_coords(
+                    torch.tensor([coords], dtype=torch.float32, device=self.device),
+                    normalize=True,
+                    orig_hw=(height, width),
+                ),
+                torch.tensor([labels], dtype=torch.int, device=self.device),
+            )
         mask_input = self._mask_input(prompt.previous_mask) if prompt.previous_mask is not None else None
-        sparse, dense = self.model.sam_prompt_encoder(
-            points=(points, point_labels), boxes=None, masks=mask_input
-        )
+        sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         # One click alone is ambiguous (the polyp, its fold, the whole bowel wall): ask for
         # several masks and keep the one the model rates best.
         ambiguous = prompt.box is None and len(prompt.points) == 1

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from polypseg.masks import mask_box
-from polypseg.predictors.base import ImagePredictor
+from polypseg.predictors.base import ImagePredictor, Prediction
 from polypseg.prompts import Box, Prompt
 from polypseg.video.tracking import Frames, TrackedFrame, VideoTracker, lost_frame
 
@@ -54,7 +54,7 @@ class ClassicalTracker(VideoTracker):
         for position, (index, image) in enumerate(frames):
             anchor = prompt if position == 0 else corrections.get(index)
             if anchor is not None:
-                prediction = self.predictor.predict(image, anchor)
+                prediction = self._anchor(image, anchor)
                 box = mask_box(prediction.mask)
                 if box is None:
                     yield lost_frame(index, image.shape, prediction.score)
@@ -79,6 +79,14 @@ class ClassicalTracker(VideoTracker):
             last_box, last_area = result.box, float(result.mask.sum())
             box_tracker = self._start(image, result.box)
             yield result
+
+    def _anchor(self, image: np.ndarray, prompt: Prompt) -> Prediction:
+        """The mask on a prompted frame: the model's answer, or the given mask itself."""
+        height, width = image.shape[:2]
+        prompt = prompt.fitted_to(width, height)
+        if prompt.box is None and not prompt.points and prompt.previous_mask is not None:
+            return Prediction(mask=prompt.previous_mask.astype(bool), score=1.0)
+        return self.predictor.predict(image, prompt)
 
     def _start(self, image: np.ndarray, box: Box) -> cv2.Tracker:
         tracker = cv2.TrackerMIL.create()

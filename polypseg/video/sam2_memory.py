@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from polypseg.masks import mask_box
 from polypseg.predictors.sam2 import Sam2Predictor
@@ -82,7 +83,13 @@ class Sam2MemoryTracker(VideoTracker):
             anchor = prompt if position == 0 else corrections.get(index)
             height, width = image.shape[:2]
             features = self._features(image)
-            point_inputs = self._points(anchor.fitted_to(width, height), height, width) if anchor else None
+            point_inputs = mask_inputs = None
+            if anchor is not None:
+                anchor = anchor.fitted_to(width, height)
+                if anchor.box is not None or anchor.points:
+                    point_inputs = self._points(anchor, height, width)
+                else:  # started from a mask: SAM2 takes it as this frame's answer
+                    mask_inputs = self._mask_inputs(anchor.previous_mask)
             out = self.model.track_step(
                 frame_idx=index,
                 is_init_cond_frame=anchor is not None,
@@ -90,7 +97,7 @@ class Sam2MemoryTracker(VideoTracker):
                 current_vision_pos_embeds=features[1],
                 feat_sizes=features[2],
                 point_inputs=point_inputs,
-                mask_inputs=None,
+                mask_inputs=mask_inputs,
                 output_dict=memory,
                 num_frames=STREAM_LENGTH,
                 track_in_reverse=bool(backward),
@@ -137,6 +144,11 @@ class Sam2MemoryTracker(VideoTracker):
             "point_coords": points,
             "point_labels": torch.tensor([labels], dtype=torch.int32, device=device),
         }
+
+    def _mask_inputs(self, mask: np.ndarray | None) -> torch.Tensor:
+        size = self.model.image_size
+        tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=self.predictor.device)[None, None]
+        return (F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True) >= 0.5).float()
 
     def _forget(self, outputs: dict[int, dict[str, Any]], index: int, backward: bool) -> None:
         """Drop non-prompted frames the model can no longer attend to."""
