@@ -118,8 +118,8 @@ def test_sam2_tracker_streams_with_bounded_memory(clip, sam2_small):
     memory_sizes = []
     original = tracker._forget
 
-    def watch(outputs, index, backward):
-        original(outputs, index, backward)
+    def watch(outputs, index):
+        original(outputs, index)
         memory_sizes.append(len(outputs))
 
     tracker._forget = watch

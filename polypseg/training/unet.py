@@ -13,7 +13,7 @@ import datetime
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class UnetTrainConfig:
     save_every: int = 100  # steps between resumable snapshots within an epoch
     device: str = "auto"
     command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class PolypRegions(Dataset):

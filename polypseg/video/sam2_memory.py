@@ -105,7 +105,7 @@ class Sam2MemoryTracker(VideoTracker):
             )
             kind = "cond_frame_outputs" if anchor is not None else "non_cond_frame_outputs"
             memory[kind][index] = {key: out[key] for key in MEMORY_KEYS}
-            self._forget(memory["non_cond_frame_outputs"], index, bool(backward))
+            self._forget(memory["non_cond_frame_outputs"], index)
             if anchor is not None:
                 presence.reset()
             probability = float(torch.sigmoid(out["object_score_logits"]).max())
@@ -150,7 +150,7 @@ class Sam2MemoryTracker(VideoTracker):
         tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32), device=self.predictor.device)[None, None]
         return (F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True) >= 0.5).float()
 
-    def _forget(self, outputs: dict[int, dict[str, Any]], index: int, backward: bool) -> None:
+    def _forget(self, outputs: dict[int, dict[str, Any]], index: int) -> None:
         """Drop non-prompted frames the model can no longer attend to."""
         for old in [i for i in outputs if abs(index - i) > self.keep_recent]:
             del outputs[old]
