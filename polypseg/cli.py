@@ -335,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PolypsegError as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:  # an output that cannot be written, a disk that is full
+        log.error("%s", exc)
+        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -214,3 +214,9 @@ def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
     assert [r.index for r in tracked] == [133, 134, 135]
     # SAM2 takes a given mask as the prompted frame's answer.
     assert not tracked[0].lost and np.mean(tracked[0].mask == mask) > 0.95
+
+
+def test_classical_tracker_reports_a_box_that_left_the_frame_as_lost(clip, classical):
+    frame = dict(clip.frames(133, "forward", 1))[133]
+    result = classical._segment(133, frame, Box(600, 500, 700, 600), last_area=1000.0, signature=np.ones(144))
+    assert result.lost and not result.mask.any()

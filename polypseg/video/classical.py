@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import cv2
 import numpy as np
 
+from polypseg.errors import PromptError
 from polypseg.masks import mask_box
 from polypseg.predictors.base import ImagePredictor, Prediction
 from polypseg.prompts import Box, Prompt
@@ -100,7 +101,7 @@ class ClassicalTracker(VideoTracker):
         height, width = image.shape[:2]
         try:
             prompt = Prompt(box=box).fitted_to(width, height)
-        except ValueError:
+        except PromptError:  # the box tracker's proposal left the frame
             return lost_frame(index, image.shape, 0.0)
         prediction = self.predictor.predict(image, prompt)
         area = float(prediction.mask.sum())
