@@ -220,3 +220,12 @@ def test_classical_tracker_reports_a_box_that_left_the_frame_as_lost(clip, class
     frame = dict(clip.frames(133, "forward", 1))[133]
     result = classical._segment(133, frame, Box(600, 500, 700, 600), last_area=1000.0, signature=np.ones(144))
     assert result.lost and not result.mask.any()
+
+
+def test_classical_tracker_starts_on_slivers_at_the_frame_edge(clip, classical):
+    frame = dict(clip.frames(133, "forward", 1))[133]
+    for box in (Box(555, 475, 560, 480), Box(0, 0, 1, 1), Box(0, 100, 3, 400)):
+        tracker = classical._start(frame, box)  # grown to 16 px inside the frame: MIL can start
+        assert tracker is not None
+        followed = classical._follow(tracker, frame)
+        assert followed is None or (followed.width >= 16 and followed.height >= 16)

@@ -28,6 +28,10 @@ def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(histogram, dtype=np.float32).flatten() / max(float(histogram.sum()), 1.0)
 
 
+# Smaller boxes give MIL too few pixels to learn the polyp's appearance from.
+MIN_TRACKED_SIDE = 16
+
+
 class ClassicalTracker(VideoTracker):
     def __init__(
         self,
@@ -65,13 +69,12 @@ class ClassicalTracker(VideoTracker):
                 box_tracker = self._start(image, box)
                 yield TrackedFrame(index, prediction.mask, box, prediction.score, False)
                 continue
-            if box_tracker is None or last_box is None or signature is None:
+            if last_box is None or signature is None:
                 yield lost_frame(index, image.shape, 0.0)
                 continue
-            found, xywh = box_tracker.update(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            proposal = Box(xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3]) if found else last_box
+            proposal = self._follow(box_tracker, image) or last_box
             result = self._segment(index, image, proposal, last_area, signature)
-            if result.lost and found:  # the box tracker may have drifted: try where the polyp was
+            if result.lost and proposal != last_box:  # the box tracker may have drifted: try where it was
                 result = self._segment(index, image, last_box, last_area, signature)
             if result.lost:
                 yield result
@@ -89,10 +92,25 @@ class ClassicalTracker(VideoTracker):
             return Prediction(mask=prompt.previous_mask.astype(bool), score=1.0)
         return self.predictor.predict(image, prompt)
 
-    def _start(self, image: np.ndarray, box: Box) -> cv2.Tracker:
+    def _follow(self, box_tracker: cv2.Tracker | None, image: np.ndarray) -> Box | None:
+        """Where the box tracker saw the polyp move, or None."""
+        if box_tracker is None:
+            return None
+        found, (x, y, w, h) = box_tracker.update(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        return Box(x, y, x + w, y + h) if found else None
+
+    def _start(self, image: np.ndarray, box: Box) -> cv2.Tracker | None:
+        """A MIL box tracker on the box (at least MIN_TRACKED_SIDE pixels a side, inside the
+        frame); None where MIL cannot learn from it: then the last box is searched again."""
+        height, width = image.shape[:2]
+        w, h = min(max(box.width, MIN_TRACKED_SIDE), width), min(max(box.height, MIN_TRACKED_SIDE), height)
+        x = min(max((box.x1 + box.x2 - w) / 2, 0), width - w)
+        y = min(max((box.y1 + box.y2 - h) / 2, 0), height - h)
         tracker = cv2.TrackerMIL.create()
-        xywh = (int(box.x1), int(box.y1), max(1, int(box.width)), max(1, int(box.height)))
-        tracker.init(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), xywh)
+        try:
+            tracker.init(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (int(x), int(y), int(w), int(h)))
+        except cv2.error:  # MIL samples positives around the box; some boxes leave it none
+            return None
         return tracker
 
     def _segment(
