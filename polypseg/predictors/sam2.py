@@ -111,6 +111,28 @@ class Sam2Predictor(ImagePredictor):
         features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
         return features, sum(f.numel() * f.element_size() for f in feats)
 
+    def prompt_points(
+        self, prompt: Prompt, height: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The box and clicks as SAM2's point input (coordinates at the model's resolution,
+        labels 2 and 3 for the box corners, 1 and 0 for clicks), None without either."""
+        coords: list[tuple[float, float]] = []
+        labels: list[int] = []
+        if prompt.box is not None:
+            coords += [(prompt.box.x1, prompt.box.y1), (prompt.box.x2, prompt.box.y2)]
+            labels += [2, 3]
+        for p in prompt.points:
+            coords.append((p.x, p.y))
+            labels.append(1 if p.positive else 0)
+        if not coords:
+            return None
+        points = self.transforms.transform_coords(
+            torch.tensor([coords], dtype=torch.float32, device=self.device),
+            normalize=True,
+            orig_hw=(height, width),
+        )
+        return points, torch.tensor([labels], dtype=torch.int, device=self.device)
+
     def _mask_input(self, previous: np.ndarray) -> torch.Tensor:
         """An image-sized previous mask (bool) or logits (float) at the decoder's input size."""
         logits = np.where(previous, MASK_LOGIT, -MASK_LOGIT) if previous.dtype == bool else previous
@@ -121,24 +143,7 @@ class Sam2Predictor(ImagePredictor):
     @torch.inference_mode()
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:
         height, width = prepared.height, prepared.width
-        coords: list[tuple[float, float]] = []
-        labels: list[int] = []
-        if prompt.box is not None:  # SAM2 takes a box as two corner points labelled 2 and 3
-            coords += [(prompt.box.x1, prompt.box.y1), (prompt.box.x2, prompt.box.y2)]
-            labels += [2, 3]
-        for p in prompt.points:
-            coords.append((p.x, p.y))
-            labels.append(1 if p.positive else 0)
-        points = None
-        if coords:  # a mask alone is a prompt too
-            points = (
-                self.transforms.transform_coords(
-                    torch.tensor([coords], dtype=torch.float32, device=self.device),
-                    normalize=True,
-                    orig_hw=(height, width),
-                ),
-                torch.tensor([labels], dtype=torch.int, device=self.device),
-            )
+        points = self.prompt_points(prompt, height, width)  # None: a mask alone is a prompt too
         mask_input = self._mask_input(prompt.previous_mask) if prompt.previous_mask is not None else None
         sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         # One click alone is ambiguous (the polyp, its fold, the whole bowel wall): ask for

@@ -2,9 +2,10 @@
 
 On each frame the box tracker (MIL) proposes where the polyp moved; the box-prompted model
 segments inside that box; the mask's tight box re-centres the box tracker, so it does not
-drift. A frame is lost when the box tracker fails, the model is unsure, or the mask jumps in
-size or colour away from the polyp it has followed; while lost, each frame is tried again at
-the last good box, so the track picks up when the polyp returns.
+drift. Where the box tracker fails, the last good box is searched instead. A frame is lost
+when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
+polyp it has followed; while lost, each frame is tried again at the last good box, so the
+track picks up when the polyp returns.
 """
 
 from __future__ import annotations

@@ -86,8 +86,9 @@ class Sam2MemoryTracker(VideoTracker):
             point_inputs = mask_inputs = None
             if anchor is not None:
                 anchor = anchor.fitted_to(width, height)
-                if anchor.box is not None or anchor.points:
-                    point_inputs = self._points(anchor, height, width)
+                points = self.predictor.prompt_points(anchor, height, width)
+                if points is not None:
+                    point_inputs = {"point_coords": points[0], "point_labels": points[1]}
                 else:  # started from a mask: SAM2 takes it as this frame's answer
                     mask_inputs = self._mask_inputs(anchor.previous_mask)
             out = self.model.track_step(
@@ -124,26 +125,6 @@ class Sam2MemoryTracker(VideoTracker):
         backbone = self.model.forward_image(x)
         _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
         return feats, pos, sizes
-
-    def _points(self, prompt: Prompt, height: int, width: int) -> dict[str, torch.Tensor]:
-        coords: list[tuple[float, float]] = []
-        labels: list[int] = []
-        if prompt.box is not None:
-            coords += [(prompt.box.x1, prompt.box.y1), (prompt.box.x2, prompt.box.y2)]
-            labels += [2, 3]
-        for p in prompt.points:
-            coords.append((p.x, p.y))
-            labels.append(1 if p.positive else 0)
-        device = self.predictor.device
-        points = self.predictor.transforms.transform_coords(
-            torch.tensor([coords], dtype=torch.float32, device=device),
-            normalize=True,
-            orig_hw=(height, width),
-        )
-        return {
-            "point_coords": points,
-            "point_labels": torch.tensor([labels], dtype=torch.int32, device=device),
-        }
 
     def _mask_inputs(self, mask: np.ndarray | None) -> torch.Tensor:
         size = self.model.image_size
