@@ -204,6 +204,23 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
     log.info("best checkpoint: %s", best)
 
 
+def cmd_serve_labelstudio(args: argparse.Namespace) -> None:
+    import os
+
+    # The flags become the environment the backend reads, so that every worker process sees them.
+    for flag, variable in (
+        ("model", "POLYPSEG_MODEL"),
+        ("checkpoint", "POLYPSEG_CHECKPOINT"),
+        ("device", "DEVICE"),
+        ("threads", "POLYPSEG_THREADS"),
+    ):
+        if getattr(args, flag) is not None:
+            os.environ[variable] = str(getattr(args, flag))
+    from backends.labelstudio.server import serve  # the edge, imported only by this command
+
+    serve(args.host, args.port, args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polypseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -320,6 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
     unet.add_argument("--device", help="cpu, cuda or auto")
     unet.set_defaults(run=cmd_train_unet)
+
+    serve = commands.add_parser("serve", help="serve a model to an annotation tool").add_subparsers(
+        dest="platform", required=True
+    )
+    labelstudio = serve.add_parser(
+        "labelstudio",
+        help="the Label Studio ML backend (settings from LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, ...)",
+    )
+    labelstudio.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    labelstudio.add_argument("--port", type=int, default=9090)
+    _add_model_options(labelstudio)
+    labelstudio.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
+    labelstudio.add_argument("--threads", type=int, help="requests served at once per process (default 4)")
+    labelstudio.set_defaults(run=cmd_serve_labelstudio)
     return parser
 
 

@@ -7,6 +7,7 @@ checkpoint's metadata, or recognised from the weights of an official `sam2.1_hie
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,7 @@ class Sam2Predictor(ImagePredictor):
     ) -> Sam2Predictor:
         metadata = {**metadata, "architecture": "sam2"}
         metadata.setdefault("config", config_from_weights(state))
+        metadata.setdefault("version", Path(path).stem)  # an official file: its name says which
         model = create_sam2_model(metadata["config"], image_size=image_size or metadata.get("image_size"))
         try:
             model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -1,0 +1,1 @@
+"""Adapters between annotation platforms and the polypseg core (one subpackage per platform)."""

@@ -1,0 +1,96 @@
+"""What a project's labelling config asks of the backend: which object tag holds the image or
+video, which control the masks go to, and their label values."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from backends.labelstudio.errors import BadRequest
+
+# Controls whose regions the backend reads (prompts) or writes (answers).
+PROMPT_CONTROLS = ("RectangleLabels", "KeyPointLabels", "Rectangle", "KeyPoint")
+MASK_CONTROLS = ("BrushLabels", "Brush")
+POLYGON_CONTROLS = ("PolygonLabels", "Polygon")
+
+
+@dataclass(frozen=True)
+class Control:
+    tag: str  # e.g. "BrushLabels"
+    name: str  # from_name
+    to_name: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def result_type(self) -> str:
+        """The `type` of this control's regions in Label Studio's JSON ("brushlabels")."""
+        return self.tag.lower()
+
+    def label_for(self, wanted: list[str]) -> list[str]:
+        """The label the user picked, where this control has it; else its first label."""
+        if not self.labels:
+            return []
+        picked = [label for label in wanted if label in self.labels]
+        return picked[:1] or [self.labels[0]]
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    kind: str  # "image" or "video"
+    object_name: str  # the Image / Video tag's name (to_name)
+    data_key: str  # the task data field that holds its URL ("image" for value="$image")
+    controls: tuple[Control, ...] = field(default_factory=tuple)
+
+    def first(self, tags: tuple[str, ...]) -> Control | None:
+        return next((c for c in self.controls if c.tag in tags), None)
+
+    @property
+    def mask_control(self) -> Control | None:
+        return self.first(MASK_CONTROLS)
+
+    @property
+    def polygon_control(self) -> Control | None:
+        return self.first(POLYGON_CONTROLS)
+
+    @property
+    def video_control(self) -> Control | None:
+        return self.first(("VideoRectangle",))
+
+    @property
+    def video_labels(self) -> Control | None:
+        return self.first(("Labels",))
+
+
+def parse_label_config(xml: str | None) -> LabelConfig:
+    """The first Image or Video tag of a Label Studio config and the controls that point at it."""
+    if not xml or not xml.strip():
+        raise BadRequest("the request has no label_config")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise BadRequest(f"label_config is not valid XML ({exc})") from None
+    obj = next((el for el in root.iter() if el.tag in ("Image", "Video")), None)
+    if obj is None:
+        raise BadRequest("label_config has no <Image> or <Video> tag for polypseg to segment")
+    name, value = obj.get("name"), obj.get("value", "")
+    if not name or not value.startswith("$"):
+        raise BadRequest(f'<{obj.tag}> needs a name and value="$field"')
+    controls = tuple(
+        Control(
+            tag=el.tag,
+            name=el.get("name", ""),
+            to_name=el.get("toName", ""),
+            labels=tuple(label.get("value", "") for label in el.iter("Label")),
+        )
+        for el in root.iter()
+        if el.get("toName") and name in el.get("toName", "").split(",")
+    )
+    config = LabelConfig(obj.tag.lower(), name, value[1:], controls)
+    if config.kind == "image" and config.mask_control is None and config.polygon_control is None:
+        raise BadRequest(
+            f"label_config has no <BrushLabels> (or <PolygonLabels>) for image {name!r}: "
+            "polypseg answers with masks"
+        )
+    if config.kind == "video" and config.video_control is None:
+        raise BadRequest(f"label_config has no <VideoRectangle> for video {name!r}: polypseg tracks boxes")
+    return config

@@ -1,0 +1,154 @@
+"""Label Studio tasks and contexts in, Label Studio predictions out, through the polypseg core."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backends.labelstudio.errors import BadRequest
+from backends.labelstudio.label_config import LabelConfig, parse_label_config
+from backends.labelstudio.media import MediaFetcher
+from backends.labelstudio.regions import (
+    Region,
+    mask_regions,
+    prompt_from_context,
+    rectangle_box,
+    task_rectangles,
+)
+from backends.labelstudio.settings import Settings
+from polypseg.errors import PolypsegError
+from polypseg.images import read_image
+from polypseg.predictors import build_predictor
+from polypseg.predictors.base import ImagePredictor
+from polypseg.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+Prediction = dict[str, Any]  # {"result": [regions], "score": float, "model_version": str}
+
+
+class PolypModel:
+    """One loaded predictor serving every project; safe to call from several threads."""
+
+    def __init__(self, settings: Settings, predictor: ImagePredictor | None = None) -> None:
+        self.settings = settings
+        self.predictor = predictor or build_predictor(settings.model, settings.checkpoint, settings.device)
+        self.fetcher = MediaFetcher(
+            settings.label_studio_url,
+            settings.label_studio_api_key,
+            settings.max_media_bytes,
+            settings.fetch_timeout,
+        )
+
+    @property
+    def version(self) -> str:
+        return self.predictor.version
+
+    @property
+    def tracker_kind(self) -> str:
+        if self.settings.tracker != "auto":
+            return self.settings.tracker
+        on_gpu = str(getattr(self.predictor, "device", "cpu")).startswith("cuda")
+        return "sam2" if self.predictor.name == "sam2" and on_gpu else "classical"
+
+    def predict(
+        self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
+    ) -> list[Prediction]:
+        """One prediction per task: interactive when `context` holds the user's regions, else
+        every rectangle already on each task becomes a mask."""
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("tasks must be a list of task objects", 400)
+        config = parse_label_config(label_config)
+        if context and context.get("result"):
+            if len(tasks) != 1:
+                raise BadRequest(f"an interactive request needs exactly one task, not {len(tasks)}", 400)
+            if config.kind == "video":
+                return [self.track(tasks[0], config, context["result"])]
+            return [self.interactive(tasks[0], config, context["result"])]
+        if config.kind == "video":
+            return [self._answer([], 0.0) for _ in tasks]  # nothing to track without a user's box
+        if len(tasks) == 1:
+            return [self.from_task_boxes(tasks[0], config)]
+        return [self._batch_task(task, config) for task in tasks]
+
+    def _answer(self, regions: list[Region], score: float) -> Prediction:
+        return {"result": regions, "score": round(score, 4), "model_version": self.version}
+
+    def _media_url(self, task: dict[str, Any], config: LabelConfig) -> str:
+        url = (task.get("data") or {}).get(config.data_key)
+        if not isinstance(url, str) or not url:
+            raise BadRequest(f"task {task.get('id')} has no {config.data_key!r} in its data")
+        return url
+
+    def _image(self, task: dict[str, Any], config: LabelConfig):
+        url = self._media_url(task, config)
+        try:
+            return read_image(self.fetcher.fetch(url, task.get("id")))
+        except PolypsegError as exc:
+            raise BadRequest(f"{url}: {exc}") from None
+
+    def interactive(self, task: dict[str, Any], config: LabelConfig, regions: list[Region]) -> Prediction:
+        image = self._image(task, config)
+        height, width = image.shape[:2]
+        prompt, labels = prompt_from_context(regions, config.object_name, width, height)
+        prediction = self.predictor.predict(image, prompt)
+        found = mask_regions(
+            prediction.mask,
+            prediction.score,
+            config.object_name,
+            config.mask_control,
+            config.polygon_control,
+            labels,
+        )
+        return self._answer(found, prediction.score)
+
+    def from_task_boxes(self, task: dict[str, Any], config: LabelConfig) -> Prediction:
+        boxes = task_rectangles(task, config.object_name)
+        if not boxes:
+            return self._answer([], 0.0)
+        prepared = self.predictor.prepare(self._image(task, config))
+        found: list[Region] = []
+        scores = []
+        for region in boxes:
+            value = region.get("value") or {}
+            prompt = Prompt(box=rectangle_box(value, prepared.width, prepared.height))
+            prediction = self.predictor.segment(prepared, prompt)
+            labels = value.get("rectanglelabels") or value.get("labels") or []
+            found += mask_regions(
+                prediction.mask,
+                prediction.score,
+                config.object_name,
+                config.mask_control,
+                config.polygon_control,
+                labels,
+            )
+            scores.append(prediction.score)
+        return self._answer(found, sum(scores) / len(scores))
+
+    def _batch_task(self, task: dict[str, Any], config: LabelConfig) -> Prediction:
+        """In a batch, a task that fails gets an empty prediction; the others still get theirs."""
+        try:
+            return self.from_task_boxes(task, config)
+        except (BadRequest, PolypsegError) as exc:
+            log.warning("task %s: no prediction: %s", task.get("id"), exc)
+            return self._answer([], 0.0)
+
+    def track(self, task: dict[str, Any], config: LabelConfig, regions: list[Region]) -> Prediction:
+        from backends.labelstudio.video import track_video_region
+
+        region = next(
+            (
+                r
+                for r in regions
+                if r.get("type") == "videorectangle" and r.get("to_name") == config.object_name
+            ),
+            None,
+        )
+        if region is None:
+            raise BadRequest("the context holds no video rectangle to track")
+        url = self._media_url(task, config)
+        with self.fetcher.download(url, task.get("id")) as path:
+            tracked = track_video_region(
+                path, region, self.predictor, self.tracker_kind, self.settings.max_frames_to_track
+            )
+        return self._answer([tracked.region], tracked.score)

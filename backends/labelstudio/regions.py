@@ -1,0 +1,164 @@
+"""Label Studio regions <-> the core's prompts and masks.
+
+Label Studio gives coordinates in percent of the image (`original_width` / `original_height`
+say its pixel size); a rectangle's `rotation` turns it, in degrees clockwise, about its
+top-left corner. The core works in pixels. Conversion happens here, once.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+
+from backends.labelstudio.errors import BadRequest
+from backends.labelstudio.label_config import Control
+from polypseg.formats.brush import encode_brush_rle
+from polypseg.formats.polygons import mask_to_polygons
+from polypseg.prompts import Box, Point, Prompt
+
+Region = dict[str, Any]
+
+
+def _number(value: dict[str, Any], key: str) -> float:
+    try:
+        number = float(value[key])
+    except (KeyError, TypeError, ValueError):
+        raise BadRequest(f"region value has no numeric {key!r}") from None
+    if not math.isfinite(number):
+        raise BadRequest(f"region value {key!r} is not a finite number")
+    return number
+
+
+def rectangle_box(value: dict[str, Any], width: int, height: int) -> Box:
+    """The pixel box around a (possibly rotated) percent rectangle."""
+    x, y = _number(value, "x") * width / 100, _number(value, "y") * height / 100
+    w, h = _number(value, "width") * width / 100, _number(value, "height") * height / 100
+    if w <= 0 or h <= 0:
+        raise BadRequest(f"the box has no area ({w:.1f} x {h:.1f} px)")
+    angle = math.radians(float(value.get("rotation") or 0.0))
+    cos, sin = math.cos(angle), math.sin(angle)
+    corners = [
+        (x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))
+    ]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    return Box(min(xs), min(ys), max(xs), max(ys))
+
+
+def box_value(box: Box, width: int, height: int) -> dict[str, float]:
+    """A pixel box as Label Studio's percent x, y, width, height."""
+    return {
+        "x": 100 * box.x1 / width,
+        "y": 100 * box.y1 / height,
+        "width": 100 * box.width / width,
+        "height": 100 * box.height / height,
+        "rotation": 0,
+    }
+
+
+def image_size_of(region: Region) -> tuple[int, int] | None:
+    width, height = region.get("original_width"), region.get("original_height")
+    if isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0:
+        return int(width), int(height)
+    return None
+
+
+def prompt_from_context(
+    regions: list[Region], object_name: str, width: int, height: int
+) -> tuple[Prompt, list[str]]:
+    """The prompt of the smart regions the user just drew on the image, and their labels."""
+    box: Box | None = None
+    points: list[Point] = []
+    labels: list[str] = []
+    for region in regions:
+        if region.get("to_name") not in (None, object_name):
+            continue
+        if region.get("image_rotation"):
+            raise BadRequest(
+                "the image is shown rotated in Label Studio; rotate it back to 0 degrees to use polypseg"
+            )
+        kind, value = region.get("type", ""), region.get("value") or {}
+        if kind in ("rectanglelabels", "rectangle"):
+            box = rectangle_box(value, width, height)
+        elif kind in ("keypointlabels", "keypoint"):
+            x, y = _number(value, "x") * width / 100, _number(value, "y") * height / 100
+            points.append(Point(x, y, positive=bool(region.get("is_positive", True))))
+        else:
+            continue
+        labels.extend(value.get(kind, []) if isinstance(value.get(kind), list) else [])
+    if box is None and not points:
+        raise BadRequest("the context holds no rectangle or keypoint on the image to segment from")
+    return Prompt(box=box, points=tuple(points)), labels
+
+
+def mask_regions(
+    mask: np.ndarray,
+    score: float,
+    object_name: str,
+    brush: Control | None,
+    polygon: Control | None,
+    labels: list[str],
+) -> list[Region]:
+    """A brush region (RLE) for the mask, and polygon regions (one per outline) where the
+    config has a polygon control."""
+    height, width = mask.shape
+    common = {"to_name": object_name, "original_width": width, "original_height": height, "image_rotation": 0}
+    regions: list[Region] = []
+    if brush is not None:
+        value: dict[str, Any] = {"format": "rle", "rle": encode_brush_rle(mask)}
+        if brush.result_type == "brushlabels":
+            value["brushlabels"] = brush.label_for(labels)
+        regions.append(
+            {
+                "id": uuid.uuid4().hex[:10],
+                "from_name": brush.name,
+                "type": brush.result_type,
+                "value": value,
+                "score": score,
+                "readonly": False,
+                **common,
+            }
+        )
+    if polygon is not None:
+        for outline in mask_to_polygons(mask):
+            points = [[100 * float(x) / width, 100 * float(y) / height] for x, y in outline.outer]
+            value = {"points": points, "closed": True}
+            if polygon.result_type == "polygonlabels":
+                value["polygonlabels"] = polygon.label_for(labels)
+            regions.append(
+                {
+                    "id": uuid.uuid4().hex[:10],
+                    "from_name": polygon.name,
+                    "type": polygon.result_type,
+                    "value": value,
+                    "score": score,
+                    **common,
+                }
+            )
+    return regions
+
+
+def task_rectangles(task: dict[str, Any], object_name: str) -> list[Region]:
+    """The rectangles on a task's latest annotation, or else its latest prediction."""
+    for key in ("annotations", "predictions"):
+        candidates = [
+            a
+            for a in task.get(key) or []
+            if isinstance(a, dict) and not a.get("was_cancelled") and isinstance(a.get("result"), list)
+        ]
+        candidates.sort(
+            key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0)
+        )
+        for latest in reversed(candidates):
+            boxes = [
+                r
+                for r in latest["result"]
+                if isinstance(r, dict)
+                and r.get("type") in ("rectanglelabels", "rectangle")
+                and r.get("to_name") == object_name
+            ]
+            if boxes:
+                return boxes
+    return []

@@ -1,0 +1,213 @@
+"""The Label Studio ML backend protocol on FastAPI, served by uvicorn.
+
+Routes as `label-studio` 1.2x servers call them: `GET /health`, `POST /setup`, `POST /predict`,
+`POST /webhook` (and the older `POST /train`), `GET /versions`, `GET /metrics`. Every failure
+is an HTTP error with a JSON reason (`{"status": "error", "error": ...}`), logged; the process
+goes on serving.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from backends.labelstudio.errors import BadRequest
+from backends.labelstudio.label_config import parse_label_config
+from backends.labelstudio.model import PolypModel
+from backends.labelstudio.settings import Settings
+from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, WebhookQueue, log_event
+from polypseg.errors import PolypsegError
+
+log = logging.getLogger("polypseg.labelstudio")
+
+MAX_BODY_BYTES = 64 << 20  # a request lists tasks and regions, never media
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"status": "error", "error": reason}, status_code=status)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def record(self, route: str, seconds: float, failed: bool) -> None:
+        with self._lock:
+            self.requests[route] += 1
+            self.seconds[route] += seconds
+            if failed:
+                self.errors[route] += 1
+
+    def summary(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                route: {
+                    "requests": n,
+                    "errors": self.errors[route],
+                    "mean_seconds": round(self.seconds[route] / n, 4),
+                }
+                for route, n in self.requests.items()
+            }
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not JSON ({exc})", 400) from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object", 400)
+    return data
+
+
+def create_app(
+    settings: Settings | None = None, model: PolypModel | None = None, on_webhook: Handler = log_event
+) -> FastAPI:
+    """The application; `model` defaults to the predictor the settings name, loaded now, once."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings or Settings.from_env()
+    model = model or PolypModel(settings)
+    metrics = Metrics()
+    webhooks = WebhookQueue(on_webhook)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests run the model on worker threads; this bounds how many at once.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(1, settings.threads)
+        yield
+
+    app = FastAPI(title="polypseg Label Studio ML backend", version=model.version, lifespan=lifespan)
+    app.state.model, app.state.webhooks, app.state.metrics = model, webhooks, metrics
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        if settings.basic_auth_user and not _authorised(request, settings):
+            response: Response = Response(
+                "Unauthorized", status_code=401, headers={"WWW-Authenticate": 'Basic realm="polypseg"'}
+            )
+        else:
+            response = await call_next(request)
+        metrics.record(request.url.path, time.perf_counter() - started, response.status_code >= 400)
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
+        return _error(exc.status, exc.reason)
+
+    @app.exception_handler(PolypsegError)
+    async def _bad_input(request: Request, exc: PolypsegError) -> JSONResponse:
+        log.warning("%s %s -> 422: %s", request.method, request.url.path, exc)
+        return _error(422, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _failure(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); see the backend's log")
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "UP",
+            "model_class": type(model).__name__,
+            "model": model.predictor.name,
+            "model_version": model.version,
+        }
+
+    @app.post("/setup")
+    async def setup(request: Request) -> dict[str, Any]:
+        data = await _json_body(request)
+        parse_label_config(data.get("schema"))  # refuse a project polypseg cannot serve
+        return {"model_version": model.version}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> dict[str, Any]:
+        data = await _json_body(request)
+        params = data.get("params") or {}
+        context = params.get("context") if isinstance(params, dict) else None
+        if context is not None and not isinstance(context, dict):
+            raise BadRequest("params.context must be an object", 400)
+        results = await run_in_threadpool(model.predict, data.get("tasks"), data.get("label_config"), context)
+        return {"results": results, "model_version": model.version}
+
+    @app.post("/webhook")
+    async def webhook(request: Request) -> JSONResponse:
+        data = await _json_body(request)
+        event = data.get("action")
+        if event not in TRAIN_EVENTS:
+            return JSONResponse({"status": "Unknown event", "action": event}, status_code=200)
+        webhooks.put(event, data)
+        return JSONResponse({"status": "ok", "queued": event}, status_code=201)
+
+    @app.post("/train")
+    async def train(request: Request) -> JSONResponse:
+        """Label Studio's older way to ask for training: the same as a START_TRAINING webhook."""
+        webhooks.put("START_TRAINING", await _json_body(request))
+        return JSONResponse({"status": "ok", "queued": "START_TRAINING"}, status_code=201)
+
+    @app.get("/versions")
+    def versions() -> dict[str, Any]:
+        return {"versions": [model.version]}
+
+    @app.get("/metrics")
+    def metrics_route() -> dict[str, Any]:
+        predictor = model.predictor
+        return {
+            "model_version": model.version,
+            "routes": metrics.summary(),
+            "encoder_runs": predictor.encoder_runs,
+            "cached_images": len(predictor.cache),
+            "webhooks": {"received": webhooks.received, "handled": webhooks.handled},
+        }
+
+    return app
+
+
+def _authorised(request: Request, settings: Settings) -> bool:
+    import base64
+
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(user, settings.basic_auth_user) & hmac.compare_digest(
+        password, settings.basic_auth_pass
+    )
+
+
+def serve(host: str = "0.0.0.0", port: int = 9090, workers: int = 1, log_level: str = "info") -> None:
+    """Run under uvicorn; each worker process loads the model once (settings from the environment).
+    With one worker the model loads here, first, so that a bad checkpoint ends with its reason."""
+    import uvicorn
+
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level}
+    if workers > 1:
+        uvicorn.run("backends.labelstudio.server:create_app", factory=True, workers=workers, **options)
+    else:
+        uvicorn.run(create_app(), **options)

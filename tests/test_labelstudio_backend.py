@@ -1,0 +1,375 @@
+"""The Label Studio backend served in-process (FastAPI's test client) on the shipped model, with
+real Kvasir-SEG images and the real clip read over HTTP from a loopback file server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from backends.labelstudio.errors import BadRequest
+from backends.labelstudio.label_config import parse_label_config
+from backends.labelstudio.model import PolypModel
+from backends.labelstudio.regions import rectangle_box
+from backends.labelstudio.server import create_app
+from backends.labelstudio.settings import Settings
+from conftest import DATA, ONE_POLYP
+from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
+from polypseg.formats.brush import decode_brush_rle
+from polypseg.formats.polygons import Polygon, polygons_to_mask
+from polypseg.images import read_image, read_mask
+from polypseg.metrics import score_masks
+from polypseg.predictors import build_predictor
+
+CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
+
+
+@pytest.fixture(scope="module")
+def default_predictor():
+    return build_predictor()
+
+
+@pytest.fixture(scope="module")
+def servers(kvasir: Path) -> Iterator[tuple]:
+    """Two loopback hosts serving the same files: `ls` stands for Label Studio, `other` for a
+    host that must never receive Label Studio's token."""
+    root = kvasir / "images"
+    with file_server(root) as other, file_server(root, redirect_to=other.url) as ls:
+        yield ls, other
+
+
+def make_client(ls_url: str, predictor, **settings) -> tuple[TestClient, list]:
+    events: list = []
+    config = Settings(**{"label_studio_url": ls_url, "label_studio_api_key": TOKEN, **settings})
+    app = create_app(config, PolypModel(config, predictor), on_webhook=lambda e, p: events.append((e, p)))
+    return TestClient(app, raise_server_exceptions=False), events
+
+
+@pytest.fixture(scope="module")
+def client(servers, default_predictor) -> TestClient:
+    return make_client(servers[0].url, default_predictor)[0]
+
+
+@pytest.fixture(scope="module")
+def polyp(kvasir: Path, boxes) -> tuple[np.ndarray, tuple[float, ...], int, int]:
+    mask = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+    box = boxes[ONE_POLYP][0]
+    return mask, (box.x1, box.y1, box.x2, box.y2), mask.shape[1], mask.shape[0]
+
+
+def brush_mask(region: dict) -> np.ndarray:
+    return decode_brush_rle(region["value"]["rle"], region["original_width"], region["original_height"])
+
+
+def test_health_setup_and_versions(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "UP" and health["model_version"].startswith("unet-")
+    answer = client.post("/setup", json={"project": "3.17", "schema": image_config()})
+    assert answer.status_code == 200 and answer.json() == {"model_version": health["model_version"]}
+    assert client.get("/versions").json() == {"versions": [health["model_version"]]}
+
+
+def test_smart_rectangle_gives_the_polyp_as_a_brush_region(client: TestClient, polyp) -> None:
+    mask, box, width, height = polyp
+    body = predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rectangle(box, width, height)])
+    answer = client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    (prediction,) = answer.json()["results"]
+    (region,) = prediction["result"]
+    assert region["type"] == "brushlabels" and region["from_name"] == "mask" and region["to_name"] == "image"
+    assert region["value"]["brushlabels"] == ["Polyp"]
+    assert prediction["model_version"] == answer.json()["model_version"]
+    assert 0 < prediction["score"] <= 1
+    assert score_masks(brush_mask(region), mask).iou > 0.8
+
+
+def test_clicks_alone_need_sam2_with_the_default_model(client: TestClient, polyp) -> None:
+    _, (x1, y1, x2, y2), width, height = polyp
+    click = {
+        "type": "keypointlabels",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "value": {"x": 50 * (x1 + x2) / width, "y": 50 * (y1 + y2) / height, "keypointlabels": ["Polyp"]},
+    }
+    answer = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", [click]))
+    assert answer.status_code == 422 and "needs a box" in answer.json()["error"]
+
+
+def test_clicks_with_sam2(servers, sam2_checkpoint: Path, polyp) -> None:
+    """A positive and a negative click reach SAM2 as points (random weights: shape, not accuracy)."""
+    _, (x1, y1, x2, y2), width, height = polyp
+    sam2 = build_predictor("sam2", sam2_checkpoint, "cpu", image_size=256)
+    client, _ = make_client(servers[0].url, sam2)
+    clicks = [
+        {
+            "type": "keypointlabels",
+            "to_name": "image",
+            "is_positive": positive,
+            "value": {"x": 100 * x / width, "y": 100 * y / height, "keypointlabels": ["Polyp"]},
+        }
+        for x, y, positive in (((x1 + x2) / 2, (y1 + y2) / 2, True), (5, 5, False))
+    ]
+    answer = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", clicks))
+    assert answer.status_code == 200, answer.text
+    (region,) = answer.json()["results"][0]["result"]
+    assert brush_mask(region).shape == (height, width)
+    assert answer.json()["model_version"] == sam2_checkpoint.stem
+
+
+def test_label_the_user_picked_and_polygons(client: TestClient, polyp) -> None:
+    mask, box, width, height = polyp
+    config = """<View><Image name="img" value="$image"/>
+      <RectangleLabels name="r" toName="img" smart="true">
+        <Label value="Adenoma"/><Label value="Polyp"/>
+      </RectangleLabels>
+      <BrushLabels name="b" toName="img"><Label value="Polyp"/><Label value="Adenoma"/></BrushLabels>
+      <PolygonLabels name="p" toName="img"><Label value="Adenoma"/></PolygonLabels></View>"""
+    region = rectangle(box, width, height, label="Adenoma") | {"to_name": "img", "from_name": "r"}
+    body = predict_body(f"/data/upload/{ONE_POLYP}.jpg", [region], config)
+    body["tasks"][0]["data"] = {"image": f"/data/upload/{ONE_POLYP}.jpg"}
+    results = client.post("/predict", json=body).json()["results"][0]["result"]
+    brush = [r for r in results if r["type"] == "brushlabels"]
+    polygons = [r for r in results if r["type"] == "polygonlabels"]
+    assert brush[0]["value"]["brushlabels"] == ["Adenoma"] and brush[0]["to_name"] == "img"
+    assert polygons and all(p["value"]["polygonlabels"] == ["Adenoma"] for p in polygons)
+    outlines = [Polygon(np.array(p["value"]["points"]) * [width / 100, height / 100]) for p in polygons]
+    assert score_masks(polygons_to_mask(outlines, width, height), brush_mask(brush[0])).iou > 0.9
+
+
+def test_rotated_rectangles_become_their_bounding_box() -> None:
+    # 100 x 50 px at (200, 100), turned 90 degrees clockwise about its top-left corner.
+    value = {"x": 20, "y": 10, "width": 10, "height": 5, "rotation": 90}
+    box = rectangle_box(value, 1000, 1000)
+    assert [round(v, 6) for v in (box.x1, box.y1, box.x2, box.y2)] == [150, 100, 200, 200]
+    with pytest.raises(BadRequest, match="no area"):
+        rectangle_box({"x": 10, "y": 10, "width": 0, "height": 5}, 100, 100)
+
+
+def test_batch_turns_the_task_boxes_into_masks(client: TestClient, polyp, kvasir: Path, boxes) -> None:
+    mask, box, width, height = polyp
+    annotation = {"id": 1, "updated_at": "2026-11-29T10:00:00Z", "result": [rectangle(box, width, height)]}
+    older = {"id": 0, "updated_at": "2026-11-28T10:00:00Z", "result": []}
+    body = predict_body(f"/data/upload/{ONE_POLYP}.jpg", None, annotations=[older, annotation])
+    (prediction,) = client.post("/predict", json=body).json()["results"]
+    (region,) = prediction["result"]
+    assert score_masks(brush_mask(region), mask).iou > 0.8
+
+    two = next(name for name, b in sorted(boxes.items()) if len(b) == 2)
+    w2, h2 = read_image(kvasir / "images" / f"{two}.jpg").shape[1::-1]
+    two_boxes = [rectangle((b.x1, b.y1, b.x2, b.y2), w2, h2) for b in boxes[two]]
+    body = predict_body(f"/data/upload/{two}.jpg", None, predictions=[{"id": 4, "result": two_boxes}])
+    body["tasks"] += [
+        {"id": 8, "data": {"image": f"/data/upload/{ONE_POLYP}.jpg"}},  # no boxes: empty result
+        {"id": 9, "data": {"image": "/data/upload/missing.jpg"}, "annotations": [annotation]},  # fails alone
+    ]
+    results = client.post("/predict", json=body).json()["results"]
+    assert [len(r["result"]) for r in results] == [2, 0, 0]
+    truth = read_mask(kvasir / "masks" / f"{two}.jpg")
+    union = brush_mask(results[0]["result"][0]) | brush_mask(results[0]["result"][1])
+    assert score_masks(union, truth).iou > 0.7
+
+
+def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:
+    _, box, width, height = polyp
+    good = [rectangle(box, width, height)]
+    no_brush = '<View><Image name="image" value="$image"/><Rectangle name="r" toName="image"/></View>'
+    flat = rectangle(box, width, height)
+    flat["value"]["height"] = 0
+    rotated_view = rectangle(box, width, height) | {"image_rotation": 90}
+    return [
+        ("malformed JSON", b"{not json", 400, "not JSON"),
+        ("no Image", predict_body("x", good, "<View><Text name='t' value='$t'/></View>"), 422, "no <Image>"),
+        ("no brush", predict_body("x", good, no_brush), 422, "no <BrushLabels>"),
+        (
+            "no region",
+            predict_body(f"/data/upload/{ONE_POLYP}.jpg", [{"type": "choices"}]),
+            422,
+            "no rectangle",
+        ),
+        ("401", predict_body("/data/upload/x.jpg", good) | {"_token": False}, 422, "401"),
+        ("404", predict_body("/data/upload/missing.jpg", good), 422, "404"),
+        ("not an image", predict_body("/text", good), 422, "not a readable image"),
+        ("zero area", predict_body(f"/data/upload/{ONE_POLYP}.jpg", [flat]), 422, "no area"),
+        ("rotated view", predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rotated_view]), 422, "rotated"),
+        ("no url", predict_body("", good), 422, "has no 'image'"),
+        ("odd scheme", predict_body("ftp://x/y.jpg", good), 422, "not a URL"),
+    ]
+
+
+def test_bad_input_gets_a_reason_and_the_server_goes_on(servers, default_predictor, polyp) -> None:
+    ls, _ = servers
+    client, _ = make_client(ls.url, default_predictor)
+    no_token, _ = make_client(ls.url, default_predictor, label_studio_api_key="")
+    _, box, width, height = polyp
+    for name, body, status, reason in bad_requests(polyp):
+        sender = no_token if isinstance(body, dict) and body.pop("_token", True) is False else client
+        if isinstance(body, dict) and name == "401":
+            body["tasks"][0]["data"]["image"] = f"/data/upload/{ONE_POLYP}.jpg"
+        answer = (
+            sender.post("/predict", content=body, headers={"Content-Type": "application/json"})
+            if isinstance(body, bytes)
+            else sender.post("/predict", json=body)
+        )
+        assert answer.status_code == status, (name, answer.text)
+        assert answer.json()["status"] == "error" and reason in answer.json()["error"], (name, answer.text)
+    answer = client.post(
+        "/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rectangle(box, width, height)])
+    )
+    assert answer.status_code == 200
+    assert client.post("/setup", json={"project": "1.1", "schema": "<View/>"}).status_code == 422
+
+
+def test_the_token_goes_to_label_studio_only(servers, default_predictor, polyp) -> None:
+    ls, other = servers
+    client, _ = make_client(ls.url, default_predictor)
+    _, box, width, height = polyp
+    region = [rectangle(box, width, height)]
+    other.seen_authorization.clear()
+    for url in (f"{other.url}/plain/{ONE_POLYP}.jpg", f"{ls.url}/redirect/{ONE_POLYP}.jpg"):
+        assert client.post("/predict", json=predict_body(url, region)).status_code == 200
+    assert other.seen_authorization == [None, None]
+    ls.seen_authorization.clear()
+    assert (
+        client.post(
+            "/predict", json=predict_body(f"{ls.url}/data/upload/{ONE_POLYP}.jpg", region)
+        ).status_code
+        == 200
+    )
+    assert ls.seen_authorization == [f"Token {TOKEN}"]
+    encoded = base64.b64encode(
+        (Path(DATA) / "kvasir-seg" / "images" / f"{ONE_POLYP}.jpg").read_bytes()
+    ).decode()
+    answer = client.post("/predict", json=predict_body(f"data:image/jpeg;base64,{encoded}", region))
+    assert answer.status_code == 200
+
+
+def test_basic_auth(servers, default_predictor) -> None:
+    client, _ = make_client(servers[0].url, default_predictor, basic_auth_user="ls", basic_auth_pass="pw")
+    assert client.get("/health").status_code == 401
+    assert client.get("/health", auth=("ls", "wrong")).status_code == 401
+    assert client.get("/health", auth=("ls", "pw")).status_code == 200
+
+
+def test_webhooks_are_handed_on_without_blocking(servers, default_predictor) -> None:
+    client, events = make_client(servers[0].url, default_predictor)
+    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 3}, "annotation": {"id": 11}}
+    assert client.post("/webhook", json=payload).status_code == 201
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).status_code == 200
+    assert client.post("/train", json={"project": "3.1"}).status_code == 201
+    client.app.state.webhooks.join()
+    assert [e for e, _ in events] == ["ANNOTATION_CREATED", "START_TRAINING"]
+    assert events[0][1]["annotation"]["id"] == 11
+    metrics = client.get("/metrics").json()
+    assert metrics["webhooks"] == {"received": 2, "handled": 2}
+    assert metrics["routes"]["/webhook"]["requests"] == 2
+
+
+def test_concurrent_requests_share_one_model(client: TestClient, polyp) -> None:
+    mask, box, width, height = polyp
+    body = predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rectangle(box, width, height)])
+    answers: list[int] = []
+
+    def call() -> None:
+        answer = client.post("/predict", json=body)
+        answers.append(
+            answer.status_code
+            if score_masks(brush_mask(answer.json()["results"][0]["result"][0]), mask).iou > 0.8
+            else -1
+        )
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == [200] * 6
+
+
+def video_context(frame: int, box: tuple[float, float, float, float], frames_count: int = 181) -> list[dict]:
+    x1, y1, x2, y2 = box
+    keyframe = {
+        "frame": frame,
+        "enabled": True,
+        "rotation": 0,
+        "x": 100 * x1 / 560,
+        "y": 100 * y1 / 480,
+        "width": 100 * (x2 - x1) / 560,
+        "height": 100 * (y2 - y1) / 480,
+        "time": (frame - 1) / 25,
+    }
+    return [
+        {
+            "id": "trk1",
+            "type": "videorectangle",
+            "from_name": "box",
+            "to_name": "video",
+            "origin": "manual",
+            "value": {
+                "framesCount": frames_count,
+                "duration": frames_count / 25,
+                "sequence": [keyframe],
+                "labels": ["Polyp"],
+            },
+        }
+    ]
+
+
+@pytest.mark.slow
+def test_video_box_is_tracked_forward(default_predictor) -> None:
+    with file_server(CLIP.parent) as media:
+        client, _ = make_client(media.url, default_predictor, max_frames_to_track=20)
+        body = {
+            "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
+            "project": "5.1",
+            "label_config": (CONFIGS / "polyp-video.xml").read_text(),
+            "params": {"context": {"result": video_context(134, (360, 240, 450, 400))}},
+        }
+        answer = client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    (region,) = answer.json()["results"][0]["result"]
+    assert region["type"] == "videorectangle" and region["id"] == "trk1"
+    sequence = region["value"]["sequence"]
+    assert [k["frame"] for k in sequence] == list(range(134, 155))  # the user's frame + 20 tracked
+    assert all(k["enabled"] for k in sequence[:-1])
+    centres = [(k["x"] + k["width"] / 2, k["y"] + k["height"] / 2) for k in sequence]
+    # The polyp drifts slowly at the lower right: the box follows without jumping away.
+    assert all(math.dist(a, b) < 8 for a, b in zip(centres, centres[1:], strict=False))
+    assert all(60 < x < 95 and 45 < y < 100 for x, y in centres)
+    assert json.dumps(region)  # plain JSON for Label Studio
+
+
+def test_video_frames_out_of_view_are_disabled(default_predictor) -> None:
+    """Started on a frame where the polyp is out of view (frames 0-28), the track is lost at
+    once: the user's keyframe is disabled and nothing is invented after it."""
+    with file_server(CLIP.parent) as media:
+        client, _ = make_client(media.url, default_predictor, max_frames_to_track=5)
+        body = {
+            "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
+            "project": "5.1",
+            "label_config": (CONFIGS / "polyp-video.xml").read_text(),
+            "params": {"context": {"result": video_context(5, (20, 20, 60, 60))}},
+        }
+        answer = client.post("/predict", json=body)
+    sequence = answer.json()["results"][0]["result"][0]["value"]["sequence"]
+    assert sequence[0]["frame"] == 5
+    assert not sequence[-1]["enabled"]
+
+
+def test_label_configs_shipped_parse() -> None:
+    image = parse_label_config((CONFIGS / "polyp-image.xml").read_text())
+    assert (image.kind, image.object_name, image.data_key, image.mask_control.name) == (
+        "image",
+        "image",
+        "image",
+        "mask",
+    )
+    video = parse_label_config((CONFIGS / "polyp-video.xml").read_text())
+    assert (video.kind, video.data_key, video.video_control.name) == ("video", "video", "box")
