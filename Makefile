@@ -1,12 +1,16 @@
 # Short names for the commands in README.md. Everything installs into .venv from pinned versions:
-# torch first (sam2 is a source distribution built against it), then the rest.
+# torch first (sam2 is a source distribution built against it), then the rest. Label Studio
+# gets its own .venv-labelstudio (its pins clash with ours).
 VENV := .venv
 BIN := $(VENV)/bin
+LS_VENV := .venv-labelstudio
+LABEL_STUDIO := $(LS_VENV)/bin/label-studio
 DATA ?= ../shared/data/kvasir-seg
+IMAGES ?= $(DATA)/images
 SAMPLE ?= cju0qkwl35piu0993l0dewei2
-CODE := polypseg tests benchmarks
+CODE := polypseg backends tests benchmarks
 
-.PHONY: install lint test demo
+.PHONY: install install-labelstudio browser annotate lint test demo
 
 $(BIN)/polypseg: pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -17,16 +21,30 @@ $(BIN)/polypseg: pyproject.toml
 
 install: $(BIN)/polypseg
 
+$(LABEL_STUDIO):
+	python3.11 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2
+
+install-labelstudio: $(LABEL_STUDIO)
+
+# Debian's Chromium for the browser test (driven by Playwright, which downloads no browser).
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+# The main job: Label Studio with the polypseg backend and a project of the images in IMAGES.
+annotate: install install-labelstudio
+	$(BIN)/python -m backends.labelstudio.quickstart --images $(IMAGES)
+
 lint: install
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
-	$(BIN)/mypy polypseg
+	$(BIN)/mypy polypseg backends
 
-test: lint
+test: lint install-labelstudio browser
 	$(BIN)/pytest
 
-# The main job until the Label Studio backend lands: the shipped model on a sample frame, and
-# its scores on the held-out validation images (for another DATA folder: NAMES= SAMPLE=... BOX=...).
+# The shipped model on one sample frame, and its scores on the held-out validation images
+# (for another DATA folder: NAMES= SAMPLE=... BOX=...).
 NAMES ?= training/splits/kvasir-seg-val.txt
 BOX ?= 38,5,430,338
 demo: install

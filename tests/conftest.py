@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,3 +88,59 @@ def sam2_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+@dataclass(frozen=True)
+class LabelStudioStack:
+    """A real Label Studio and a real backend process, both on loopback."""
+
+    url: str
+    backend_url: str
+    login: Any  # backends.labelstudio.launcher.Login
+    client: Any  # label-studio-sdk client with the admin's token
+    data_dir: Path
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        import requests
+
+        headers = {"Authorization": f"Token {self.login.token}"}
+        response = requests.request(method, self.url + path, headers=headers, timeout=120, **kwargs)
+        assert response.status_code < 400, (path, response.status_code, response.text[:500])
+        return response.json() if response.content else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
+    """Label Studio 1.23 from .venv-labelstudio (make install-labelstudio) on a fresh SQLite
+    database, serving ../shared/data as local files, and `polypseg serve labelstudio` connected
+    to it with the admin's legacy token."""
+    from backends.labelstudio import launcher
+
+    executable = Path(
+        os.environ.get("POLYPSEG_LABEL_STUDIO", ROOT / ".venv-labelstudio" / "bin" / "label-studio")
+    )
+    folder = tmp_path_factory.mktemp("label-studio")
+    login = launcher.Login("admin@polypseg.test", secrets.token_urlsafe(12), secrets.token_hex(20))
+    url = f"http://127.0.0.1:{_free_port()}"
+    backend_port = _free_port()
+    studio = launcher.start_label_studio(
+        executable, folder / "data", int(url.rsplit(":", 1)[1]), login, files_root=kvasir.parent
+    )
+    try:
+        backend = launcher.start_backend(backend_port, url, login.token, folder / "backend.log")
+    except Exception:
+        launcher.stop(studio)
+        raise
+    try:
+        yield LabelStudioStack(
+            url, f"http://127.0.0.1:{backend_port}", login, launcher.client(url, login.token), folder
+        )
+    finally:
+        launcher.stop(backend)
+        launcher.stop(studio)

@@ -31,32 +31,32 @@ CHUNK = 1 << 20
 
 class LabelStudioAuth:
     """The Authorization header for Label Studio: `Token <key>` for a legacy token, `Bearer
-    <access>` for a personal access token (a JWT refresh token, exchanged and renewed by
-    label-studio-sdk)."""
+    <access>` for a personal access token (a JWT refresh token, which label-studio-sdk's client
+    exchanges for short-lived access tokens and renews)."""
 
     def __init__(self, url: str, api_key: str) -> None:
         self.url = url
         self.api_key = api_key
-        self._tokens: Any = None  # label-studio-sdk's TokensClientExt, made on first use
+        self._client: Any = None  # label_studio_sdk.LabelStudio, made on first use
         self._lock = threading.Lock()
 
     def header(self) -> dict[str, str]:
         if not self.api_key:
             return {}
         with self._lock:
-            if self._tokens is None:
-                from label_studio_sdk.tokens.client_ext import TokensClientExt
+            if self._client is None:
+                from label_studio_sdk.client import LabelStudio
 
                 try:
-                    self._tokens = TokensClientExt(base_url=self.url, api_key=self.api_key)
-                except Exception as exc:  # the SDK raises its ApiError for expired tokens
+                    self._client = LabelStudio(base_url=self.url, api_key=self.api_key)
+                except Exception as exc:  # the SDK raises its ApiError for an expired token
                     raise MediaError(f"LABEL_STUDIO_API_KEY is not usable: {exc}") from None
-        tokens = self._tokens
         try:
-            key = tokens.api_key
+            # The SDK's own request headers: the one place it keeps the token logic.
+            authorization = self._client._client_wrapper.get_headers()["Authorization"]
         except Exception as exc:
-            raise MediaError(f"Label Studio refused to refresh the access token: {exc}") from None
-        return {"Authorization": f"Token {key}" if tokens._use_legacy_token else f"Bearer {key}"}
+            raise MediaError(f"Label Studio refused to renew the access token: {exc}") from None
+        return {"Authorization": authorization}
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -1,0 +1,187 @@
+"""Starting Label Studio and the polypseg backend side by side, and a polyp project wired to them.
+
+Used by the quickstart (README's first command) and by the end-to-end tests. Label Studio runs
+from its own virtual environment (its pins clash with polypseg's); everything is told through
+its command line, its environment and its API (label-studio-sdk).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass(frozen=True)
+class Login:
+    username: str
+    password: str
+    token: str  # a legacy API token, also given to the backend
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    """Poll `url` until it answers 200; fail with the log's tail if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerFailed(f"{url}: the server exited ({process.returncode}):\n{_tail(log)}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise ServerFailed(f"{url}: not up after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_label_studio(
+    executable: Path,
+    data_dir: Path,
+    port: int,
+    login: Login,
+    files_root: Path | None = None,
+    log: Path | None = None,
+    timeout: float = 240,
+) -> subprocess.Popen[bytes]:
+    """Label Studio on loopback with its default SQLite database in `data_dir`, allowed to call a
+    backend on this machine; `files_root` is served as local-files storage."""
+    if not executable.is_file():
+        raise ServerFailed(f"{executable}: Label Studio is not installed there (make install-labelstudio)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = log or data_dir / "label-studio.log"
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "ML_BLOCK_LOCAL_IP": "false",  # the backend is on this machine
+        "SSRF_PROTECTION_ENABLED": "false",  # Label Studio also makes a webhook for the backend's URL
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+    }
+    if files_root is not None:
+        env |= {"LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(files_root.resolve())}
+    command = [
+        str(executable),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--username",
+        login.username,
+        "--password",
+        login.password,
+        "--user-token",
+        login.token,
+        "--enable-legacy-api-token",
+    ]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, timeout, log)
+    except ServerFailed:
+        stop(process)
+        raise
+    return process
+
+
+def start_backend(
+    port: int,
+    label_studio_url: str,
+    token: str,
+    log: Path,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.Popen[bytes]:
+    """`polypseg serve labelstudio` on loopback, connected to Label Studio by environment."""
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_URL": label_studio_url,
+        "LABEL_STUDIO_API_KEY": token,
+        **(extra_env or {}),
+    }
+    command = [sys.executable, "-m", "polypseg.cli", "serve", "labelstudio", "--host", "127.0.0.1"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", process, timeout, log)
+    except ServerFailed:
+        stop(process)
+        raise
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def client(url: str, token: str) -> Any:
+    from label_studio_sdk.client import LabelStudio
+
+    return LabelStudio(base_url=url, api_key=token)
+
+
+def polyp_project(ls: Any, title: str, config: str) -> int:
+    """The project called `title` (created with `config` if there is none); its id."""
+    for project in ls.projects.list():
+        if project.title == title:
+            return int(project.id)
+    project = ls.projects.create(title=title, label_config=config)
+    # Label Studio asks the backend for context-free predictions whenever a task opens unless
+    # told not to; the annotator's box is what polypseg answers.
+    ls.projects.update(id=project.id, evaluate_predictions_automatically=False, show_collab_predictions=False)
+    return int(project.id)
+
+
+def add_image_folder(ls: Any, project: int, folder: Path) -> int:
+    """Serve `folder`'s images as the project's tasks (local-files storage, nothing copied); the
+    number of tasks after syncing."""
+    folder = folder.resolve()
+    existing = [s for s in ls.import_storage.local.list(project=project) if s.path == str(folder)]
+    storage = (
+        existing[0]
+        if existing
+        else ls.import_storage.local.create(
+            project=project,
+            path=str(folder),
+            regex_filter=r".*\.(jpe?g|png|bmp|tiff?)$",
+            use_blob_urls=True,
+            title=folder.name,
+        )
+    )
+    ls.import_storage.local.sync(id=storage.id)
+    return int(ls.projects.get(id=project).task_number or 0)
+
+
+def connect_backend(ls: Any, project: int, url: str, title: str = "polypseg") -> int:
+    """The project's ML backend at `url` (connected, interactive), its id."""
+    for backend in ls.ml.list(project=project):
+        if backend.url.rstrip("/") == url.rstrip("/"):
+            return int(backend.id)
+    return int(ls.ml.create(project=project, url=url, title=title, is_interactive=True).id)

@@ -1,0 +1,152 @@
+"""End to end through a real Label Studio 1.23 server and a real backend process: projects made
+with the shipped configs, a Kvasir-SEG image uploaded, the backend connected through /api/ml,
+then Label Studio itself calls the backend."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backends.labelstudio import launcher
+from backends.labelstudio.media import MediaFetcher
+from conftest import DATA, ONE_POLYP, LabelStudioStack
+from labelstudio_fixtures import CONFIGS, rectangle
+from polypseg.formats.brush import decode_brush_rle
+from polypseg.images import read_image, read_mask
+from polypseg.metrics import score_masks
+
+pytestmark = pytest.mark.slow
+
+
+def new_project(stack: LabelStudioStack, title: str, config: str) -> tuple[int, int]:
+    """A project connected to the backend, and the id of its ML backend."""
+    project = launcher.polyp_project(stack.client, title, config)
+    return project, launcher.connect_backend(stack.client, project, stack.backend_url)
+
+
+def upload(stack: LabelStudioStack, project: int, path: Path) -> dict:
+    """Upload a file as Label Studio's import page does; the new task."""
+    with path.open("rb") as file:
+        stack.api("POST", f"/api/projects/{project}/import", files={path.name: file})
+    tasks = stack.api("GET", f"/api/tasks?project={project}")["tasks"]
+    return max(tasks, key=lambda t: t["id"])
+
+
+def backend_metrics(stack: LabelStudioStack) -> dict:
+    return requests.get(stack.backend_url + "/metrics", timeout=10).json()
+
+
+@pytest.fixture(scope="module")
+def image_project(label_studio: LabelStudioStack, kvasir: Path, boxes) -> dict:
+    project, ml = new_project(label_studio, "Polyp images", (CONFIGS / "polyp-image.xml").read_text())
+    task = upload(label_studio, project, kvasir / "images" / f"{ONE_POLYP}.jpg")
+    assert task["data"]["image"].startswith("/data/upload/")
+    mask = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+    box = boxes[ONE_POLYP][0]
+    return {"project": project, "ml": ml, "task": task, "mask": mask, "box": (box.x1, box.y1, box.x2, box.y2)}
+
+
+def test_interactive_box_through_label_studio(label_studio: LabelStudioStack, image_project: dict) -> None:
+    mask, box = image_project["mask"], image_project["box"]
+    height, width = mask.shape
+    answer = label_studio.api(
+        "POST",
+        f"/api/ml/{image_project['ml']}/interactive-annotating",
+        json={"task": image_project["task"]["id"], "context": {"result": [rectangle(box, width, height)]}},
+    )
+    assert "errors" not in answer, answer
+    (region,) = answer["data"]["result"]
+    assert region["type"] == "brushlabels" and region["value"]["brushlabels"] == ["Polyp"]
+    found = decode_brush_rle(region["value"]["rle"], region["original_width"], region["original_height"])
+    assert score_masks(found, mask).iou > 0.8
+
+
+def test_bad_box_is_refused_and_the_backend_goes_on(
+    label_studio: LabelStudioStack, image_project: dict
+) -> None:
+    height, width = image_project["mask"].shape
+    flat = rectangle((10, 10, 10, 50), width, height)
+    answer = label_studio.api(
+        "POST",
+        f"/api/ml/{image_project['ml']}/interactive-annotating",
+        json={"task": image_project["task"]["id"], "context": {"result": [flat]}},
+    )
+    assert answer["errors"] and "422" in answer["errors"][0]
+    assert requests.get(label_studio.backend_url + "/health", timeout=10).status_code == 200
+
+
+def test_annotation_webhook_then_batch_predictions(
+    label_studio: LabelStudioStack, image_project: dict
+) -> None:
+    mask, box = image_project["mask"], image_project["box"]
+    height, width = mask.shape
+    task = image_project["task"]["id"]
+    before = backend_metrics(label_studio)["webhooks"]["received"]
+    label_studio.api(
+        "POST", f"/api/tasks/{task}/annotations", json={"result": [rectangle(box, width, height)]}
+    )
+    deadline = time.monotonic() + 30
+    while backend_metrics(label_studio)["webhooks"]["received"] == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert backend_metrics(label_studio)["webhooks"]["received"] > before  # ANNOTATION_CREATED arrived
+
+    done = label_studio.api(
+        "POST",
+        f"/api/dm/actions?id=retrieve_tasks_predictions&project={image_project['project']}",
+        json={"selectedItems": {"all": False, "included": [task]}},
+    )
+    assert done["processed_items"] == 1
+    predictions = label_studio.api("GET", f"/api/predictions?task={task}")
+    (region,) = [r for r in predictions[-1]["result"] if r["type"] == "brushlabels"]
+    found = decode_brush_rle(region["value"]["rle"], width, height)
+    assert score_masks(found, mask).iou > 0.8
+
+
+def test_local_files_with_a_personal_access_token(label_studio: LabelStudioStack, kvasir: Path) -> None:
+    """Tasks served from local-files storage, read with a personal access token (a JWT that the
+    backend exchanges for access tokens), as a user without a legacy token would connect."""
+    project = launcher.polyp_project(
+        label_studio.client, "Polyp folder", (CONFIGS / "polyp-image.xml").read_text()
+    )
+    assert launcher.add_image_folder(label_studio.client, project, kvasir / "images") == 900
+    task = label_studio.api("GET", f"/api/tasks?project={project}&page_size=1")["tasks"][0]
+    assert task["data"]["image"].startswith("/data/local-files/?d=")
+    token = label_studio.api("POST", "/api/token/")["token"]
+    fetched = MediaFetcher(label_studio.url, token).fetch(task["data"]["image"], task["id"])
+    name = task["data"]["image"].rsplit("/", 1)[-1]
+    assert (read_image(fetched) == read_image(kvasir / "images" / name)).all()
+    refused = MediaFetcher(label_studio.url, "not-a-token")
+    with pytest.raises(Exception, match="401|refused"):
+        refused.fetch(task["data"]["image"], task["id"])
+
+
+def test_video_box_tracked_through_label_studio(label_studio: LabelStudioStack) -> None:
+    project, ml = new_project(label_studio, "Polyp videos", (CONFIGS / "polyp-video.xml").read_text())
+    task = upload(label_studio, project, DATA / "video" / "colonoscopy-clip-1.mp4")
+    keyframe = {"frame": 134, "enabled": True, "rotation": 0, "time": 133 / 25}
+    keyframe |= {
+        "x": 100 * 360 / 560,
+        "y": 100 * 240 / 480,
+        "width": 100 * 90 / 560,
+        "height": 100 * 160 / 480,
+    }
+    region = {
+        "id": "polyp1",
+        "type": "videorectangle",
+        "from_name": "box",
+        "to_name": "video",
+        "origin": "manual",
+        "value": {"framesCount": 181, "duration": 7.24, "sequence": [keyframe], "labels": ["Polyp"]},
+    }
+    answer = label_studio.api(
+        "POST",
+        f"/api/ml/{ml}/interactive-annotating",
+        json={"task": task["id"], "context": {"result": [region]}},
+    )
+    assert "errors" not in answer, answer
+    (tracked,) = answer["data"]["result"]
+    frames = [k["frame"] for k in tracked["value"]["sequence"]]
+    assert frames[0] == 134 and len(frames) > 20 and frames == sorted(frames)
