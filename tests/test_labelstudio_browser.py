@@ -1,0 +1,103 @@
+"""An annotator's session in a real browser: Label Studio's own labelling page in headless
+Chromium (Debian's, driven by Playwright), auto-annotation on, a box drawn with the smart
+rectangle tool, the backend's brush region accepted and submitted."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from backends.labelstudio import launcher
+from conftest import ONE_POLYP, ROOT, LabelStudioStack
+from labelstudio_fixtures import CONFIGS
+from polypseg.formats.brush import decode_brush_rle
+from polypseg.images import read_mask
+from polypseg.metrics import score_masks
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "runs" / "browser"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOOPBACK = ("http://127.0.0.1", "http://localhost", "data:", "blob:")
+
+
+def test_smart_box_in_the_labelling_page(label_studio: LabelStudioStack, kvasir: Path, boxes) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    project = launcher.polyp_project(
+        label_studio.client, "Browser", (CONFIGS / "polyp-image.xml").read_text()
+    )
+    launcher.connect_backend(label_studio.client, project, label_studio.backend_url)
+    with (kvasir / "images" / f"{ONE_POLYP}.jpg").open("rb") as file:
+        label_studio.api("POST", f"/api/projects/{project}/import", files={f"{ONE_POLYP}.jpg": file})
+    task = label_studio.api("GET", f"/api/tasks?project={project}")["tasks"][0]["id"]
+    truth = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+    height, width = truth.shape
+    polyp = boxes[ONE_POLYP][0]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith(LOOPBACK) else route.abort(),
+        )
+        try:
+            page.goto(f"{label_studio.url}/user/login")
+            page.fill("input[name=email]", label_studio.login.username)
+            page.fill("input[name=password]", label_studio.login.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url)
+
+            page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
+            page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
+            page.wait_for_function(
+                "() => window.Htx?.annotationStore?.selected?.names?.get('image')?.imageIsLoaded === true",
+                timeout=60_000,
+            )
+            toggle = page.locator('input[data-testid="bottombar-auto-annotation-toggle"]')
+            toggle.locator("xpath=..").click()
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")
+            page.locator(".lsf-labels").first.locator(".lsf-label").first.click()
+            page.locator(".lsf-toolbar__group > button.lsf-tool_smart").first.click()
+
+            stage = page.locator(".konvajs-content").first.bounding_box()
+            assert stage is not None
+            scale = min(stage["width"] / width, stage["height"] / height)
+            x0, y0 = stage["x"], stage["y"]
+            page.mouse.move(x0 + 5, y0 + 5)
+            page.mouse.move(x0 + polyp.x1 * scale, y0 + polyp.y1 * scale)
+            page.mouse.down()
+            page.mouse.move(x0 + polyp.x2 * scale, y0 + polyp.y2 * scale, steps=12)
+            page.mouse.up()
+
+            accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
+            expect(accept).to_be_visible(timeout=60_000)
+            accept.click()
+            expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(SCREENSHOTS / "brush-region.png"))
+            page.locator('[data-testid="bottombar-submit-button"]').click()
+            page.wait_for_timeout(1500)
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / "failure.png"))
+            raise
+        finally:
+            browser.close()
+
+    annotations = label_studio.api("GET", f"/api/tasks/{task}/annotations")
+    assert annotations, "the annotation was not submitted"
+    (brush,) = [r for r in annotations[-1]["result"] if r["type"] == "brushlabels"]
+    found = decode_brush_rle(brush["value"]["rle"], width, height)
+    assert score_masks(found, truth).iou > 0.75  # the box was drawn by mouse, at screen resolution
