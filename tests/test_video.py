@@ -18,6 +18,7 @@ from polypseg.prompts import Box, Prompt
 from polypseg.video.classical import ClassicalTracker
 from polypseg.video.frames import BACKWARD_CHUNK, open_frames
 from polypseg.video.sam2_memory import PresenceFilter, Sam2MemoryTracker
+from polypseg.video.tracking import TrackStateError
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 POLYP_BOX = Prompt(box=Box(360, 240, 450, 400))  # on frame 133
@@ -102,8 +103,7 @@ def test_presence_filter_debounces():
     assert not presence.update(0.1)  # one bad frame is not enough: 0.55
     assert presence.update(0.1)  # two are: 0.325
     assert not presence.update(0.9)  # and one good frame brings it back: 0.6125
-    presence.reset()
-    assert not presence.update(0.4)
+    assert not PresenceFilter(smoothing=0.5, value=1.0).update(0.4)  # a new prompt starts afresh
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,41 @@ def test_classical_tracker_starts_on_slivers_at_the_frame_edge(clip, classical):
         assert tracker is not None
         followed = classical._follow(tracker, frame)
         assert followed is None or (followed.width >= 16 and followed.height >= 16)
+
+
+def _stepped_through_bytes(tracker, frames, prompt):
+    """Track frame by frame, the state saved to bytes and loaded back between every two frames,
+    as a CVAT function does across calls and processes."""
+    (index, image), *rest = frames
+    result, state = tracker.start(index, image, prompt)
+    results = [result]
+    for index, image in rest:
+        result, state = tracker.step(tracker.load_state(tracker.save_state(state)), index, image)
+        results.append(result)
+    return results
+
+
+def test_classical_state_survives_bytes(clip, classical):
+    frames = list(clip.frames(133, "forward", 6))
+    streamed = list(classical.track(frames, POLYP_BOX))
+    stepped = _stepped_through_bytes(classical, frames, POLYP_BOX)
+    assert [r.lost for r in stepped] == [r.lost for r in streamed] == [False] * 6
+    for a, b in zip(streamed, stepped, strict=True):
+        # The stored frame is a JPEG (quality 95): boxes agree to a few pixels.
+        assert max(abs(u - v) for u, v in zip(a.box.as_array(), b.box.as_array(), strict=True)) < 6
+    with pytest.raises(TrackStateError, match="unreadable"):
+        classical.load_state(b"not a state")
+
+
+def test_sam2_state_survives_bytes(clip, sam2_small, classical):
+    tracker = Sam2MemoryTracker(sam2_small)
+    frames = list(clip.frames(133, "forward", 4))
+    streamed = list(tracker.track(frames, POLYP_BOX))
+    stepped = _stepped_through_bytes(tracker, frames, POLYP_BOX)
+    for a, b in zip(streamed, stepped, strict=True):
+        assert abs(a.score - b.score) < 0.05  # the memory bank is stored in fp16
+        assert (a.mask != b.mask).mean() < 0.01
+    _, state = tracker.start(*frames[0], POLYP_BOX)
+    with pytest.raises(TrackStateError, match="not a sam2"):
+        tracker.load_state(classical.save_state(classical.start(*frames[0], POLYP_BOX)[1]))
+    assert len(tracker.save_state(state)) < 8 << 20

@@ -10,16 +10,18 @@ track picks up when the polyp returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from polypseg.errors import PromptError
 from polypseg.masks import mask_box
 from polypseg.predictors.base import ImagePredictor, Prediction
 from polypseg.prompts import Box, Prompt
-from polypseg.video.tracking import Frames, TrackedFrame, VideoTracker, lost_frame
+from polypseg.video.tracking import TrackedFrame, VideoTracker, lost_frame
 
 
 def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -33,7 +35,21 @@ def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 MIN_TRACKED_SIDE = 16
 
 
+@dataclass(frozen=True)
+class ClassicalState:
+    """What the next frame needs: the last frame where the polyp was found, its box and mask
+    area there, and the colour signature of the polyp as first outlined (all None while lost
+    from the start)."""
+
+    frame: np.ndarray | None = None
+    box: Box | None = None
+    area: float = 0.0
+    signature: np.ndarray | None = None
+
+
 class ClassicalTracker(VideoTracker):
+    kind = "classical"
+
     def __init__(
         self,
         predictor: ImagePredictor,
@@ -49,41 +65,57 @@ class ClassicalTracker(VideoTracker):
         self.max_area_change = max_area_change
         self.min_area = min_area
 
-    def track(
-        self, frames: Frames, prompt: Prompt, corrections: Mapping[int, Prompt] | None = None
-    ) -> Iterator[TrackedFrame]:
-        corrections = dict(corrections or {})
-        box_tracker: cv2.Tracker | None = None
-        last_box: Box | None = None
-        last_area = 0.0
-        signature: np.ndarray | None = None
-        for position, (index, image) in enumerate(frames):
-            anchor = prompt if position == 0 else corrections.get(index)
-            if anchor is not None:
-                prediction = self._anchor(image, anchor)
-                box = mask_box(prediction.mask)
-                if box is None:
-                    yield lost_frame(index, image.shape, prediction.score)
-                    continue
-                signature = colour_signature(image, prediction.mask)
-                last_box, last_area = box, float(prediction.mask.sum())
-                box_tracker = self._start(image, box)
-                yield TrackedFrame(index, prediction.mask, box, prediction.score, False)
-                continue
-            if last_box is None or signature is None:
-                yield lost_frame(index, image.shape, 0.0)
-                continue
-            proposal = self._follow(box_tracker, image) or last_box
-            result = self._segment(index, image, proposal, last_area, signature)
-            if result.lost and proposal != last_box:  # the box tracker may have drifted: try where it was
-                result = self._segment(index, image, last_box, last_area, signature)
-            if result.lost:
-                yield result
-                continue
-            assert result.box is not None
-            last_box, last_area = result.box, float(result.mask.sum())
-            box_tracker = self._start(image, result.box)
-            yield result
+    def start(self, index: int, image: np.ndarray, prompt: Prompt) -> tuple[TrackedFrame, ClassicalState]:
+        prediction = self._anchor(image, prompt)
+        box = mask_box(prediction.mask)
+        if box is None:
+            return lost_frame(index, image.shape, prediction.score), ClassicalState()
+        signature = colour_signature(image, prediction.mask)
+        state = ClassicalState(image, box, float(prediction.mask.sum()), signature)
+        return TrackedFrame(index, prediction.mask, box, prediction.score, False), state
+
+    def step(
+        self, state: ClassicalState, index: int, image: np.ndarray, correction: Prompt | None = None
+    ) -> tuple[TrackedFrame, ClassicalState]:
+        if correction is not None:
+            return self.start(index, image, correction)
+        if state.frame is None or state.box is None or state.signature is None:
+            return lost_frame(index, image.shape, 0.0), state
+        # MIL learns the polyp's look on the last frame where it was found, then searches this one.
+        proposal = self._follow(self._start(state.frame, state.box), image) or state.box
+        result = self._segment(index, image, proposal, state.area, state.signature)
+        if result.lost and proposal != state.box:  # the box tracker may have drifted: try where it was
+            result = self._segment(index, image, state.box, state.area, state.signature)
+        if result.lost or result.box is None:
+            return result, state
+        return result, ClassicalState(image, result.box, float(result.mask.sum()), state.signature)
+
+    def _state_tensors(self, state: ClassicalState) -> dict[str, Any]:
+        if state.frame is None or state.box is None or state.signature is None:
+            return {}
+        ok, jpeg = cv2.imencode(
+            ".jpg", cv2.cvtColor(state.frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+        )
+        assert ok
+        return {
+            "frame_jpeg": torch.from_numpy(jpeg.reshape(-1)),
+            "box": [state.box.x1, state.box.y1, state.box.x2, state.box.y2],
+            "area": state.area,
+            "signature": torch.from_numpy(state.signature),
+        }
+
+    def _state_from_tensors(self, data: dict[str, Any]) -> ClassicalState:
+        if not data:
+            return ClassicalState()
+        frame = cv2.imdecode(data["frame_jpeg"].numpy(), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise ValueError("the stored frame does not decode")
+        return ClassicalState(
+            cv2.cvtColor(frame, cv2.COLOR_BGR2RGB),
+            Box(*(float(v) for v in data["box"])),
+            float(data["area"]),
+            data["signature"].numpy().astype(np.float32),
+        )
 
     def _anchor(self, image: np.ndarray, prompt: Prompt) -> Prediction:
         """The mask on a prompted frame: the model's answer, or the given mask itself."""

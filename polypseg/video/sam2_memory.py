@@ -13,7 +13,7 @@ while the smoothed value is below one half, painting no mask there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from polypseg.masks import mask_box
 from polypseg.predictors.sam2 import Sam2Predictor
 from polypseg.prompts import Prompt
-from polypseg.video.tracking import Frames, TrackedFrame, VideoTracker
+from polypseg.video.tracking import TrackedFrame, VideoTracker
 
 # The model asks for the video's length only to stop looking past its ends; a stream has none.
 STREAM_LENGTH = 1 << 30
@@ -35,12 +35,9 @@ MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_l
 class PresenceFilter:
     """Debounces SAM2's per-frame object presence into a lost flag."""
 
-    def __init__(self, smoothing: float = 0.5) -> None:
+    def __init__(self, smoothing: float = 0.5, value: float = 1.0) -> None:
         self.smoothing = smoothing
-        self.value = 1.0
-
-    def reset(self) -> None:
-        self.value = 1.0
+        self.value = value
 
     def update(self, probability: float) -> bool:
         """Feed one frame's presence probability; True while the polyp counts as lost."""
@@ -48,7 +45,22 @@ class PresenceFilter:
         return self.value < 0.5
 
 
+@dataclass
+class Sam2State:
+    """SAM2's memory bank (prompted frames and the recent frames it can attend to), the
+    smoothed presence, the last frame's index and the direction of travel."""
+
+    memory: dict[str, dict[int, dict[str, Any]]] = field(
+        default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    )
+    presence: float = 1.0
+    previous: int | None = None
+    backward: bool | None = None
+
+
 class Sam2MemoryTracker(VideoTracker):
+    kind = "sam2"
+
     def __init__(self, predictor: Sam2Predictor, smoothing: float = 0.5) -> None:
         self.predictor = predictor
         self.model: Any = predictor.model
@@ -61,62 +73,97 @@ class Sam2MemoryTracker(VideoTracker):
             1, self.model.memory_temporal_stride_for_eval
         )
 
+    def start(self, index: int, image: np.ndarray, prompt: Prompt) -> tuple[TrackedFrame, Sam2State]:
+        return self._run(Sam2State(), index, image, prompt)
+
+    def step(
+        self, state: Sam2State, index: int, image: np.ndarray, correction: Prompt | None = None
+    ) -> tuple[TrackedFrame, Sam2State]:
+        return self._run(state, index, image, correction)
+
     @torch.inference_mode()
-    def track(
-        self,
-        frames: Frames,
-        prompt: Prompt,
-        corrections: Mapping[int, Prompt] | None = None,
-        backward: bool | None = None,
-    ) -> Iterator[TrackedFrame]:
-        corrections = dict(corrections or {})
-        memory: dict[str, dict[int, dict[str, Any]]] = {
-            "cond_frame_outputs": {},
-            "non_cond_frame_outputs": {},
+    def _run(
+        self, state: Sam2State, index: int, image: np.ndarray, anchor: Prompt | None
+    ) -> tuple[TrackedFrame, Sam2State]:
+        if anchor is None and not state.memory["cond_frame_outputs"]:
+            raise ValueError("a SAM2 track starts from a prompt")
+        backward = state.backward
+        if backward is None and state.previous is not None:
+            backward = index < state.previous
+        height, width = image.shape[:2]
+        features = self._features(image)
+        point_inputs = mask_inputs = None
+        if anchor is not None:
+            anchor = anchor.fitted_to(width, height)
+            points = self.predictor.prompt_points(anchor, height, width)
+            if points is not None:
+                point_inputs = {"point_coords": points[0], "point_labels": points[1]}
+            else:  # started from a mask: SAM2 takes it as this frame's answer
+                mask_inputs = self._mask_inputs(anchor.previous_mask)
+        out = self.model.track_step(
+            frame_idx=index,
+            is_init_cond_frame=anchor is not None,
+            current_vision_feats=features[0],
+            current_vision_pos_embeds=features[1],
+            feat_sizes=features[2],
+            point_inputs=point_inputs,
+            mask_inputs=mask_inputs,
+            output_dict=state.memory,
+            num_frames=STREAM_LENGTH,
+            track_in_reverse=bool(backward),
+            run_mem_encoder=True,
+        )
+        kind = "cond_frame_outputs" if anchor is not None else "non_cond_frame_outputs"
+        state.memory[kind][index] = {key: out[key] for key in MEMORY_KEYS}
+        self._forget(state.memory["non_cond_frame_outputs"], index)
+        presence = PresenceFilter(self.smoothing, 1.0 if anchor is not None else state.presence)
+        probability = float(torch.sigmoid(out["object_score_logits"]).max())
+        lost = presence.update(probability)
+        logits = out["pred_masks_high_res"][0, 0].float().cpu().numpy()
+        mask = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0
+        if lost or not mask.any():
+            mask = np.zeros((height, width), dtype=bool)
+        box = mask_box(mask)
+        result = TrackedFrame(index, mask, box, probability, lost or box is None)
+        return result, Sam2State(state.memory, presence.value, index, backward)
+
+    def _state_tensors(self, state: Sam2State) -> dict[str, Any]:
+        def stored(value: Any) -> Any:
+            # fp16 halves the stored memory bank; the model reads it back as float32.
+            if isinstance(value, torch.Tensor):
+                return value.detach().to("cpu", torch.float16 if value.is_floating_point() else value.dtype)
+            if isinstance(value, list):
+                return [stored(v) for v in value]
+            return value
+
+        memory = {
+            kind: {str(i): {k: stored(v) for k, v in out.items()} for i, out in outputs.items()}
+            for kind, outputs in state.memory.items()
         }
-        presence = PresenceFilter(self.smoothing)
-        previous: int | None = None
-        for position, (index, image) in enumerate(frames):
-            if previous is not None and backward is None:
-                backward = index < previous
-            previous = index
-            anchor = prompt if position == 0 else corrections.get(index)
-            height, width = image.shape[:2]
-            features = self._features(image)
-            point_inputs = mask_inputs = None
-            if anchor is not None:
-                anchor = anchor.fitted_to(width, height)
-                points = self.predictor.prompt_points(anchor, height, width)
-                if points is not None:
-                    point_inputs = {"point_coords": points[0], "point_labels": points[1]}
-                else:  # started from a mask: SAM2 takes it as this frame's answer
-                    mask_inputs = self._mask_inputs(anchor.previous_mask)
-            out = self.model.track_step(
-                frame_idx=index,
-                is_init_cond_frame=anchor is not None,
-                current_vision_feats=features[0],
-                current_vision_pos_embeds=features[1],
-                feat_sizes=features[2],
-                point_inputs=point_inputs,
-                mask_inputs=mask_inputs,
-                output_dict=memory,
-                num_frames=STREAM_LENGTH,
-                track_in_reverse=bool(backward),
-                run_mem_encoder=True,
-            )
-            kind = "cond_frame_outputs" if anchor is not None else "non_cond_frame_outputs"
-            memory[kind][index] = {key: out[key] for key in MEMORY_KEYS}
-            self._forget(memory["non_cond_frame_outputs"], index)
-            if anchor is not None:
-                presence.reset()
-            probability = float(torch.sigmoid(out["object_score_logits"]).max())
-            lost = presence.update(probability)
-            logits = out["pred_masks_high_res"][0, 0].float().cpu().numpy()
-            mask = cv2.resize(logits, (width, height), interpolation=cv2.INTER_LINEAR) > 0
-            if lost or not mask.any():
-                mask = np.zeros((height, width), dtype=bool)
-            box = mask_box(mask)
-            yield TrackedFrame(index, mask, box, probability, lost or box is None)
+        direction = -1 if state.backward is None else int(state.backward)
+        return {
+            "memory": memory,
+            "presence": state.presence,
+            "previous": state.previous,
+            "backward": direction,
+        }
+
+    def _state_from_tensors(self, data: dict[str, Any]) -> Sam2State:
+        device = self.predictor.device
+
+        def loaded(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return value.to(device, torch.float32 if value.is_floating_point() else value.dtype)
+            if isinstance(value, list):
+                return [loaded(v) for v in value]
+            return value
+
+        memory = {
+            kind: {int(i): {k: loaded(v) for k, v in out.items()} for i, out in data["memory"][kind].items()}
+            for kind in ("cond_frame_outputs", "non_cond_frame_outputs")
+        }
+        backward = None if data["backward"] < 0 else bool(data["backward"])
+        return Sam2State(memory, float(data["presence"]), data["previous"], backward)
 
     def _features(
         self, image: np.ndarray
