@@ -8,9 +8,9 @@ LABEL_STUDIO := $(LS_VENV)/bin/label-studio
 DATA ?= ../shared/data/kvasir-seg
 IMAGES ?= $(DATA)/images
 SAMPLE ?= cju0qkwl35piu0993l0dewei2
-CODE := polypseg backends tests benchmarks
+CODE := polypseg backends serverless tests benchmarks
 
-.PHONY: install install-labelstudio browser annotate lint test demo
+.PHONY: install install-labelstudio system-packages annotate lint test demo
 
 $(BIN)/polypseg: pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -27,9 +27,11 @@ $(LABEL_STUDIO):
 
 install-labelstudio: $(LABEL_STUDIO)
 
-# Debian's Chromium for the browser test (driven by Playwright, which downloads no browser).
-browser:
-	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+# Debian packages the tests start: Chromium for the browser test (driven by Playwright, which
+# downloads no browser) and redis-server for the CVAT tracker's state store.
+system-packages:
+	command -v chromium >/dev/null && command -v redis-server >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium redis-server; }
 
 # The main job: Label Studio with the polypseg backend and a project of the images in IMAGES.
 annotate: install install-labelstudio
@@ -38,9 +40,9 @@ annotate: install install-labelstudio
 lint: install
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
-	$(BIN)/mypy polypseg backends
+	$(BIN)/mypy polypseg backends serverless/cvat
 
-test: lint install-labelstudio browser
+test: lint install-labelstudio system-packages
 	$(BIN)/pytest
 
 # The shipped model on one sample frame, and its scores on the held-out validation images

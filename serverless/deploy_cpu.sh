@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Deploy the CPU flavour of every polypseg CVAT function (see deploy.sh).
+exec "$(dirname "${BASH_SOURCE[0]}")/deploy.sh" cpu

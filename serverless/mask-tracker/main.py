@@ -1,0 +1,26 @@
+"""CVAT tracker: a rectangle, polygon or mask on one frame followed onto the next frames.
+Classical (box tracker + the shipped U-Net) on CPU; SAM2's memory with POLYPSEG_TRACKER=sam2
+and a SAM2 checkpoint. States live in CVAT's Redis (CVAT_REDIS_HOST), else in this process."""
+
+import os
+
+from polypseg.predictors import build_predictor
+from polypseg.video.tracking_job import build_tracker
+from serverless.cvat.handlers import TrackerFunction, respond
+from serverless.cvat.state_store import state_store_from_env
+
+
+def init_context(context):
+    kind = os.environ.get("POLYPSEG_TRACKER", "classical")
+    size = int(os.environ["POLYPSEG_SAM2_SIZE"]) if os.environ.get("POLYPSEG_SAM2_SIZE") else None
+    options = {"image_size": size} if kind == "sam2" and size else {}
+    predictor = build_predictor(None, os.environ.get("POLYPSEG_CHECKPOINT") or None, **options)
+    store = state_store_from_env()
+    context.user_data.function = TrackerFunction(build_tracker(kind, predictor), store)
+    context.logger.info(
+        f"polypseg {kind} tracker ready: {predictor.version}, states in {type(store).__name__}"
+    )
+
+
+def handler(context, event):
+    return respond(context, context.user_data.function, event)
