@@ -338,3 +338,28 @@ def test_function_yaml_is_what_cvat_reads(function: str) -> None:
         assert ("nvidia.com/gpu" in spec.get("resources", {}).get("limits", {})) == (
             name == "function-gpu.yaml"
         )
+
+
+def test_boxes_to_masks_detection_function(polyp) -> None:
+    import PIL.Image
+    from cvat_sdk.auto_annotation import DetectionFunctionContext
+
+    from polypseg.predictors import build_predictor
+    from serverless.cvat.boxes_to_masks import BoxesToMasks
+
+    class Context(DetectionFunctionContext):
+        frame_name = f"{ONE_POLYP}.jpg"
+        conf_threshold = None
+        conv_mask_to_poly = False
+
+    image, truth, box = polyp
+    function = BoxesToMasks(build_predictor(), {f"{ONE_POLYP}.jpg": [box]})
+    assert [label.name for label in function.spec.labels] == ["polyp"]
+    (shape,) = function.detect(Context(), PIL.Image.open(image))
+    assert shape.type.value == "mask"
+    assert score_masks(decode_cvat_mask(shape.points, *truth.shape[::-1]), truth).iou > 0.8
+
+    class Other(Context):
+        frame_name = "no-boxes.jpg"
+
+    assert function.detect(Other(), PIL.Image.open(image)) == []
