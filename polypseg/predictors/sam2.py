@@ -64,6 +64,37 @@ def create_sam2_model(config: str, device: str = "cpu", image_size: int | None =
     return build_sam2(config, ckpt_path=None, device=device, mode="eval", hydra_overrides_extra=overrides)
 
 
+def image_features(model: Any, images: torch.Tensor) -> dict[str, Any]:
+    """SAM2's image embedding and high-resolution features for a batch of normalised images
+    at the model's resolution (what the mask decoder reads), as the image predictor makes them."""
+    backbone = model.forward_image(images)
+    _, vision_feats, _, sizes = model._prepare_backbone_features(backbone)
+    if model.directly_add_no_mem_embed:
+        vision_feats[-1] = vision_feats[-1] + model.no_mem_embed
+    batch = images.shape[0]
+    feats = [
+        feat.permute(1, 2, 0).reshape(batch, -1, *size)
+        for feat, size in zip(vision_feats, sizes, strict=True)
+    ]
+    return {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+
+
+def decode_masks(
+    model: Any, features: dict[str, Any], sparse: torch.Tensor, dense: torch.Tensor, multimask: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-resolution mask logits and predicted IoUs for prompt embeddings on image features."""
+    low_res, quality, _, _ = model.sam_mask_decoder(
+        image_embeddings=features["image_embed"],
+        image_pe=model.sam_prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+        repeat_image=False,
+        high_res_features=features["high_res_feats"],
+    )
+    return low_res, quality
+
+
 class Sam2Predictor(ImagePredictor):
     def __init__(self, model: Any, metadata: dict[str, Any], device: str = "cpu", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -76,7 +107,6 @@ class Sam2Predictor(ImagePredictor):
         self.device = torch.device(device)
         size = int(model.image_size)
         self.transforms = SAM2Transforms(resolution=size, mask_threshold=0.0)
-        self._feature_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
 
     @classmethod
     def from_state(
@@ -101,16 +131,8 @@ class Sam2Predictor(ImagePredictor):
 
     @torch.inference_mode()
     def _encode(self, image: np.ndarray) -> tuple[Any, int]:
-        x = self.transforms(image)[None].to(self.device)
-        backbone = self.model.forward_image(x)
-        _, vision_feats, _, _ = self.model._prepare_backbone_features(backbone)
-        if self.model.directly_add_no_mem_embed:
-            vision_feats[-1] = vision_feats[-1] + self.model.no_mem_embed
-        feats = [
-            feat.permute(1, 2, 0).reshape(1, -1, *size)
-            for feat, size in zip(vision_feats, self._feature_sizes, strict=True)
-        ]
-        features = {"image_embed": feats[-1], "high_res_feats": feats[:-1]}
+        features = image_features(self.model, self.transforms(image)[None].to(self.device))
+        feats = [features["image_embed"], *features["high_res_feats"]]
         return features, sum(f.numel() * f.element_size() for f in feats)
 
     def prompt_points(
@@ -151,16 +173,7 @@ class Sam2Predictor(ImagePredictor):
         # One click alone is ambiguous (the polyp, its fold, the whole bowel wall): ask for
         # several masks and keep the one the model rates best.
         ambiguous = prompt.box is None and len(prompt.points) == 1
-        features = prepared.features
-        low_res, quality, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=features["image_embed"],
-            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=ambiguous,
-            repeat_image=False,
-            high_res_features=features["high_res_feats"],
-        )
+        low_res, quality = decode_masks(self.model, prepared.features, sparse, dense, multimask=ambiguous)
         best = int(quality[0].argmax())
         full = self.transforms.postprocess_masks(low_res[:, best : best + 1], (height, width))
         mask = clean_mask(full[0, 0].cpu().numpy() > 0, prompt)
