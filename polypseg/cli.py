@@ -204,6 +204,60 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
     log.info("best checkpoint: %s", best)
 
 
+def _sam2_finetune_options(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "out": args.out,
+        "checkpoint": args.checkpoint,
+        "size": args.size,
+        "image_size": args.image_size,
+        "train": tuple(part.strip() for part in args.train.split(",") if part.strip()),
+        "loss": args.loss,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "encoder_lr": args.encoder_lr,
+        "weight_decay": args.weight_decay,
+        "warmup_steps": args.warmup_steps,
+        "accumulate": args.accumulate,
+        "workers": args.workers,
+        "seed": args.seed,
+        "resume": args.resume,
+        "max_steps": args.max_steps,
+        "limit": args.limit,
+        "save_every": args.save_every,
+        "device": args.device or "auto",
+        "command": shlex.join(["polypseg", *sys.argv[1:]]),
+    }
+
+
+def cmd_finetune_sam2(args: argparse.Namespace) -> None:
+    from polypseg.training.sam2_finetune import Sam2FinetuneConfig, finetune_sam2
+
+    config = Sam2FinetuneConfig(
+        images=args.images,
+        masks=args.masks,
+        boxes=args.boxes,
+        val_list=args.val_list,
+        clicks=args.clicks,
+        **_sam2_finetune_options(args),  # type: ignore[arg-type]
+    )
+    log.info("best checkpoint: %s", finetune_sam2(config))
+
+
+def cmd_finetune_sam2_video(args: argparse.Namespace) -> None:
+    from polypseg.training.sam2_video import Sam2VideoConfig, finetune_sam2_video
+
+    config = Sam2VideoConfig(
+        sequences=args.sequences,
+        val_sequences=args.val_sequences,
+        length=args.length,
+        loss_frames=args.loss_frames,
+        bptt=args.bptt,
+        **_sam2_finetune_options(args),  # type: ignore[arg-type]
+    )
+    log.info("best checkpoint: %s", finetune_sam2_video(config))
+
+
 def cmd_serve_labelstudio(args: argparse.Namespace) -> None:
     import os
 
@@ -219,6 +273,39 @@ def cmd_serve_labelstudio(args: argparse.Namespace) -> None:
     from backends.labelstudio.server import serve  # the edge, imported only by this command
 
     serve(args.host, args.port, args.workers)
+
+
+def _add_sam2_finetune_options(
+    parser: argparse.ArgumentParser, image_size: int, batch_size: int, train: str
+) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="start: official sam2.1_hiera_*.pt or a polypseg SAM2 file"
+    )
+    parser.add_argument(
+        "--size", default="t", help="hiera size (t, s, b+, l) of a random start without --checkpoint"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=image_size, help="model input size (a multiple of 64)"
+    )
+    parser.add_argument("--train", default=train, help="parts that learn, comma-separated")
+    parser.add_argument("--loss", choices=("focal", "bce"), default="focal", help="pixel loss beside Dice")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument(
+        "--lr", type=float, default=5e-5, help="learning rate of the decoder and prompt encoder"
+    )
+    parser.add_argument("--encoder-lr", type=float, default=5e-6, help="learning rate of the image encoder")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")
+    parser.add_argument("--workers", type=int, default=1, help="data loader processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--limit", type=int, help="train on the first N images or sequences only")
+    parser.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
+    parser.add_argument("--device", help="cpu, cuda or auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,6 +424,38 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
     unet.add_argument("--device", help="cpu, cuda or auto")
     unet.set_defaults(run=cmd_train_unet)
+
+    finetune = commands.add_parser("finetune", help="fine-tune SAM2 on polyps").add_subparsers(
+        dest="finetuner", required=True
+    )
+    image_ft = finetune.add_parser("sam2", help="SAM2 on images with box prompts (and correction clicks)")
+    image_ft.add_argument("--images", type=Path, required=True)
+    image_ft.add_argument("--masks", type=Path, required=True)
+    image_ft.add_argument("--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components")
+    image_ft.add_argument("--val-list", type=Path, help="names of the validation images, never trained on")
+    image_ft.add_argument(
+        "--clicks", type=int, default=1, help="correction rounds, one click each, after the box"
+    )
+    _add_sam2_finetune_options(
+        image_ft, image_size=1024, batch_size=4, train="image-encoder,prompt-encoder,mask-decoder"
+    )
+    image_ft.set_defaults(run=cmd_finetune_sam2)
+    video_ft = finetune.add_parser("sam2-video", help="SAM2 on sequences labelled on their last frame")
+    video_ft.add_argument(
+        "--sequences", type=Path, required=True, help="folder of sequences (docs/training.md)"
+    )
+    video_ft.add_argument("--val-sequences", type=Path, help="sequences to validate the tracker on")
+    video_ft.add_argument(
+        "--length", type=int, default=8, help="frames per sequence, first and last included"
+    )
+    video_ft.add_argument(
+        "--loss-frames", choices=("last", "annotated"), default="last", help="frames the loss is computed on"
+    )
+    video_ft.add_argument("--bptt", type=int, default=4, help="frames of memory gradients flow back through")
+    _add_sam2_finetune_options(
+        video_ft, image_size=512, batch_size=1, train="image-encoder,prompt-encoder,mask-decoder,memory"
+    )
+    video_ft.set_defaults(run=cmd_finetune_sam2_video)
 
     serve = commands.add_parser("serve", help="serve a model to an annotation tool").add_subparsers(
         dest="platform", required=True

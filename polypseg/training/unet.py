@@ -8,10 +8,8 @@ optimiser and schedule too, so `--resume` continues from the step where training
 
 from __future__ import annotations
 
-import csv
 import datetime
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from polypseg.masks import mask_box
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, training_transform
+from polypseg.training.common import init_distributed, split_names, write_log
 
 log = logging.getLogger(__name__)
 
@@ -179,35 +178,12 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
-def split_names(
-    samples: list[PolypSample], val_list: Path | None
-) -> tuple[list[PolypSample], list[PolypSample]]:
-    """Training and validation samples; validation names come from a committed list file."""
-    if val_list is None:
-        return samples, []
-    names = {line.strip() for line in Path(val_list).read_text().splitlines() if line.strip()}
-    return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 class _Run:
     """The state of one training run: model, optimiser, schedule, position and history."""
 
     def __init__(self, config: UnetTrainConfig) -> None:
         self.config = config
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = _pick_device(config.device)
-        if self.world > 1:
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.device, self.world, self.rank = init_distributed(config.device)
         self.geometry = BoxInputGeometry(config.geometry, config.size, config.margin)
         samples = load_folder_dataset(config.images, config.masks, config.boxes)
         self.train_samples, self.val_samples = split_names(samples, config.val_list)
@@ -385,7 +361,7 @@ def train_unet(config: UnetTrainConfig) -> Path:
                     k: v.half() if v.is_floating_point() else v for k, v in run.model.state_dict().items()
                 }
                 save_checkpoint(run.out / "best.pt", half, run.metadata(metrics))
-            _write_log(run.out, run.history)
+            write_log(run.out, run.history)
         run.save_last()
         if run.world > 1:
             dist.barrier()
@@ -393,30 +369,3 @@ def train_unet(config: UnetTrainConfig) -> Path:
         dist.destroy_process_group()
     best = run.out / "best.pt"
     return best if best.is_file() else run.out / "last.pt"
-
-
-def _write_log(out: Path, history: list[dict[str, Any]]) -> None:
-    """The epoch table as CSV and the loss and IoU curves as PNG."""
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    with open(out / "log.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [row["train_loss"] for row in history])
-    left.set(title="training loss (BCE + Dice)", xlabel="epoch")
-    validated = [key for key in ("iou@0", "iou@0.1") if key in history[-1]]
-    for key in validated:
-        right.plot(epochs, [row.get(key) for row in history], label=f"box noise {key[4:]}")
-    right.set(title="validation IoU", xlabel="epoch")
-    if validated:
-        right.legend()
-    figure.tight_layout()
-    figure.savefig(out / "curves.png", dpi=100)
-    plt.close(figure)

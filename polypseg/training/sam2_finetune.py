@@ -1,0 +1,458 @@
+"""SAM2 fine-tuning on polyp images with box prompts: `polypseg finetune sam2`.
+
+From an official sam2.1 checkpoint (or random weights, for tests), every part that
+`--train` names learns (image encoder, prompt encoder, mask decoder: all by default, as the
+reference work found best); the memory modules, unused on still images, stay frozen. Each
+sample is one polyp: the frame squashed to the model's square input as SAM2 sees it, a box
+jittered as an annotator draws it, and optionally correction rounds: a click sampled from the
+previous answer's error region, given with that answer as the mask input, as SAM's own
+training does. Loss: focal (or BCE) + Dice on the masks, plus the IoU head's squared error
+against the IoU the mask actually has. AdamW with a separate learning rate for the image
+encoder, linear warm-up then cosine decay, bf16 autocast and gradient accumulation, DDP under
+torchrun; validation each epoch, best checkpoint kept, `--resume` continues.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from polypseg.checkpoints import load_checkpoint, save_checkpoint
+from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
+from polypseg.errors import CheckpointError, DatasetError
+from polypseg.evaluation import evaluate
+from polypseg.images import read_image, read_mask
+from polypseg.masks import mask_box
+from polypseg.predictors.sam2 import (
+    Sam2Predictor,
+    config_from_weights,
+    create_sam2_model,
+    decode_masks,
+    image_features,
+    sam2_config_name,
+)
+from polypseg.training.augment import annotator_box, training_transform
+from polypseg.training.common import init_distributed, split_names, write_log
+
+log = logging.getLogger(__name__)
+
+PARTS = {
+    "image-encoder": ("image_encoder",),
+    "prompt-encoder": ("sam_prompt_encoder",),
+    "mask-decoder": ("sam_mask_decoder", "obj_ptr_proj"),
+    # memory parts: trained by the video fine-tuning
+    "memory": ("memory_attention", "memory_encoder", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc"),
+}
+# SAM2's input normalisation (ImageNet statistics), as its own transforms apply it.
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass
+class Sam2FinetuneConfig:
+    out: Path
+    images: Path | None = None
+    masks: Path | None = None
+    boxes: Path | None = None
+    val_list: Path | None = None
+    checkpoint: Path | None = None  # official sam2.1_hiera_*.pt or a polypseg SAM2 checkpoint
+    size: str = "t"  # hiera size for a random start without checkpoint: t, s, b+, l
+    image_size: int = 1024
+    train: tuple[str, ...] = ("image-encoder", "prompt-encoder", "mask-decoder")
+    loss: str = "focal"  # or bce
+    clicks: int = 1  # correction rounds after the box, each with one click from the error region
+    iou_weight: float = 1.0
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 5e-5
+    encoder_lr: float = 5e-6
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    accumulate: int = 1
+    workers: int = 1
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None
+    limit: int | None = None
+    save_every: int = 100
+    device: str = "auto"
+    command: str = ""
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise(image: np.ndarray, size: int) -> torch.Tensor:
+    """An RGB uint8 frame as SAM2's input: squashed to size x size, normalised, CHW."""
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    return torch.from_numpy(((resized - MEAN) / STD).transpose(2, 0, 1).copy())
+
+
+class PolypFrames(Dataset):
+    """One sample per polyp: the augmented frame at the model's size, that polyp's mask, and
+    an annotator's box around it (x1, y1, x2, y2 in input pixels)."""
+
+    def __init__(self, samples: list[PolypSample], size: int) -> None:
+        self.size = size
+        self.transform = training_transform()
+        self.items = [
+            (sample, index)
+            for sample in samples
+            for index, _ in enumerate(polyp_targets(read_mask(sample.mask_path), sample.boxes))
+        ]
+        if not self.items:
+            raise DatasetError("no polyp in the training images")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sample, polyp = self.items[index]
+        image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
+        _, target = polyp_targets(mask, sample.boxes)[polyp]
+        for _ in range(5):  # augmentations may push the polyp out: draw again
+            out = self.transform(image=image, mask=target.astype(np.uint8))
+            if out["mask"].any():
+                image, target = out["image"], out["mask"] > 0
+                break
+        coverage = cv2.resize(target.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_AREA)
+        # A tiny polyp may cover no input pixel by half: keep any trace of it.
+        target = coverage >= 0.5 if (coverage >= 0.5).any() else coverage > 0
+        box = annotator_box(target, np.random.default_rng()) or mask_box(target)
+        assert box is not None
+        corners = np.clip(box.as_array(), 0, self.size).astype(np.float32)
+        return (
+            normalise(image, self.size),
+            torch.from_numpy(target.astype(np.float32))[None],
+            torch.from_numpy(corners),
+        )
+
+
+def mask_losses(
+    logits: torch.Tensor, target: torch.Tensor, predicted_iou: torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(focal or BCE) + Dice per sample, and the IoU head's squared error, both batch means."""
+    if kind == "focal":
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        alpha = 0.25 * target + 0.75 * (1 - target)
+        pixel = (alpha * (1 - p_t) ** 2 * bce).mean(dim=(1, 2, 3)) * 20  # SAM's focal weight
+    else:
+        pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2, 3))
+    probability = torch.sigmoid(logits)
+    overlap = (probability * target).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * overlap + 1) / (probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    with torch.no_grad():
+        hard = (logits > 0).float()
+        union = ((hard + target) > 0).float().sum(dim=(1, 2, 3))
+        true_iou = torch.where(union > 0, (hard * target).sum(dim=(1, 2, 3)) / union.clamp(min=1), 1.0)
+    iou_error = F.mse_loss(predicted_iou.float(), true_iou)
+    return (pixel + dice).mean(), iou_error
+
+
+def correction_clicks(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One click per sample where the answer is most wrong: the point deepest inside the larger
+    error region (missed polyp: positive; false polyp: negative). Coordinates (B, 1, 2), labels (B, 1)."""
+    points, labels = [], []
+    predicted = (logits.detach() > 0).squeeze(1).cpu().numpy()
+    truth = target.squeeze(1).cpu().numpy() > 0.5
+    for pred, true in zip(predicted, truth, strict=True):
+        missed, extra = true & ~pred, pred & ~true
+        region, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
+        if not region.any():
+            region, label = true, 1
+        if not region.any():  # nothing to find and nothing wrong: a negative click anywhere
+            region, label = np.ones_like(true), 0
+        depth = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+        points.append([[x + 0.5, y + 0.5]])
+        labels.append([label])
+    return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int)
+
+
+def prompted_losses(
+    model: Any, images: torch.Tensor, targets: torch.Tensor, boxes: torch.Tensor, config: Sam2FinetuneConfig
+) -> torch.Tensor:
+    """The loss of one batch: the box, then `config.clicks` correction rounds."""
+    size = images.shape[-1]
+    features = image_features(model, images)
+    coords = boxes.view(-1, 2, 2)
+    labels = torch.tensor([[2, 3]], dtype=torch.int, device=images.device).expand(len(boxes), 2)
+    mask_input = None
+    total = images.new_zeros(())
+    for _ in range(1 + config.clicks):
+        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
+        low_res, predicted_iou = decode_masks(model, features, sparse, dense)
+        logits = F.interpolate(low_res.float(), size=(size, size), mode="bilinear", align_corners=False)
+        mask_loss, iou_loss = mask_losses(logits, targets, predicted_iou[:, 0], config.loss)
+        total = total + mask_loss + config.iou_weight * iou_loss
+        click, label = correction_clicks(logits, targets)
+        coords = torch.cat([coords, click.to(images.device)], dim=1)
+        labels = torch.cat([labels, label.to(images.device)], dim=1)
+        mask_input = low_res.detach()
+    return total / (1 + config.clicks)
+
+
+def load_sam2(checkpoint: Path | None, size: str, image_size: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model and its metadata, from an official or project checkpoint or, without one, random."""
+    if checkpoint is None:
+        config = sam2_config_name(size)
+        return create_sam2_model(config, image_size=image_size), {"config": config, "source": "random"}
+    state, metadata, _ = load_checkpoint(checkpoint)
+    if not any(k.startswith("image_encoder.") for k in state):
+        raise CheckpointError(f"{checkpoint}: not a SAM2 checkpoint")
+    config = metadata.get("config") or config_from_weights(state)
+    model = create_sam2_model(config, image_size=image_size)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model, {"config": config, "source": str(checkpoint), "base_version": metadata.get("version")}
+
+
+def trainable_parts(
+    model: torch.nn.Module, parts: tuple[str, ...]
+) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Freeze everything but `parts`; (image encoder parameters, other trainable parameters)."""
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts:
+        raise ValueError(
+            f"--train takes some of {', '.join(PARTS)}; got {', '.join(sorted(parts)) or 'none'}"
+        )
+    prefixes = tuple(p for part in parts for p in PARTS[part])
+    encoder: list[torch.nn.Parameter] = []
+    others: list[torch.nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith(prefixes)
+        if parameter.requires_grad:
+            (encoder if name.startswith("image_encoder") else others).append(parameter)
+    return encoder, others
+
+
+def warmup_cosine(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Sam2Run:
+    """One fine-tuning run: model, optimiser, schedule, position, history; subclasses change
+    the data and the loss (video)."""
+
+    loss_name = "focal + Dice + IoU"
+    selection = "iou@0.1"  # the validation metric that picks the best checkpoint
+
+    def __init__(self, config: Sam2FinetuneConfig) -> None:
+        self.config = config
+        self.device, self.world, self.rank = init_distributed(config.device)
+        torch.manual_seed(config.seed)
+        self.model, self.source = load_sam2(config.checkpoint, config.size, config.image_size)
+        self.model.to(self.device).train()
+        encoder, others = trainable_parts(self.model, config.train)
+        self.data, self.val_samples, self.train_count = self.load_data()
+        self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
+        self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
+        groups = [{"params": others, "lr": config.lr}]
+        if encoder:
+            groups.append({"params": encoder, "lr": config.encoder_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+        total = config.max_steps or config.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(min(config.warmup_steps, max(1, total // 10)), total)
+        )
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.out = Path(config.out)
+        if config.resume and (self.out / "last.pt").is_file():
+            self._load(self.out / "last.pt")
+
+    def load_data(self) -> tuple[Any, list[PolypSample], int]:
+        c = self.config
+        if c.images is None or c.masks is None:
+            raise DatasetError("SAM2 fine-tuning needs --images and --masks")
+        train, val = split_names(load_folder_dataset(c.images, c.masks, c.boxes), c.val_list)
+        if c.limit:
+            train = train[: c.limit]
+        return PolypFrames(train, c.image_size), val, len(train)
+
+    def batch_loss(self, batch: Any) -> torch.Tensor:
+        images, targets, boxes = (t.to(self.device) for t in batch)
+        return prompted_losses(self.model, images, targets, boxes, self.config)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        c = self.config
+        hiera = self.source["config"].rsplit("_", 1)[-1].removesuffix(".yaml")
+        return {
+            "architecture": "sam2",
+            "config": self.source["config"],
+            "image_size": c.image_size,
+            "version": f"sam2.1-{hiera}-polyp{c.image_size}-e{self.epoch}",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "training": {
+                "kind": type(self).__name__,
+                "start": self.source,
+                "train_items": self.train_count,
+                "val_images": len(self.val_samples),
+                "epochs_done": self.epoch,
+                "command": c.command,
+                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items()},
+            },
+            "metrics": metrics or {},
+        }
+
+    def _load(self, path: Path) -> None:
+        state, _, extra = load_checkpoint(path)
+        self.model.load_state_dict({k: v.float() for k, v in state.items()})
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        position = extra["position"]
+        self.epoch, self.batch_in_epoch, self.step = position["epoch"], position["batch"], position["step"]
+        self.best = float(position["best"])
+        self.history = list(extra.get("history", []))
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def save_last(self) -> None:
+        if self.is_main:
+            position = {
+                "epoch": self.epoch,
+                "batch": self.batch_in_epoch,
+                "step": self.step,
+                "best": self.best,
+            }
+            save_checkpoint(
+                self.out / "last.pt",
+                self.model.state_dict(),
+                self.metadata(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                position=position,
+                history=self.history,
+            )
+
+    def batches(self) -> DataLoader:
+        order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
+        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.config.batch_size]
+        remaining = per_rank[self.batch_in_epoch * self.config.batch_size :]
+        return DataLoader(
+            torch.utils.data.Subset(self.data, remaining.tolist()),
+            batch_size=self.config.batch_size,
+            num_workers=self.config.workers,
+            drop_last=True,
+        )
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_samples:
+            return {}
+        predictor = Sam2Predictor(self.model, self.metadata(), device=str(self.device))
+        metrics = {}
+        for noise in (0.0, 0.1):
+            result = evaluate(
+                {"model": lambda im, p: predictor.predict(im, p).mask},
+                self.val_samples,
+                box_noise=noise,
+                progress=False,
+            )["model"].mean
+            metrics[f"iou@{noise:g}"], metrics[f"dice@{noise:g}"] = result.iou, result.dice
+        self.model.train()
+        return metrics
+
+    def fit(self) -> Path:
+        """Train; the path of the best checkpoint (or the last without validation)."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        use_amp = self.device.type == "cuda"
+        started, stop = time.time(), False
+        while self.epoch < c.epochs and not stop:
+            self.model.train()
+            losses: list[float] = []
+            progress = tqdm(
+                self.batches(),
+                desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                initial=self.batch_in_epoch,
+                total=self.batches_per_epoch,
+                disable=not self.is_main,
+            )
+            for batch in progress:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = self.batch_loss(batch) / c.accumulate
+                loss.backward()
+                losses.append(loss.item() * c.accumulate)
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch % c.accumulate == 0:
+                    self._sync_gradients()
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.step += 1
+                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                    if self.step % c.save_every == 0:
+                        self.save_last()
+                    if c.max_steps is not None and self.step >= c.max_steps:
+                        stop = True
+                        break
+            if stop and self.batch_in_epoch < self.batches_per_epoch:
+                self.save_last()
+                break
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self.is_main:
+                self._end_epoch(losses, started)
+            self.save_last()
+            if self.world > 1:
+                dist.barrier()
+        if self.world > 1:
+            dist.destroy_process_group()
+        best = self.out / "best.pt"
+        return best if best.is_file() else self.out / "last.pt"
+
+    def _sync_gradients(self) -> None:
+        """Average gradients over processes. SAM2 is driven through its parts, not through one
+        forward() that DistributedDataParallel could wrap, so the averaging is done here."""
+        if self.world == 1:
+            return
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= self.world
+
+    def _end_epoch(self, losses: list[float], started: float) -> None:
+        metrics = self.validate()
+        row: dict[str, float] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "seconds": round(time.time() - started, 1),
+            **metrics,
+        }
+        self.history.append(row)
+        log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in row.items()})
+        score = metrics.get(self.selection, -row["train_loss"])
+        if score > self.best:
+            self.best = score
+            half = {k: v.half() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+            save_checkpoint(self.out / "best.pt", half, self.metadata(metrics))
+        write_log(self.out, self.history, self.loss_name)
+
+
+def finetune_sam2(config: Sam2FinetuneConfig) -> Path:
+    return Sam2Run(config).fit()
