@@ -258,6 +258,76 @@ def cmd_finetune_sam2_video(args: argparse.Namespace) -> None:
     log.info("best checkpoint: %s", finetune_sam2_video(config))
 
 
+def _pull(args: argparse.Namespace) -> bool:
+    """Pull every configured source into the dataset store; False if any could not be read."""
+    from polypseg.data_store import DatasetStore
+
+    store, ok = DatasetStore(args.dataset), True
+    if args.label_studio_project is not None:
+        from backends.labelstudio.errors import BadRequest
+        from backends.labelstudio.export import LabelStudioProject
+
+        if not args.label_studio_url:
+            raise PolypsegError("--label-studio-url (or LABEL_STUDIO_URL) is needed to pull a project")
+        project = LabelStudioProject(args.label_studio_url, args.api_key or "", args.label_studio_project)
+        try:
+            report = project.pull(store)
+            log.info("Label Studio %s: %s", project.source, report)
+        except (BadRequest, OSError) as exc:  # unreachable after retries, refused, ...
+            log.error("Label Studio project %s not pulled: %s", args.label_studio_project, exc)
+            ok = False
+    for archive in args.cvat_archive:
+        from serverless.cvat.export import pull_cvat_archive
+
+        log.info("CVAT archive %s: %s", archive, pull_cvat_archive(archive, store))
+    return ok
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    import time
+
+    from polypseg.retraining import RetrainSettings, parse_interval, retrain
+
+    settings = RetrainSettings(
+        model_dir=args.model_dir,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        lr=args.lr,
+        tolerance=args.tolerance,
+        max_steps=args.max_steps,
+        device=args.device or "auto",
+    )
+    every = parse_interval(args.every) if args.every else None
+    while True:
+        if _pull(args) or args.train_anyway:
+            result = retrain(settings)
+            log.info(
+                "%s: %s%s", result.status, result.reason, f" ({result.version})" if result.version else ""
+            )
+        else:
+            log.error("no retrain this round: a source could not be read; the served model is unchanged")
+        if every is None:
+            return
+        time.sleep(every)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from polypseg.model_store import ModelStore
+
+    store = ModelStore(args.model_dir)
+    if args.action == "list":
+        current = store.current()
+        for version in store.list_versions():
+            mark = "*" if current and version.id == current.id else " "
+            print(f"{mark} {version.id}  {json.dumps(version.metrics)}  {version.info.get('note', '')}")
+    elif args.action == "promote":
+        if not args.version:
+            raise PolypsegError("models promote needs a version id (see models list)")
+        log.info("current: %s", store.promote(args.version, "promoted by hand").id)
+    else:
+        log.info("current: %s", store.rollback().id)
+
+
 def cmd_serve_labelstudio(args: argparse.Namespace) -> None:
     import os
 
@@ -456,6 +526,49 @@ def build_parser() -> argparse.ArgumentParser:
         video_ft, image_size=512, batch_size=1, train="image-encoder,prompt-encoder,mask-decoder,memory"
     )
     video_ft.set_defaults(run=cmd_finetune_sam2_video)
+
+    import os
+
+    retrain_cmd = commands.add_parser("retrain", help="pull new labels, retrain, promote if not worse")
+    retrain_cmd.add_argument(
+        "--model-dir",
+        type=Path,
+        default=os.environ.get("MODEL_DIR"),
+        required=not os.environ.get("MODEL_DIR"),
+    )
+    retrain_cmd.add_argument(
+        "--dataset",
+        type=Path,
+        default=os.environ.get("POLYPSEG_DATASET"),
+        required=not os.environ.get("POLYPSEG_DATASET"),
+    )
+    retrain_cmd.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"))
+    retrain_cmd.add_argument(
+        "--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: $LABEL_STUDIO_API_KEY"
+    )
+    retrain_cmd.add_argument("--label-studio-project", type=int, help="pull this project's labelled images")
+    retrain_cmd.add_argument(
+        "--cvat-archive", type=Path, action="append", default=[], help="a CVAT for images 1.1 export"
+    )
+    retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
+    retrain_cmd.add_argument("--epochs", type=int, default=3)
+    retrain_cmd.add_argument("--lr", type=float, default=5e-4)
+    retrain_cmd.add_argument("--tolerance", type=float, default=0.01, help="promote if IoU >= current - this")
+    retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")
+    retrain_cmd.add_argument("--train-anyway", action="store_true", help="retrain even if a source failed")
+    retrain_cmd.add_argument("--device", help="cpu, cuda or auto")
+    retrain_cmd.set_defaults(run=cmd_retrain)
+
+    models = commands.add_parser("models", help="model versions in MODEL_DIR: list, promote, rollback")
+    models.add_argument("action", choices=("list", "promote", "rollback"))
+    models.add_argument("version", nargs="?", help="the version to promote")
+    models.add_argument(
+        "--model-dir",
+        type=Path,
+        default=os.environ.get("MODEL_DIR"),
+        required=not os.environ.get("MODEL_DIR"),
+    )
+    models.set_defaults(run=cmd_models)
 
     serve = commands.add_parser("serve", help="serve a model to an annotation tool").add_subparsers(
         dest="platform", required=True

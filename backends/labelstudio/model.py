@@ -18,6 +18,7 @@ from backends.labelstudio.regions import (
 from backends.labelstudio.settings import Settings
 from polypseg.errors import PolypsegError
 from polypseg.images import read_image
+from polypseg.model_store import CurrentModel, ModelStore
 from polypseg.predictors import build_predictor
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
@@ -31,8 +32,15 @@ class PolypModel:
     """One loaded predictor serving every project; safe to call from several threads."""
 
     def __init__(self, settings: Settings, predictor: ImagePredictor | None = None) -> None:
+        """The model is `predictor` if given; else MODEL_DIR's current version, followed as
+        retraining promotes new ones (else POLYPSEG_CHECKPOINT, else the shipped model)."""
         self.settings = settings
-        self.predictor = predictor or build_predictor(settings.model, settings.checkpoint, settings.device)
+        store = ModelStore(settings.model_dir) if settings.model_dir and predictor is None else None
+        self.current = CurrentModel(
+            store,
+            lambda path: predictor or build_predictor(settings.model, path, settings.device),
+            fallback=settings.checkpoint,
+        )
         self.fetcher = MediaFetcher(
             settings.label_studio_url,
             settings.label_studio_api_key,
@@ -41,15 +49,19 @@ class PolypModel:
         )
 
     @property
+    def predictor(self) -> ImagePredictor:
+        """The model to answer one request with (held for the whole request)."""
+        return self.current.get()
+
+    @property
     def version(self) -> str:
         return self.predictor.version
 
-    @property
-    def tracker_kind(self) -> str:
+    def tracker_kind(self, predictor: ImagePredictor) -> str:
         if self.settings.tracker != "auto":
             return self.settings.tracker
-        on_gpu = str(getattr(self.predictor, "device", "cpu")).startswith("cuda")
-        return "sam2" if self.predictor.name == "sam2" and on_gpu else "classical"
+        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
+        return "sam2" if predictor.name == "sam2" and on_gpu else "classical"
 
     def predict(
         self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
@@ -59,20 +71,18 @@ class PolypModel:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("tasks must be a list of task objects", 400)
         config = parse_label_config(label_config)
+        predictor = self.predictor
         if context and context.get("result"):
             if len(tasks) != 1:
                 raise BadRequest(f"an interactive request needs exactly one task, not {len(tasks)}", 400)
             if config.kind == "video":
-                return [self.track(tasks[0], config, context["result"])]
-            return [self.interactive(tasks[0], config, context["result"])]
+                return [self.track(predictor, tasks[0], config, context["result"])]
+            return [self.interactive(predictor, tasks[0], config, context["result"])]
         if config.kind == "video":
-            return [self._answer([], 0.0) for _ in tasks]  # nothing to track without a user's box
+            return [_answer(predictor, [], 0.0) for _ in tasks]  # nothing to track without a user's box
         if len(tasks) == 1:
-            return [self.from_task_boxes(tasks[0], config)]
-        return [self._batch_task(task, config) for task in tasks]
-
-    def _answer(self, regions: list[Region], score: float) -> Prediction:
-        return {"result": regions, "score": round(score, 4), "model_version": self.version}
+            return [self.from_task_boxes(predictor, tasks[0], config)]
+        return [self._batch_task(predictor, task, config) for task in tasks]
 
     def _media_url(self, task: dict[str, Any], config: LabelConfig) -> str:
         url = (task.get("data") or {}).get(config.data_key)
@@ -87,11 +97,13 @@ class PolypModel:
         except PolypsegError as exc:
             raise BadRequest(f"{url}: {exc}") from None
 
-    def interactive(self, task: dict[str, Any], config: LabelConfig, regions: list[Region]) -> Prediction:
+    def interactive(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]
+    ) -> Prediction:
         image = self._image(task, config)
         height, width = image.shape[:2]
         prompt, labels = prompt_from_context(regions, config.object_name, width, height)
-        prediction = self.predictor.predict(image, prompt)
+        prediction = predictor.predict(image, prompt)
         found = mask_regions(
             prediction.mask,
             prediction.score,
@@ -100,19 +112,21 @@ class PolypModel:
             config.polygon_control,
             labels,
         )
-        return self._answer(found, prediction.score)
+        return _answer(predictor, found, prediction.score)
 
-    def from_task_boxes(self, task: dict[str, Any], config: LabelConfig) -> Prediction:
+    def from_task_boxes(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig
+    ) -> Prediction:
         boxes = task_rectangles(task, config.object_name)
         if not boxes:
-            return self._answer([], 0.0)
-        prepared = self.predictor.prepare(self._image(task, config))
+            return _answer(predictor, [], 0.0)
+        prepared = predictor.prepare(self._image(task, config))
         found: list[Region] = []
         scores = []
         for region in boxes:
             value = region.get("value") or {}
             prompt = Prompt(box=rectangle_box(value, prepared.width, prepared.height))
-            prediction = self.predictor.segment(prepared, prompt)
+            prediction = predictor.segment(prepared, prompt)
             labels = value.get("rectanglelabels") or value.get("labels") or []
             found += mask_regions(
                 prediction.mask,
@@ -123,17 +137,19 @@ class PolypModel:
                 labels,
             )
             scores.append(prediction.score)
-        return self._answer(found, sum(scores) / len(scores))
+        return _answer(predictor, found, sum(scores) / len(scores))
 
-    def _batch_task(self, task: dict[str, Any], config: LabelConfig) -> Prediction:
+    def _batch_task(self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig) -> Prediction:
         """In a batch, a task that fails gets an empty prediction; the others still get theirs."""
         try:
-            return self.from_task_boxes(task, config)
+            return self.from_task_boxes(predictor, task, config)
         except (BadRequest, PolypsegError) as exc:
             log.warning("task %s: no prediction: %s", task.get("id"), exc)
-            return self._answer([], 0.0)
+            return _answer(predictor, [], 0.0)
 
-    def track(self, task: dict[str, Any], config: LabelConfig, regions: list[Region]) -> Prediction:
+    def track(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]
+    ) -> Prediction:
         from backends.labelstudio.video import track_video_region
 
         region = next(
@@ -149,6 +165,10 @@ class PolypModel:
         url = self._media_url(task, config)
         with self.fetcher.download(url, task.get("id")) as path:
             tracked = track_video_region(
-                path, region, self.predictor, self.tracker_kind, self.settings.max_frames_to_track
+                path, region, predictor, self.tracker_kind(predictor), self.settings.max_frames_to_track
             )
-        return self._answer([tracked.region], tracked.score)
+        return _answer(predictor, [tracked.region], tracked.score)
+
+
+def _answer(predictor: ImagePredictor, regions: list[Region], score: float) -> Prediction:
+    return {"result": regions, "score": round(score, 4), "model_version": predictor.version}

@@ -27,7 +27,7 @@ from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
 from backends.labelstudio.settings import Settings
-from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, WebhookQueue, log_event
+from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, RetrainTrigger, WebhookQueue, log_event
 from polypseg.errors import PolypsegError
 
 log = logging.getLogger("polypseg.labelstudio")
@@ -81,15 +81,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings | None = None, model: PolypModel | None = None, on_webhook: Handler = log_event
+    settings: Settings | None = None, model: PolypModel | None = None, on_webhook: Handler | None = None
 ) -> FastAPI:
-    """The application; `model` defaults to the predictor the settings name, loaded now, once."""
+    """The application; `model` defaults to the predictor the settings name, loaded now, once.
+    Webhooks start retraining where MODEL_DIR is set, else they are logged."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings.from_env()
     model = model or PolypModel(settings)
     metrics = Metrics()
-    webhooks = WebhookQueue(on_webhook)
+    webhooks = WebhookQueue(on_webhook or _webhook_handler(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -184,6 +185,19 @@ def create_app(
         }
 
     return app
+
+
+def _webhook_handler(settings: Settings) -> Handler:
+    if settings.model_dir is None or not settings.label_studio_url:
+        return log_event
+    dataset = settings.dataset or settings.model_dir / "dataset"
+    return RetrainTrigger(
+        settings.model_dir,
+        dataset,
+        settings.label_studio_url,
+        settings.label_studio_api_key,
+        settings.retrain_after,
+    )
 
 
 def _authorised(request: Request, settings: Settings) -> bool:

@@ -30,6 +30,8 @@ class Settings:
     max_media_bytes: int = 2 << 30  # POLYPSEG_MAX_MEDIA_BYTES: refuse larger downloads
     fetch_timeout: int = 60  # POLYPSEG_FETCH_TIMEOUT, seconds per read from Label Studio or a URL
     threads: int = 4  # POLYPSEG_THREADS: requests served at once per worker process
+    dataset: Path | None = None  # POLYPSEG_DATASET: the retraining dataset store (default MODEL_DIR/dataset)
+    retrain_after: int = 20  # RETRAIN_AFTER: annotation events that start a retrain (0: START_TRAINING only)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -48,4 +50,6 @@ class Settings:
             max_media_bytes=_int("POLYPSEG_MAX_MEDIA_BYTES", 2 << 30),
             fetch_timeout=_int("POLYPSEG_FETCH_TIMEOUT", 60),
             threads=_int("POLYPSEG_THREADS", 4),
+            dataset=Path(env("POLYPSEG_DATASET", "")) if env("POLYPSEG_DATASET") else None,
+            retrain_after=_int("RETRAIN_AFTER", 20),
         )

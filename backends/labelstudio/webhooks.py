@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -52,3 +56,40 @@ class WebhookQueue:
             finally:
                 self.handled += 1
                 self._queue.task_done()
+
+
+class RetrainTrigger:
+    """Starts `polypseg retrain` for a project (a separate process, so that training never slows
+    the backend) after `after` annotation events there, or at once on START_TRAINING. The
+    retrain's own lock runs one at a time and queues a request made while one runs."""
+
+    def __init__(
+        self, model_dir: Path, dataset: Path, label_studio_url: str, api_key: str, after: int = 20
+    ) -> None:
+        self.model_dir, self.dataset = model_dir, dataset
+        self.label_studio_url, self.api_key, self.after = label_studio_url, api_key, after
+        self.counts: dict[int, int] = {}
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        log_event(event, payload)
+        project = (payload.get("project") or {}).get("id")
+        if not isinstance(project, int):
+            return
+        self.counts[project] = self.counts.get(project, 0) + (event != "START_TRAINING")
+        if event == "START_TRAINING" or (self.after and self.counts[project] >= self.after):
+            self.counts[project] = 0
+            self.start(project)
+
+    def start(self, project: int) -> None:
+        self.started = [p for p in self.started if p.poll() is None]
+        command = [
+            sys.executable, "-m", "polypseg.cli", "retrain",
+            "--model-dir", str(self.model_dir), "--dataset", str(self.dataset),
+            "--label-studio-url", self.label_studio_url, "--label-studio-project", str(project),
+        ]  # fmt: skip
+        env = {**os.environ, "LABEL_STUDIO_API_KEY": self.api_key}
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.model_dir / "retrain.log", "ab") as out:
+            self.started.append(subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT))
+        log.info("retrain of project %s started (log: %s)", project, self.model_dir / "retrain.log")

@@ -71,6 +71,7 @@ class UnetTrainConfig:
     save_every: int = 100  # steps between resumable snapshots within an epoch
     device: str = "auto"
     command: str = ""
+    init: Path | None = None  # start from this checkpoint's weights (same architecture and encoder)
 
 
 class PolypRegions(Dataset):
@@ -193,6 +194,9 @@ class _Run:
         self.model = create_box_channel_model(config.architecture, config.encoder, config.encoder_weights).to(
             self.device
         )
+        if config.init is not None:
+            state, _, _ = load_checkpoint(config.init)
+            self.model.load_state_dict({k: v.float() for k, v in state.items()})
         self.train_model: torch.nn.Module = self.model
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)

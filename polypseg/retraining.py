@@ -1,0 +1,203 @@
+"""Retrain on the dataset store and promote only a model that is not worse.
+
+One retrain at a time per MODEL_DIR (an OS record lock, released even if the process is killed);
+a retrain asked for while one runs is recorded and run right after it, not lost. Training
+writes only into MODEL_DIR/runs/<time>/; the candidate becomes a version only once it is
+complete, and `current` moves only after the candidate has been scored against the current
+model on the store's validation images (box noise 0.1, fixed seed). Killed at any point, the
+served model and the dataset store are as they were.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polypseg.checkpoints import load_checkpoint
+from polypseg.data_store import DatasetStore
+from polypseg.evaluation import evaluate
+from polypseg.model_store import ModelStore, ModelVersion
+from polypseg.predictors import build_predictor, default_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainSettings:
+    model_dir: Path
+    dataset: Path
+    epochs: int = 3
+    lr: float = 5e-4
+    batch_size: int = 8
+    tolerance: float = 0.01  # promote when candidate IoU >= current IoU - tolerance
+    max_steps: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    status: str  # promoted, kept, skipped, queued
+    reason: str
+    version: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class RetrainLock:
+    """An exclusive lock on MODEL_DIR/retrain.lock; a busy lock records a pending request."""
+
+    def __init__(self, model_dir: Path) -> None:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        self.path, self.pending = model_dir / "retrain.lock", model_dir / "retrain.pending"
+        self._handle: Any = None
+
+    def acquire(self) -> bool:
+        self._handle = open(self.path, "a")  # noqa: SIM115 (held open while locked)
+        try:
+            # A POSIX record lock: it belongs to this process alone (forked data-loader workers
+            # do not inherit it) and dies with it, so a killed retrain never leaves it held.
+            fcntl.lockf(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.close()
+            self._handle = None
+            self.pending.touch()
+            return False
+        return True
+
+    def take_pending(self) -> bool:
+        if self.pending.exists():
+            self.pending.unlink(missing_ok=True)
+            return True
+        return False
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.lockf(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def retrain(settings: RetrainSettings) -> RetrainResult:
+    """Retrain (again, while requests arrived during a run); the last run's result."""
+    lock = RetrainLock(settings.model_dir)
+    if not lock.acquire():
+        return RetrainResult("queued", "a retrain is running; this request runs when it ends")
+    try:
+        lock.take_pending()  # this run covers requests made before it started
+        while True:
+            result = _retrain_once(settings)
+            log.info("retrain %s: %s", result.status, result.reason)
+            if not lock.take_pending():
+                return result
+    finally:
+        lock.release()
+
+
+def _iou(checkpoint: Path, samples: list[Any], device: str, seed: int) -> float:
+    predictor = build_predictor(None, checkpoint, device)
+    scores = evaluate(
+        {"m": lambda im, p: predictor.predict(im, p).mask}, samples, box_noise=0.1, seed=seed, progress=False
+    )
+    return float(scores["m"].mean.iou)
+
+
+def _registered_current(store: ModelStore) -> ModelVersion:
+    """The store's current version; the shipped (or configured) model, registered, if none yet,
+    so that a rollback can always return to it."""
+    current = store.current()
+    if current is None:
+        current = store.add(default_checkpoint(), {}, "the model served before the first retrain")
+        store.promote(current.id, "first retrain: the starting model")
+    return current
+
+
+def _train(base: Path, settings: RetrainSettings, out: Path, val_list: Path) -> Path:
+    _, metadata, _ = load_checkpoint(base)
+    images, masks = settings.dataset / "images", settings.dataset / "masks"
+    common: dict[str, Any] = {
+        "images": images,
+        "masks": masks,
+        "val_list": val_list,
+        "out": out,
+        "epochs": settings.epochs,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "max_steps": settings.max_steps,
+        "device": settings.device,
+        "seed": settings.seed,
+        "command": f"polypseg retrain (from {base.name})",
+    }
+    if metadata.get("architecture") == "sam2" or not metadata:
+        from polypseg.training.sam2_finetune import Sam2FinetuneConfig, finetune_sam2
+
+        size = int(metadata.get("image_size", 1024))
+        return finetune_sam2(Sam2FinetuneConfig(checkpoint=base, image_size=size, **common))
+    from polypseg.training.unet import UnetTrainConfig, train_unet
+
+    geometry = metadata.get("input", {})
+    return train_unet(
+        UnetTrainConfig(
+            init=base,
+            architecture=metadata["architecture"],
+            encoder=metadata["encoder"],
+            geometry=geometry.get("mode", "crop"),
+            size=int(geometry.get("size", 224)),
+            margin=float(geometry.get("margin", 0.25)),
+            **common,
+        )
+    )
+
+
+def _retrain_once(settings: RetrainSettings) -> RetrainResult:
+    data = DatasetStore(settings.dataset)
+    train, val = data.samples("train"), data.samples("val")
+    if not train or not val:
+        return RetrainResult(
+            "skipped",
+            f"the dataset has {len(train)} training and {len(val)} validation images; need one of each",
+        )
+    store = ModelStore(settings.model_dir)
+    current = _registered_current(store)
+    out = settings.model_dir / "runs" / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    val_list = out / "val.txt"
+    val_list.write_text("\n".join(s.name for s in val) + "\n")
+    candidate = _train(current.path, settings, out, val_list)
+    if not candidate.is_file():
+        return RetrainResult("skipped", f"training wrote no checkpoint in {out}")
+    device = "cuda" if settings.device == "cuda" else "cpu"
+    new_iou = _iou(candidate, val, device, settings.seed)
+    old_iou = _iou(current.path, val, device, settings.seed)
+    metrics = {
+        "iou": round(new_iou, 4),
+        "current_iou": round(old_iou, 4),
+        "train": len(train),
+        "val": len(val),
+    }
+    version = store.add(candidate, metrics, f"retrained on {len(train)} images from {current.id}", current.id)
+    if new_iou >= old_iou - settings.tolerance:
+        store.promote(version.id, f"IoU {new_iou:.4f} vs {old_iou:.4f} on {len(val)} validation images")
+        return RetrainResult(
+            "promoted", f"IoU {new_iou:.4f} >= {old_iou:.4f} - {settings.tolerance}", version.id, metrics
+        )
+    return RetrainResult(
+        "kept",
+        f"candidate IoU {new_iou:.4f} < current {old_iou:.4f} - {settings.tolerance}: {current.id} stays",
+        version.id,
+        metrics,
+    )
+
+
+def parse_interval(text: str) -> float:
+    """Seconds in "30m", "24h", "2d" or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise ValueError(f"{text!r} is not an interval like 30m, 24h or 2d") from None

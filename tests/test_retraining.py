@@ -1,0 +1,254 @@
+"""Retraining: the model store and its current pointer, the dataset store, CVAT archives, the
+retrain run (promote, refuse a worse model, one at a time, killed half-way)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import KVASIR
+from polypseg.data_store import DatasetStore, LabelledImage, entry_key
+from polypseg.formats.cvat_mask import encode_cvat_mask
+from polypseg.formats.polygons import mask_to_polygons
+from polypseg.images import read_mask
+from polypseg.metrics import score_masks
+from polypseg.model_store import CurrentModel, ModelStore, ModelStoreError
+from polypseg.predictors import default_checkpoint
+from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain
+from serverless.cvat.export import pull_cvat_archive
+
+SOURCE = "test:kvasir"
+
+
+def item(name: str, annotation: str = "1", updated: str = "t1") -> LabelledImage:
+    image = (KVASIR / "images" / f"{name}.jpg").read_bytes()
+    return LabelledImage(
+        SOURCE, name, annotation, updated, image, ".jpg", read_mask(KVASIR / "masks" / f"{name}.jpg")
+    )
+
+
+def names_with_validation(count: int) -> list[str]:
+    """`count` Kvasir names whose store split has at least two validation images."""
+    names = sorted(p.stem for p in (KVASIR / "images").iterdir())
+    import hashlib
+
+    from polypseg.data_store import VALIDATION_SHARE
+
+    def is_val(name: str) -> bool:
+        return int(hashlib.sha1(entry_key(SOURCE, name).encode()).hexdigest(), 16) % VALIDATION_SHARE == 0
+
+    val = [n for n in names if is_val(n)][:2]
+    return val + [n for n in names if not is_val(n)][: count - 2]
+
+
+def test_model_store_versions_promote_rollback(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "models")
+    assert store.current() is None and store.list_versions() == []
+    first = store.add(default_checkpoint(), {"iou": 0.8}, "shipped")
+    second = store.add(default_checkpoint(), {"iou": 0.9}, "retrained", parent=first.id)
+    assert [v.id for v in store.list_versions()] == sorted([first.id, second.id])
+    assert not list((tmp_path / "models" / "versions").glob(".staging-*"))
+    store.promote(first.id, "start")
+    store.promote(second.id, "better")
+    assert store.current().id == second.id and store.current().metrics == {"iou": 0.9}
+    assert store.rollback().id == first.id
+    with pytest.raises(ModelStoreError, match="no model version"):
+        store.promote("nope", "x")
+    with pytest.raises(ModelStoreError, match="no earlier version"):
+        store.rollback()
+
+
+def test_current_model_follows_the_pointer(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    a = store.add(default_checkpoint(), {}, "a")
+    b = store.add(default_checkpoint(), {}, "b")
+    store.promote(a.id, "start")
+    loads: list[Path | None] = []
+
+    def load(path):
+        loads.append(path)
+        return f"predictor of {path.parent.name}"
+
+    current = CurrentModel(store, load, interval=0.0)  # type: ignore[arg-type]
+    held = current.get()  # a request in flight holds this one
+    store.promote(b.id, "new")
+    assert current.get() == f"predictor of {b.id}" and held == f"predictor of {a.id}"
+    assert loads == [a.path, b.path]
+    assert current.get() == f"predictor of {b.id}" and len(loads) == 2  # no reload without a change
+
+
+def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
+    names = names_with_validation(5)
+    store = DatasetStore(tmp_path)
+    for name in names:
+        store.put(item(name))
+    assert len(store.samples()) == 5 and len(store.samples("val")) == 2
+    assert store.is_current(SOURCE, names[0], "1", "t1") and not store.is_current(SOURCE, names[0], "2", "t2")
+    store.put(item(names[0]))  # the same annotation again: nothing new
+    reopened = DatasetStore(tmp_path)
+    assert reopened.index == store.index and len(list((tmp_path / "images").iterdir())) == 5
+    assert reopened.remove_missing(SOURCE, set(names[1:])) == [entry_key(SOURCE, names[0])]
+    assert (
+        len(reopened.samples()) == 4
+        and not (tmp_path / "masks" / f"{entry_key(SOURCE, names[0])}.png").exists()
+    )
+    broken = LabelledImage(SOURCE, "x", "1", "t", b"not an image", ".jpg", np.zeros((2, 2), bool))
+    with pytest.raises(Exception, match="not a readable image"):
+        store.put(broken)
+    assert entry_key(SOURCE, "x") not in store.index
+
+
+def cvat_archive(path: Path, names: list[str], task: int = 17) -> None:
+    """A "CVAT for images 1.1" export with images: the first image as a polygon, the rest as masks."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("annotations")
+    ET.SubElement(root, "version").text = "1.1"
+    meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
+    ET.SubElement(meta, "id").text = str(task)
+    ET.SubElement(meta, "updated").text = "2026-11-29 10:00:00"
+    for i, name in enumerate(names):
+        mask = read_mask(KVASIR / "masks" / f"{name}.jpg")
+        height, width = mask.shape
+        image = ET.SubElement(
+            root, "image", id=str(i), name=f"{name}.jpg", width=str(width), height=str(height)
+        )
+        if i == 0:
+            outline = mask_to_polygons(mask, tolerance=0.5)[0].outer
+            points = ";".join(f"{x:.2f},{y:.2f}" for x, y in outline)
+            ET.SubElement(image, "polygon", label="polyp", occluded="0", points=points)
+        else:
+            *runs, x1, y1, x2, y2 = encode_cvat_mask(mask)
+            box = {"left": x1, "top": y1, "width": x2 - x1 + 1, "height": y2 - y1 + 1}
+            rle = ", ".join(str(r) for r in runs)
+            ET.SubElement(
+                image, "mask", label="polyp", occluded="0", rle=rle, **{k: str(v) for k, v in box.items()}
+            )
+        ET.SubElement(image, "box", label="polyp", xtl="1", ytl="1", xbr="5", ybr="5", occluded="0")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("annotations.xml", ET.tostring(root, encoding="utf-8", xml_declaration=True))
+        for name in names:
+            archive.write(KVASIR / "images" / f"{name}.jpg", f"images/{name}.jpg")
+
+
+def test_cvat_archive_into_the_store(tmp_path: Path) -> None:
+    names = sorted(p.stem for p in (KVASIR / "images").iterdir())[:3]
+    cvat_archive(tmp_path / "export.zip", names)
+    store = DatasetStore(tmp_path / "store")
+    assert pull_cvat_archive(tmp_path / "export.zip", store) == {
+        "new": 3,
+        "changed": 0,
+        "unchanged": 0,
+        "removed": 0,
+    }
+    for i, sample in enumerate(sorted(store.samples(), key=lambda s: store.index[s.name]["task"])):
+        truth = read_mask(KVASIR / "masks" / f"{names[i]}.jpg")
+        iou = score_masks(read_mask(sample.mask_path), truth).iou
+        assert iou > (0.95 if i == 0 else 0.9999), (names[i], iou)  # polygon: traced; mask: exact
+    assert pull_cvat_archive(tmp_path / "export.zip", store)["unchanged"] == 3
+    cvat_archive(tmp_path / "export.zip", names[:2])
+    assert pull_cvat_archive(tmp_path / "export.zip", store)["removed"] == 1
+
+
+@pytest.fixture()
+def filled_store(tmp_path: Path) -> Path:
+    store = DatasetStore(tmp_path / "dataset")
+    for name in names_with_validation(10):
+        store.put(item(name))
+    return tmp_path / "dataset"
+
+
+def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    settings = RetrainSettings(models, filled_store, epochs=1, max_steps=1, tolerance=0.05, device="cpu")
+    result = retrain(settings)
+    assert result.status == "promoted", result
+    store = ModelStore(models)
+    assert store.current().id == result.version and len(store.list_versions()) == 2  # shipped + new
+    wrecked = retrain(
+        RetrainSettings(models, filled_store, epochs=1, max_steps=1, lr=1e6, tolerance=0.0, device="cpu")
+    )
+    assert wrecked.status == "kept" and "stays" in wrecked.reason, wrecked
+    assert store.current().id == result.version  # the worse model is kept aside, not served
+    assert wrecked.metrics["iou"] < wrecked.metrics["current_iou"]
+
+
+def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    hold = "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
+    hold += f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
+    hold += "print('locked', flush=True)\ntime.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # another process is retraining
+        result = retrain(RetrainSettings(models, filled_store, max_steps=1, device="cpu"))
+        assert result.status == "queued" and (models / "retrain.pending").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RetrainLock(models)
+    assert lock.acquire()  # the holder's death released it
+    assert lock.take_pending() and not lock.take_pending()
+    lock.release()
+    assert parse_interval("24h") == 86400 and parse_interval("30m") == 1800 and parse_interval("90") == 90
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_leaves_model_and_data_intact(filled_store: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    command = [
+        sys.executable,
+        "-m",
+        "polypseg.cli",
+        "retrain",
+        "--model-dir",
+        str(models),
+        "--dataset",
+        str(filled_store),
+    ]
+    index_before = (filled_store / "index.json").read_bytes()
+    process = subprocess.Popen(
+        [*command, "--epochs", "50", "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not list((models / "runs").glob("*/last.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)  # kill it in the middle of training, once it has written a snapshot
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    store = ModelStore(models)
+    served = store.current()
+    assert served is not None and served.info["note"].startswith("the model served before")
+    assert len(store.list_versions()) == 1  # no half-made version
+    assert (filled_store / "index.json").read_bytes() == index_before
+    finished = subprocess.run(
+        [*command, "--epochs", "1", "--max-steps", "1", "--tolerance", "0.05", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "promoted" in finished.stderr or "kept" in finished.stderr  # the lock died with the killed run
+    assert len(ModelStore(models).list_versions()) == 2
+
+
+def test_models_command(filled_store: Path, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "m")
+    a = store.add(default_checkpoint(), {"iou": 0.5}, "a")
+    b = store.add(default_checkpoint(), {"iou": 0.6}, "b")
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "polypseg.cli", "models", *args, "--model-dir", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run("promote", a.id).returncode == 0 and run("promote", b.id).returncode == 0
+    listed = run("list").stdout
+    assert f"* {b.id}" in listed and f"  {a.id}" in listed
+    assert run("rollback").returncode == 0 and store.current().id == a.id
+    refused = run("promote", "missing")
+    assert refused.returncode == 2 and "no model version" in refused.stderr
