@@ -127,7 +127,7 @@ def test_sam2_interactor_with_clicks(monkeypatch, sam2_checkpoint: Path, polyp) 
     body = {"image": encoded(image), "pos_points": [centre], "neg_points": [[5, 5]], "obj_bbox": None}
     status, answer = call(platform, main, body)
     assert status == 200, answer
-    assert set(answer) == {"mask", "bounds", "points", "score"}
+    assert set(answer) == {"mask", "bounds", "points", "score", "model_version"}
     status, answer = call(platform, main, {"image": encoded(image), "pos_points": [], "neg_points": []})
     assert status == 400 and "box or at least one positive click" in answer["error"]
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from polypseg.errors import PolypsegError
+from polypseg.model_store import CurrentModel, ModelStore
 from polypseg.predictors.base import ImagePredictor
 from polypseg.video.tracking import TrackStateError, VideoTracker
+from polypseg.video.tracking_job import build_tracker
 from serverless.cvat.protocol import (
     RequestError,
     decode_image,
@@ -24,29 +28,43 @@ log = logging.getLogger("polypseg.cvat")
 Call = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def served_model(load: Callable[[Path | None], ImagePredictor]) -> CurrentModel:
+    """MODEL_DIR's current version, followed as retraining promotes new ones; without MODEL_DIR
+    the model POLYPSEG_CHECKPOINT names (else the shipped one)."""
+    model_dir, checkpoint = os.environ.get("MODEL_DIR"), os.environ.get("POLYPSEG_CHECKPOINT")
+    store = ModelStore(model_dir) if model_dir else None
+    return CurrentModel(store, load, fallback=Path(checkpoint) if checkpoint else None)
+
+
 class InteractorFunction:
     """A box and/or clicks on a frame to the polyp's mask."""
 
-    def __init__(self, predictor: ImagePredictor, needs_box: bool) -> None:
-        self.predictor = predictor
+    def __init__(self, model: CurrentModel, needs_box: bool) -> None:
+        self.model = model
         self.needs_box = needs_box
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         image = decode_image(body)
         prompt = interaction_prompt(body, needs_box=self.needs_box)
-        prediction = self.predictor.predict(image, prompt)
-        return {**interaction_answer(prediction.mask), "score": round(prediction.score, 4)}
+        predictor = self.model.get()
+        prediction = predictor.predict(image, prompt)
+        answer = interaction_answer(prediction.mask)
+        return {**answer, "score": round(prediction.score, 4), "model_version": predictor.version}
 
 
 class TrackerFunction:
     """Shapes on one frame followed onto the next; each shape's state is kept in `store` and
     CVAT carries only `{"token", "step"}` for it."""
 
-    def __init__(self, tracker: VideoTracker, store: StateStore) -> None:
-        self.tracker = tracker
-        self.store = store
+    def __init__(self, model: CurrentModel, kind: str, store: StateStore) -> None:
+        self.model, self.kind, self.store = model, kind, store
+
+    @property
+    def tracker(self) -> VideoTracker:
+        return build_tracker(self.kind, self.model.get())
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        tracker = self.tracker
         image = decode_image(body)
         height, width = image.shape[:2]
         shapes = parse_shapes(body)
@@ -59,13 +77,13 @@ class TrackerFunction:
         for position, shape in enumerate(shapes):
             if states is None or states[position] is None:
                 step = 0
-                result, state = self.tracker.start(step, image, shape.prompt(width, height))
+                result, state = tracker.start(step, image, shape.prompt(width, height))
             else:
-                step, state = self._load(states[position])
+                step, state = self._load(tracker, states[position])
                 step += 1
-                result, state = self.tracker.step(state, step, image)
+                result, state = tracker.step(state, step, image)
                 self.store.supersede(states[position]["token"])
-            token = self.store.put(self.tracker.save_state(state))
+            token = self.store.put(tracker.save_state(state))
             # Where the polyp is lost, the shape stays where it was: CVAT's UI needs a shape.
             answer = shape.answer(result.mask, result.box)
             if answer is None:
@@ -75,7 +93,7 @@ class TrackerFunction:
             lost.append(result.lost)
         return {"shapes": answers, "states": new_states, "lost": lost}
 
-    def _load(self, state: Any) -> tuple[int, Any]:
+    def _load(self, tracker: VideoTracker, state: Any) -> tuple[int, Any]:
         if not isinstance(state, dict) or not isinstance(state.get("token"), str):
             raise RequestError("a tracker state must be the object this function answered")
         data = self.store.get(state["token"])
@@ -85,7 +103,7 @@ class TrackerFunction:
                 410,
             )
         try:
-            return int(state.get("step", 0)), self.tracker.load_state(data)
+            return int(state.get("step", 0)), tracker.load_state(data)
         except TrackStateError as exc:
             raise RequestError(str(exc), 410) from None
 

@@ -5,8 +5,7 @@ and a SAM2 checkpoint. States live in CVAT's Redis (CVAT_REDIS_HOST), else in th
 import os
 
 from polypseg.predictors import build_predictor
-from polypseg.video.tracking_job import build_tracker
-from serverless.cvat.handlers import TrackerFunction, respond
+from serverless.cvat.handlers import TrackerFunction, respond, served_model
 from serverless.cvat.state_store import state_store_from_env
 
 
@@ -14,11 +13,11 @@ def init_context(context):
     kind = os.environ.get("POLYPSEG_TRACKER", "classical")
     size = int(os.environ["POLYPSEG_SAM2_SIZE"]) if os.environ.get("POLYPSEG_SAM2_SIZE") else None
     options = {"image_size": size} if kind == "sam2" and size else {}
-    predictor = build_predictor(None, os.environ.get("POLYPSEG_CHECKPOINT") or None, **options)
+    model = served_model(lambda path: build_predictor(None, path, **options))
     store = state_store_from_env()
-    context.user_data.function = TrackerFunction(build_tracker(kind, predictor), store)
+    context.user_data.function = TrackerFunction(model, kind, store)
     context.logger.info(
-        f"polypseg {kind} tracker ready: {predictor.version}, states in {type(store).__name__}"
+        f"polypseg {kind} tracker ready: {model.get().version}, states in {type(store).__name__}"
     )
 
 

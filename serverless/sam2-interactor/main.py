@@ -2,17 +2,22 @@
 both to the polyp's mask; further clicks on the same frame reuse its image embedding."""
 
 import os
+from pathlib import Path
 
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import InteractorFunction, respond
+from serverless.cvat.handlers import InteractorFunction, respond, served_model
 
 
 def init_context(context):
-    checkpoint = os.environ.get("POLYPSEG_CHECKPOINT", "/opt/nuclio/sam2.1_hiera_tiny.pt")
+    os.environ.setdefault("POLYPSEG_CHECKPOINT", "/opt/nuclio/sam2.1_hiera_tiny.pt")
     size = int(os.environ["POLYPSEG_SAM2_SIZE"]) if os.environ.get("POLYPSEG_SAM2_SIZE") else None
-    predictor = build_predictor("sam2", checkpoint, image_size=size)
-    context.user_data.function = InteractorFunction(predictor, needs_box=False)
-    context.logger.info(f"polypseg SAM2 interactor ready: {predictor.version}")
+
+    def load(path: Path | None):
+        return build_predictor("sam2", path or os.environ["POLYPSEG_CHECKPOINT"], image_size=size)
+
+    model = served_model(load)
+    context.user_data.function = InteractorFunction(model, needs_box=False)
+    context.logger.info(f"polypseg SAM2 interactor ready: {model.get().version}")
 
 
 def handler(context, event):

@@ -2,13 +2,15 @@
 that choose which parts to keep) to the polyp's mask."""
 
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import InteractorFunction, respond
+from serverless.cvat.handlers import InteractorFunction, respond, served_model
 
 
 def init_context(context):
-    # POLYPSEG_CHECKPOINT may name a retrained model; default: the one polypseg ships.
-    context.user_data.function = InteractorFunction(build_predictor(), needs_box=True)
-    context.logger.info(f"polypseg U-Net interactor ready: {context.user_data.function.predictor.version}")
+    # MODEL_DIR's current version (followed as retraining promotes new ones), else
+    # POLYPSEG_CHECKPOINT, else the model polypseg ships.
+    model = served_model(lambda path: build_predictor(None, path))
+    context.user_data.function = InteractorFunction(model, needs_box=True)
+    context.logger.info(f"polypseg U-Net interactor ready: {model.get().version}")
 
 
 def handler(context, event):
