@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ class Settings:
     threads: int = 4  # POLYPSEG_THREADS: requests served at once per worker process
     dataset: Path | None = None  # POLYPSEG_DATASET: the retraining dataset store (default MODEL_DIR/dataset)
     retrain_after: int = 20  # RETRAIN_AFTER: annotation events that start a retrain (0: START_TRAINING only)
+    retrain_args: tuple[
+        str, ...
+    ] = ()  # RETRAIN_ARGS: more `polypseg retrain` flags ("--epochs 5 --tolerance 0")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +56,5 @@ class Settings:
             threads=_int("POLYPSEG_THREADS", 4),
             dataset=Path(env("POLYPSEG_DATASET", "")) if env("POLYPSEG_DATASET") else None,
             retrain_after=_int("RETRAIN_AFTER", 20),
+            retrain_args=tuple(shlex.split(env("RETRAIN_ARGS", ""))),
         )

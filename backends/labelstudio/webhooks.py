@@ -64,10 +64,17 @@ class RetrainTrigger:
     retrain's own lock runs one at a time and queues a request made while one runs."""
 
     def __init__(
-        self, model_dir: Path, dataset: Path, label_studio_url: str, api_key: str, after: int = 20
+        self,
+        model_dir: Path,
+        dataset: Path,
+        label_studio_url: str,
+        api_key: str,
+        after: int = 20,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.model_dir, self.dataset = model_dir, dataset
         self.label_studio_url, self.api_key, self.after = label_studio_url, api_key, after
+        self.extra_args = extra_args
         self.counts: dict[int, int] = {}
         self.started: list[subprocess.Popen[bytes]] = []
 
@@ -87,6 +94,7 @@ class RetrainTrigger:
             sys.executable, "-m", "polypseg.cli", "retrain",
             "--model-dir", str(self.model_dir), "--dataset", str(self.dataset),
             "--label-studio-url", self.label_studio_url, "--label-studio-project", str(project),
+            *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "LABEL_STUDIO_API_KEY": self.api_key}
         self.model_dir.mkdir(parents=True, exist_ok=True)
