@@ -27,11 +27,13 @@ $(LABEL_STUDIO):
 
 install-labelstudio: $(LABEL_STUDIO)
 
-# Debian packages the tests start: Chromium for the browser test (driven by Playwright, which
-# downloads no browser) and redis-server for the CVAT tracker's state store.
+# Debian packages the tests use: Chromium for the browser test (driven by Playwright, which
+# downloads no browser), redis-server for the CVAT tracker's state store, and docker-compose to
+# check docker-compose.yml (where docker compose v2 is missing).
 system-packages:
-	command -v chromium >/dev/null && command -v redis-server >/dev/null || \
-		{ apt-get update -qq && apt-get install -y -qq chromium redis-server; }
+	command -v chromium >/dev/null && command -v redis-server >/dev/null && \
+		{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || \
+		{ apt-get update -qq && apt-get install -y -qq chromium redis-server docker-compose; }
 
 # The main job: Label Studio with the polypseg backend and a project of the images in IMAGES.
 annotate: install install-labelstudio

@@ -31,11 +31,11 @@ class ServerFailed(RuntimeError):
     pass
 
 
-def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+def wait_for(url: str, process: subprocess.Popen[bytes] | None, timeout: float, log: Path | None) -> None:
     """Poll `url` until it answers 200; fail with the log's tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             raise ServerFailed(f"{url}: the server exited ({process.returncode}):\n{_tail(log)}")
         try:
             if requests.get(url, timeout=2).status_code == 200:
@@ -46,7 +46,9 @@ def wait_for(url: str, process: subprocess.Popen[bytes], timeout: float, log: Pa
     raise ServerFailed(f"{url}: not up after {timeout:.0f} s:\n{_tail(log)}")
 
 
-def _tail(log: Path, lines: int = 30) -> str:
+def _tail(log: Path | None, lines: int = 30) -> str:
+    if log is None:
+        return "(no log)"
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
