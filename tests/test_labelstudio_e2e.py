@@ -150,3 +150,28 @@ def test_video_box_tracked_through_label_studio(label_studio: LabelStudioStack) 
     (tracked,) = answer["data"]["result"]
     frames = [k["frame"] for k in tracked["value"]["sequence"]]
     assert frames[0] == 134 and len(frames) > 20 and frames == sorted(frames)
+
+
+def test_connect_as_docker_compose_runs_it(label_studio: LabelStudioStack, kvasir: Path) -> None:
+    """`backends.labelstudio.connect`, twice: one project on the folder, one backend, no duplicates."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "backends.labelstudio.connect", "--label-studio", label_studio.url]
+    command += [
+        "--backend",
+        label_studio.backend_url,
+        "--images",
+        str(kvasir / "images"),
+        "--title",
+        "Compose",
+    ]
+    env = {**os.environ, "LABEL_STUDIO_API_KEY": label_studio.login.token}
+    for _ in range(2):
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0 and "900 images" in run.stderr, run.stderr
+    projects = [p for p in label_studio.api("GET", "/api/projects")["results"] if p["title"] == "Compose"]
+    assert len(projects) == 1
+    backends = label_studio.api("GET", f"/api/ml?project={projects[0]['id']}")
+    assert [b["url"] for b in backends] == [label_studio.backend_url]

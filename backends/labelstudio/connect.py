@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label-studio", required=True, help="Label Studio's URL")
     parser.add_argument("--backend", required=True, help="the backend's URL as Label Studio reaches it")
-    parser.add_argument("--images", type=Path, required=True, help="the image folder's path inside Label Studio")
+    parser.add_argument(
+        "--images", type=Path, required=True, help="the image folder's path inside Label Studio"
+    )
     parser.add_argument("--title", default="Polyps")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for both servers")
     args = parser.parse_args(argv)
