@@ -373,3 +373,36 @@ def test_label_configs_shipped_parse() -> None:
     )
     video = parse_label_config((CONFIGS / "polyp-video.xml").read_text())
     assert (video.kind, video.data_key, video.video_control.name) == ("video", "video", "box")
+
+
+def test_cloud_links_are_presigned_through_label_studio() -> None:
+    from backends.labelstudio.media import MediaFetcher
+
+    fetcher = MediaFetcher("http://ls.example:8080", TOKEN)
+    url = fetcher.resolve("s3://bucket/polyps/a.jpg", task_id=42)
+    assert url.startswith("http://ls.example:8080/tasks/42/presign/?fileuri=")
+    assert base64.urlsafe_b64decode(url.split("fileuri=")[1]).decode() == "s3://bucket/polyps/a.jpg"
+    assert fetcher.resolve("/data/upload/1/a.jpg") == "http://ls.example:8080/data/upload/1/a.jpg"
+    assert fetcher._headers_for("http://ls.example:8080/x") == {"Authorization": f"Token {TOKEN}"}
+    assert fetcher._headers_for("http://elsewhere.example/x") == {}
+    assert fetcher._headers_for("http://ls.example:9999/x") == {}  # another port is another host
+    with pytest.raises(BadRequest, match="task id"):
+        fetcher.resolve("gs://bucket/a.jpg")
+    with pytest.raises(BadRequest, match="LABEL_STUDIO_URL"):
+        MediaFetcher("", "").resolve("/data/upload/1/a.jpg")
+
+
+def test_pulling_from_an_unreachable_or_refusing_label_studio(tmp_path, monkeypatch) -> None:
+    from backends.labelstudio import export
+    from backends.labelstudio.export import LabelStudioProject
+    from conftest import _free_port
+    from polypseg.data_store import DatasetStore
+
+    monkeypatch.setattr(export, "RETRY_WAIT", 0.01)
+    store = DatasetStore(tmp_path)
+    with pytest.raises(BadRequest, match="unreachable"):
+        LabelStudioProject(f"http://127.0.0.1:{_free_port()}", TOKEN, 1).pull(store)
+    # a server that is not Label Studio's API: a clear error, not a crash
+    with file_server(tmp_path) as refusing, pytest.raises(BadRequest, match="404"):
+        LabelStudioProject(refusing.url, TOKEN, 1).pull(store)
+    assert store.index == {} and not (tmp_path / "index.json").exists()

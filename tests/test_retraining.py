@@ -252,3 +252,27 @@ def test_models_command(filled_store: Path, tmp_path: Path) -> None:
     assert run("rollback").returncode == 0 and store.current().id == a.id
     refused = run("promote", "missing")
     assert refused.returncode == 2 and "no model version" in refused.stderr
+
+
+def test_retrain_a_sam2_model(filled_store: Path, tmp_path: Path, sam2_checkpoint: Path) -> None:
+    """Where the served model is SAM2, retraining fine-tunes SAM2 (at the model's own input size)."""
+    import torch
+
+    from polypseg.checkpoints import load_checkpoint, save_checkpoint
+
+    state, _, _ = load_checkpoint(sam2_checkpoint)
+    small = tmp_path / "sam2-small.pt"
+    metadata = {"architecture": "sam2", "config": "configs/sam2.1/sam2.1_hiera_t.yaml", "image_size": 256}
+    save_checkpoint(
+        small, {k: v.to(torch.float16) for k, v in state.items()}, metadata | {"version": "sam2-test"}
+    )
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.add(small, {}, "a SAM2 model").id, "served")
+    result = retrain(
+        RetrainSettings(
+            tmp_path / "models", filled_store, max_steps=1, batch_size=2, tolerance=1.0, device="cpu"
+        )
+    )
+    assert result.status == "promoted", result
+    _, promoted, _ = load_checkpoint(store.current().path)
+    assert promoted["architecture"] == "sam2" and promoted["image_size"] == 256

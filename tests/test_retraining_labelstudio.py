@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from backends.labelstudio import launcher
+from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.export import LabelStudioProject
 from conftest import KVASIR, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
@@ -69,6 +70,8 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
         > 0.999
     )
 
+    with pytest.raises(BadRequest, match="401"):  # a wrong token: a clear refusal, the store untouched
+        LabelStudioProject(ls.url, "0" * 40, project).pull(store)
     again = LabelStudioProject(ls.url, ls.login.token, project).pull(store)
     assert (again.new, again.changed, again.unchanged) == (0, 0, len(annotated))  # nothing fetched twice
 

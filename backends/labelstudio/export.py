@@ -66,8 +66,12 @@ def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     return max(annotations, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0), default=None)
 
 
-def with_retries(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 1.0) -> T:
+RETRY_WAIT = 1.0  # seconds before the first retry; doubled each time
+
+
+def with_retries(call: Callable[[], T], what: str, attempts: int = 4, wait: float | None = None) -> T:
     """`call`, retried with exponential backoff on network failures and server errors."""
+    wait = RETRY_WAIT if wait is None else wait
     for attempt in range(attempts):
         try:
             return call()
@@ -91,7 +95,14 @@ class LabelStudioProject:
 
     def _get(self, path: str) -> Any:
         def call() -> Any:
-            response = requests.get(self.url + path, headers=self.fetcher.auth.header(), timeout=self.timeout)
+            try:
+                response = requests.get(
+                    self.url + path, headers=self.fetcher.auth.header(), timeout=self.timeout
+                )
+            except requests.RequestException as exc:
+                raise MediaError(
+                    f"Label Studio at {self.url} is unreachable ({type(exc).__name__})", 502
+                ) from None
             if response.status_code in (401, 403):
                 raise MediaError(
                     f"Label Studio refused {path} ({response.status_code}): check LABEL_STUDIO_API_KEY"
