@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("polypseg")
 
 
+def _shift_names() -> list[str]:
+    from polypseg.shifts import SHIFTS
+
+    return list(SHIFTS)
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     from polypseg.predictors import MODEL_NAMES
 
@@ -78,6 +84,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.limit:
         samples = samples[: args.limit]
     predictor = build_predictor(args.model, args.checkpoint, args.device)
+    if args.shift:
+        _evaluate_shifts(args, samples, predictor)
+        return
     results = evaluate(
         {
             predictor.version: lambda image, prompt: predictor.predict(image, prompt).mask,
@@ -101,6 +110,34 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.report:
         write_report(args.report, results, predictor.version, samples, predictor, args)
         log.info("report -> %s", args.report)
+
+
+def _evaluate_shifts(args: argparse.Namespace, samples: list, predictor) -> None:  # type: ignore[type-arg,no-untyped-def]
+    """The model and the ellipse baseline on the clean images and under each named shift."""
+    from polypseg.evaluation import evaluate_shifts, shift_table
+    from polypseg.shifts import shift_names
+
+    try:
+        names = shift_names(args.shift)
+    except ValueError as exc:
+        raise PolypsegError(str(exc)) from None
+    rows = evaluate_shifts(predictor, samples, names, args.box_noise, args.seed)
+    table = shift_table(
+        rows, f"{len(samples)} images, box noise {args.box_noise:g}, model {predictor.version}"
+    )
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "model": predictor.version,
+            "box_noise": args.box_noise,
+            "shifts": [r.as_dict() for r in rows],
+        }
+        args.json.write_text(json.dumps(body, indent=1))
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "shifts.md").write_text(table + "\n")
+        log.info("report -> %s", args.report / "shifts.md")
 
 
 def cmd_track(args: argparse.Namespace) -> None:
@@ -413,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the box noise")
     evaluate.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
+    evaluate.add_argument(
+        "--shift",
+        help="score under named corruptions too (comma-separated, or all): " + ", ".join(_shift_names()),
+    )
     evaluate.add_argument(
         "--report", type=Path, help="write a Markdown table, per-image CSV and worst cases PNG here"
     )

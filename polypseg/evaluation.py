@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from polypseg.metrics import Scores, mean_scores, score_masks
 from polypseg.prompts import Prompt
 
 Segmenter = Callable[[np.ndarray, Prompt], np.ndarray]
+# (image, mask, image name) -> (image, mask): a shift applied before prompting and scoring
+Transform = Callable[[np.ndarray, np.ndarray, str], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -87,8 +89,11 @@ def evaluate(
     box_noise: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    transform: Transform | None = None,
 ) -> dict[str, EvaluationResult]:
-    """Score each segmenter on every sample with the same (noisy) boxes; images read once."""
+    """Score each segmenter on every sample with the same (noisy) boxes; images read once.
+    With `transform`, each image and mask are changed first, and the boxes come from the
+    changed mask's components (a shift may move, cut or hide a polyp)."""
     results = {name: EvaluationResult() for name in segmenters}
     for sample in tqdm(samples, desc="evaluating", unit="image", disable=not progress):
         image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
@@ -97,6 +102,9 @@ def evaluate(
                 f"{sample.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]}, "
                 f"its image {image.shape[1]}x{image.shape[0]}"
             )
+        if transform is not None:
+            image, truth = transform(image, truth, sample.name)
+            sample = replace(sample, boxes=None)
         prompts = polyp_prompts(sample, truth, box_noise, seed)
         for name, segment in segmenters.items():
             predicted = np.zeros_like(truth)
@@ -108,3 +116,62 @@ def evaluate(
                 ImageResult(sample.name, len(prompts), score_masks(predicted, truth), seconds)
             )
     return results
+
+
+@dataclass(frozen=True)
+class ShiftScores:
+    shift: str
+    model: Scores
+    ellipse: Scores
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shift": self.shift, "model": self.model.as_dict(), "ellipse": self.ellipse.as_dict()}
+
+
+def evaluate_shifts(
+    predictor: Any,
+    samples: Sequence[PolypSample],
+    shifts: Sequence[str],
+    box_noise: float = 0.0,
+    seed: int = 0,
+) -> list[ShiftScores]:
+    """The model and the ellipse baseline on the clean images, then under each shift (boxes
+    from each shifted mask, the clean row too, so that the rows compare)."""
+    from polypseg.shifts import apply_shift
+
+    rows = []
+    for shift in ["clean", *shifts]:
+
+        def transform(
+            image: np.ndarray, mask: np.ndarray, key: str, shift: str = shift
+        ) -> tuple[np.ndarray, np.ndarray]:
+            return (image, mask) if shift == "clean" else apply_shift(shift, image, mask, key, seed)
+
+        segmenters: dict[str, Segmenter] = {
+            "model": lambda image, prompt: predictor.predict(image, prompt).mask,
+            "ellipse": ellipse_baseline,
+        }
+        results = evaluate(segmenters, samples, box_noise, seed, progress=False, transform=transform)
+        rows.append(ShiftScores(shift, results["model"].mean, results["ellipse"].mean))
+    return rows
+
+
+def shift_table(rows: list[ShiftScores], title: str) -> str:
+    clean = rows[0].model.iou
+    lines = [
+        title,
+        "",
+        "| shift | IoU | Dice | IoU - clean | ellipse IoU | ellipse Dice |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.shift} | {r.model.iou:.4f} | {r.model.dice:.4f} | {r.model.iou - clean:+.4f} "
+            f"| {r.ellipse.iou:.4f} | {r.ellipse.dice:.4f} |"
+        )
+    worst = min(rows[1:] or rows, key=lambda r: r.model.iou)
+    lines += [
+        "",
+        f"worst shift: {worst.shift} (IoU {worst.model.iou:.4f}, {worst.model.iou - clean:+.4f} from clean)",
+    ]
+    return "\n".join(lines)
