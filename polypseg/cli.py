@@ -236,6 +236,9 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
         save_every=args.save_every,
         device=args.device or "auto",
         command=shlex.join(["polypseg", *sys.argv[1:]]),
+        init=args.init,
+        shift_augment=args.shift_augment,
+        select=args.select,
     )
     best = train_unet(config)
     log.info("best checkpoint: %s", best)
@@ -534,6 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--limit", type=int, help="train on the first N images only")
     unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
     unet.add_argument("--device", help="cpu, cuda or auto")
+    unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+    unet.add_argument(
+        "--shift-augment",
+        type=float,
+        default=0.0,
+        help="chance per draw of the other-centre degradations of the shift suite (0: off)",
+    )
+    unet.add_argument(
+        "--select",
+        choices=("clean", "worst-shift"),
+        default="clean",
+        help="keep the checkpoint best on clean validation IoU, or on the lower of clean and worst-shift IoU",
+    )
     unet.set_defaults(run=cmd_train_unet)
 
     finetune = commands.add_parser("finetune", help="fine-tune SAM2 on polyps").add_subparsers(

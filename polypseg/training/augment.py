@@ -38,7 +38,22 @@ class SpecularHighlights(A.ImageOnlyTransform):
         return ("max_spots",)
 
 
-def training_transform() -> A.Compose:
+def training_transform(robust: bool = False) -> A.Compose:
+    """Geometry and colour for every model; with `robust`, also the degradations of other
+    centres' equipment that albumentations has (the shift suite's families: rescaling, heavy
+    JPEG, sensor noise, gamma, colour temperature, strong motion blur)."""
+    extra = (
+        [
+            A.Downscale(scale_range=(0.25, 0.6), p=0.2),
+            A.ImageCompression(quality_range=(20, 60), p=0.2),
+            A.GaussNoise(std_range=(0.03, 0.08), p=0.2),
+            A.RandomGamma(gamma_limit=(50, 200), p=0.25),
+            A.PlanckianJitter(p=0.25),
+            A.MotionBlur(blur_limit=(9, 21), p=0.15),
+        ]
+        if robust
+        else []
+    )
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -56,8 +71,28 @@ def training_transform() -> A.Compose:
             A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=0.25),
             SpecularHighlights(p=0.3),
             A.ImageCompression(quality_range=(40, 95), p=0.25),
+            *extra,
         ]
     )
+
+
+# The shift families albumentations lacks, written once in polypseg.shifts and used for
+# evaluation too: combing from interlaced video, burnt-in text, the black octagonal frame, and
+# the frame edge cutting through the polyp.
+FRAME_SHIFTS = ("interlace", "text", "octagon", "edge-crop")
+
+
+def frame_shift(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """With probability `p`, one of FRAME_SHIFTS applied to image and mask together (not one
+    that would leave no polyp)."""
+    from polypseg.shifts import SHIFTS
+
+    if p <= 0 or rng.random() >= p:
+        return image, mask
+    shifted, shifted_mask = SHIFTS[str(rng.choice(FRAME_SHIFTS))](image, mask.astype(bool), rng)
+    return (shifted, shifted_mask) if shifted_mask.any() else (image, mask)
 
 
 def annotator_box(mask: np.ndarray, rng: np.random.Generator, noise: float = 0.15) -> Box | None:

@@ -32,7 +32,7 @@ from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
-from polypseg.training.augment import annotator_box, training_transform
+from polypseg.training.augment import annotator_box, frame_shift, training_transform
 from polypseg.training.common import init_distributed, split_names, write_log
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,8 @@ class UnetTrainConfig:
     device: str = "auto"
     command: str = ""
     init: Path | None = None  # start from this checkpoint's weights (same architecture and encoder)
+    shift_augment: float = 0.0  # chance of the shift-suite degradations per draw (0: off)
+    select: str = "clean"  # best checkpoint by "clean" IoU or by "worst-shift" IoU
 
 
 class PolypRegions(Dataset):
@@ -83,11 +85,16 @@ class PolypRegions(Dataset):
     """
 
     def __init__(
-        self, samples: list[PolypSample], geometry: BoxInputGeometry, negative_fraction: float = 0.0
+        self,
+        samples: list[PolypSample],
+        geometry: BoxInputGeometry,
+        negative_fraction: float = 0.0,
+        shift_augment: float = 0.0,
     ) -> None:
         self.geometry = geometry
         self.negative_fraction = negative_fraction
-        self.transform = training_transform()
+        self.shift_augment = shift_augment
+        self.transform = training_transform(robust=shift_augment > 0)
         self.regions: list[tuple[np.ndarray, np.ndarray, int]] = []
         self.frames: list[tuple[np.ndarray, np.ndarray]] = []  # whole frames (downscaled) for negatives
         for sample in tqdm(samples, desc="caching regions", unit="image", leave=False):
@@ -122,6 +129,7 @@ class PolypRegions(Dataset):
 
     def _draw(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An augmented copy; the original when augmentations keep pushing the polyp out."""
+        image, target = frame_shift(image, target, np.random.default_rng(), self.shift_augment)
         for _ in range(5):
             out = self.transform(image=image, mask=target.astype(np.uint8))
             if out["mask"].any():
@@ -200,7 +208,9 @@ class _Run:
         self.train_model: torch.nn.Module = self.model
         if self.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.data = PolypRegions(self.train_samples, self.geometry, config.negative_fraction)
+        self.data = PolypRegions(
+            self.train_samples, self.geometry, config.negative_fraction, config.shift_augment
+        )
         self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
         self.optimizer = torch.optim.AdamW(
@@ -303,6 +313,14 @@ class _Run:
             )["model"].mean
             metrics[f"iou@{noise:g}"], metrics[f"dice@{noise:g}"] = result.iou, result.dice
             metrics[f"precision@{noise:g}"], metrics[f"recall@{noise:g}"] = result.precision, result.recall
+        if self.config.select == "worst-shift":
+            from polypseg.evaluation import evaluate_shifts
+            from polypseg.shifts import SHIFTS
+
+            rows = evaluate_shifts(predictor, self.val_samples, list(SHIFTS), box_noise=0.1)
+            worst = min(rows[1:], key=lambda r: r.model.iou)
+            metrics["worst_shift_iou@0.1"] = worst.model.iou
+            log.info("worst shift: %s (IoU %.4f)", worst.shift, worst.model.iou)
         self.model.train()
         return metrics
 
@@ -359,6 +377,8 @@ def train_unet(config: UnetTrainConfig) -> Path:
             run.history.append(row)
             log.info("epoch %d: %s", run.epoch, {k: round(v, 4) for k, v in row.items()})
             score = metrics.get("iou@0.1", -row["train_loss"])
+            if config.select == "worst-shift" and "worst_shift_iou@0.1" in metrics:
+                score = min(score, metrics["worst_shift_iou@0.1"])
             if score > run.best:
                 run.best = score
                 half = {
