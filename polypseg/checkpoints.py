@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from polypseg.atomic import atomic_output
 from polypseg.errors import CheckpointError
 
 Metadata = dict[str, Any]
@@ -23,18 +23,9 @@ Metadata = dict[str, Any]
 def save_checkpoint(
     path: str | os.PathLike[str], state_dict: dict[str, torch.Tensor], metadata: Metadata, **extra: Any
 ) -> None:
-    """Write atomically: a temporary file in the same folder, renamed into place when whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"model": state_dict, "polypseg": metadata, **extra}, handle)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically: a reader sees the old file or the whole new one, never a part."""
+    with atomic_output(path) as handle:
+        torch.save({"model": state_dict, "polypseg": metadata, **extra}, handle)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], Metadata, dict[str, Any]]:

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from polypseg.atomic import write_atomic
 from polypseg.datasets import PolypSample
 from polypseg.images import read_image
 
@@ -54,15 +54,6 @@ def entry_key(source: str, task: str) -> str:
     return f"{readable}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-
-
 class DatasetStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -84,10 +75,10 @@ class DatasetStore:
             raise ValueError(f"{item.source} task {item.task}: the mask does not fit the {size} image")
         key = item.key
         image_name = f"{key}{item.image_suffix}"
-        _write_atomic(self.root / "images" / image_name, item.image)
+        write_atomic(self.root / "images" / image_name, item.image)
         png = io.BytesIO()
         Image.fromarray(item.mask.astype(np.uint8) * 255).save(png, format="PNG")
-        _write_atomic(self.root / "masks" / f"{key}.png", png.getvalue())
+        write_atomic(self.root / "masks" / f"{key}.png", png.getvalue())
         with self._lock:
             self.index[key] = {
                 "source": item.source,
@@ -118,7 +109,7 @@ class DatasetStore:
         return gone
 
     def _save_index(self) -> None:
-        _write_atomic(self.root / "index.json", json.dumps(self.index, indent=1, sort_keys=True).encode())
+        write_atomic(self.root / "index.json", json.dumps(self.index, indent=1, sort_keys=True).encode())
 
     def samples(self, split: str | None = None) -> list[PolypSample]:
         """The entries as training samples (boxes from the masks' components)."""

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polypseg.atomic import write_atomic
 from polypseg.checkpoints import load_checkpoint
 from polypseg.errors import CheckpointError, PolypsegError
 from polypseg.predictors.base import ImagePredictor
@@ -45,14 +46,6 @@ class ModelVersion:
     @property
     def metrics(self) -> dict[str, float]:
         return dict(self.info.get("metrics", {}))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, prefix=f".{path.name}.") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 class ModelStore:
@@ -124,7 +117,7 @@ class ModelStore:
         version = self.get(version_id)
         previous = self.current()
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / "current", version_id + "\n")
+        write_atomic(self.root / "current", f"{version_id}\n".encode())
         entry = {
             "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "current": version_id,

@@ -104,14 +104,7 @@ class PolypModel:
         height, width = image.shape[:2]
         prompt, labels = prompt_from_context(regions, config.object_name, width, height)
         prediction = predictor.predict(image, prompt)
-        found = mask_regions(
-            prediction.mask,
-            prediction.score,
-            config.object_name,
-            config.mask_control,
-            config.polygon_control,
-            labels,
-        )
+        found = mask_regions(prediction.mask, prediction.score, config, labels)
         return _answer(predictor, found, prediction.score)
 
     def from_task_boxes(
@@ -128,14 +121,7 @@ class PolypModel:
             prompt = Prompt(box=rectangle_box(value, prepared.width, prepared.height))
             prediction = predictor.segment(prepared, prompt)
             labels = value.get("rectanglelabels") or value.get("labels") or []
-            found += mask_regions(
-                prediction.mask,
-                prediction.score,
-                config.object_name,
-                config.mask_control,
-                config.polygon_control,
-                labels,
-            )
+            found += mask_regions(prediction.mask, prediction.score, config, labels)
             scores.append(prediction.score)
         return _answer(predictor, found, sum(scores) / len(scores))
 

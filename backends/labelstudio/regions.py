@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from backends.labelstudio.errors import BadRequest
-from backends.labelstudio.label_config import Control
+from backends.labelstudio.label_config import Control, LabelConfig
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.prompts import Box, Point, Prompt
@@ -93,50 +93,32 @@ def prompt_from_context(
     return Prompt(box=box, points=tuple(points)), labels
 
 
-def mask_regions(
-    mask: np.ndarray,
-    score: float,
-    object_name: str,
-    brush: Control | None,
-    polygon: Control | None,
-    labels: list[str],
-) -> list[Region]:
+def mask_regions(mask: np.ndarray, score: float, config: LabelConfig, labels: list[str]) -> list[Region]:
     """A brush region (RLE) for the mask, and polygon regions (one per outline) where the
-    config has a polygon control."""
+    config has a polygon control; labelled with the user's label where the control has it."""
     height, width = mask.shape
-    common = {"to_name": object_name, "original_width": width, "original_height": height, "image_rotation": 0}
+    common = {"to_name": config.object_name, "original_width": width, "original_height": height}
+
+    def region(control: Control, value: dict[str, Any]) -> Region:
+        if control.result_type.endswith("labels"):
+            value[control.result_type] = control.label_for(labels)
+        kind = {"from_name": control.name, "type": control.result_type}
+        return {
+            "id": uuid.uuid4().hex[:10],
+            **kind,
+            "value": value,
+            "score": score,
+            "image_rotation": 0,
+            **common,
+        }
+
     regions: list[Region] = []
-    if brush is not None:
-        value: dict[str, Any] = {"format": "rle", "rle": encode_brush_rle(mask)}
-        if brush.result_type == "brushlabels":
-            value["brushlabels"] = brush.label_for(labels)
-        regions.append(
-            {
-                "id": uuid.uuid4().hex[:10],
-                "from_name": brush.name,
-                "type": brush.result_type,
-                "value": value,
-                "score": score,
-                "readonly": False,
-                **common,
-            }
-        )
-    if polygon is not None:
+    if config.mask_control is not None:
+        regions.append(region(config.mask_control, {"format": "rle", "rle": encode_brush_rle(mask)}))
+    if config.polygon_control is not None:
         for outline in mask_to_polygons(mask):
             points = [[100 * float(x) / width, 100 * float(y) / height] for x, y in outline.outer]
-            value = {"points": points, "closed": True}
-            if polygon.result_type == "polygonlabels":
-                value["polygonlabels"] = polygon.label_for(labels)
-            regions.append(
-                {
-                    "id": uuid.uuid4().hex[:10],
-                    "from_name": polygon.name,
-                    "type": polygon.result_type,
-                    "value": value,
-                    "score": score,
-                    **common,
-                }
-            )
+            regions.append(region(config.polygon_control, {"points": points, "closed": True}))
     return regions
 
 
