@@ -97,9 +97,9 @@ def test_validation_split_is_never_trained_on(tmp_path, kvasir):
     names = sorted(p.stem for p in (kvasir / "images").iterdir())[:8]
     val_list = tmp_path / "val.txt"
     val_list.write_text("\n".join(names[:2]))
-    from polypseg.training.unet import _Run
+    from polypseg.training.unet import UnetRun
 
-    run = _Run(config(kvasir, tmp_path / "run", val_list=val_list, limit=None, epochs=1))
+    run = UnetRun(config(kvasir, tmp_path / "run", val_list=val_list, limit=None, epochs=1))
     trained = {s.name for s in run.train_samples}
     assert not trained & set(names[:2]) and {s.name for s in run.val_samples} == set(names[:2])
 

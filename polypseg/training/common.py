@@ -1,16 +1,27 @@
-"""What the trainers share: devices and processes, the validation split, the epoch log."""
+"""What the trainers share: devices and processes, the validation split, the epoch log, the
+training loop."""
 
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import os
+import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.datasets import PolypSample
+
+log = logging.getLogger("polypseg.training")
 
 
 def split_names(
@@ -21,6 +32,19 @@ def split_names(
         return samples, []
     names = {line.strip() for line in Path(val_list).read_text().splitlines() if line.strip()}
     return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
+
+
+def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, float]:
+    """IoU, Dice, precision and recall of an image predictor at box noise 0 and 0.1."""
+    from polypseg.evaluation import evaluate
+
+    metrics = {}
+    for noise in (0.0, 0.1):
+        segment = {"model": lambda image, prompt: predictor.predict(image, prompt).mask}
+        scores = evaluate(segment, samples, box_noise=noise, progress=False)["model"].mean
+        metrics[f"iou@{noise:g}"], metrics[f"dice@{noise:g}"] = scores.iou, scores.dice
+        metrics[f"precision@{noise:g}"], metrics[f"recall@{noise:g}"] = scores.precision, scores.recall
+    return metrics
 
 
 def pick_device(name: str) -> torch.device:
@@ -67,3 +91,179 @@ def write_log(out: Path, history: list[dict[str, Any]], loss_name: str = "BCE + 
     figure.tight_layout()
     figure.savefig(out / "curves.png", dpi=100)
     plt.close(figure)
+
+
+class TrainingRun(ABC):
+    """One training run: position (epoch, batch, step), history, best score, and the loop both
+    trainers share: batches in an order fixed by (seed, epoch), bf16 autocast on CUDA, gradient
+    accumulation, gradients averaged across torchrun processes, resumable snapshots in
+    `last.pt` (optimiser and schedule too), validation after each epoch on rank 0, the best
+    checkpoint (fp16) kept as `best.pt` by `selection`, and `log.csv` / `curves.png`.
+
+    Subclasses set `self.model`, `self.data` and `self.optimizer` in `build`, and give the
+    schedule, the loss of a batch, the validation and the checkpoint metadata."""
+
+    loss_name = "loss"
+    selection = "iou@0.1"  # the validation metric that picks the best checkpoint
+
+    model: torch.nn.Module
+    data: Any  # a sized torch Dataset
+    optimizer: torch.optim.Optimizer
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.device, self.world, self.rank = init_distributed(config.device)
+        torch.manual_seed(config.seed)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.out = Path(config.out)
+        self.build()
+        self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
+        self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
+        # The schedule spans all epochs; --max-steps only stops early (a resumed run goes on).
+        self.scheduler = self.make_scheduler(config.epochs * self.steps_per_epoch)
+        if config.resume and (self.out / "last.pt").is_file():
+            self._load(self.out / "last.pt")
+
+    @abstractmethod
+    def build(self) -> None:
+        """Set self.model (on self.device), self.data and self.optimizer."""
+
+    @abstractmethod
+    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+    @abstractmethod
+    def batch_loss(self, batch: Any) -> torch.Tensor: ...
+
+    @abstractmethod
+    def validate(self) -> dict[str, float]:
+        """Validation metrics (empty without validation data); leaves the model in train mode."""
+
+    @abstractmethod
+    def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]: ...
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _load(self, path: Path) -> None:
+        state, _, extra = load_checkpoint(path)
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        position = extra["position"]
+        self.epoch, self.batch_in_epoch, self.step = position["epoch"], position["batch"], position["step"]
+        self.best = float(position["best"])
+        self.history = list(extra.get("history", []))
+        log.info(
+            "resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step
+        )
+
+    def save_last(self) -> None:
+        if not self.is_main:
+            return
+        position = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "best": self.best}
+        save_checkpoint(
+            self.out / "last.pt",
+            self.model.state_dict(),
+            self.metadata(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            position=position,
+            history=self.history,
+        )
+
+    def batches(self) -> DataLoader:
+        """This rank's batches of the current epoch, in an order fixed by (seed, epoch), from
+        the batch where a resumed run stopped."""
+        order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
+        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.config.batch_size]
+        remaining = per_rank[self.batch_in_epoch * self.config.batch_size :]
+        return DataLoader(
+            torch.utils.data.Subset(self.data, remaining.tolist()),
+            batch_size=self.config.batch_size,
+            num_workers=self.config.workers,
+            drop_last=True,
+        )
+
+    def fit(self) -> Path:
+        """Train; the best checkpoint's path (the last one's without validation)."""
+        c = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        use_amp = self.device.type == "cuda"
+        started, stop = time.time(), False
+        while self.epoch < c.epochs and not stop:
+            self.model.train()
+            losses: list[float] = []
+            progress = tqdm(
+                self.batches(),
+                desc=f"epoch {self.epoch + 1}/{c.epochs}",
+                initial=self.batch_in_epoch,
+                total=self.batches_per_epoch,
+                disable=not self.is_main,
+            )
+            for batch in progress:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = self.batch_loss(batch) / c.accumulate
+                loss.backward()
+                losses.append(loss.item() * c.accumulate)
+                self.batch_in_epoch += 1
+                if self.batch_in_epoch % c.accumulate == 0:
+                    self._average_gradients()
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                    self.step += 1
+                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+                    if self.step % c.save_every == 0:
+                        self.save_last()
+                    if c.max_steps is not None and self.step >= c.max_steps:
+                        stop = True
+                        break
+            if stop and self.batch_in_epoch < self.batches_per_epoch:
+                self.save_last()
+                break
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            if self.is_main:
+                self._end_epoch(losses, started)
+            self.save_last()
+            if self.world > 1:
+                dist.barrier()
+        if self.world > 1:
+            dist.destroy_process_group()
+        best = self.out / "best.pt"
+        return best if best.is_file() else self.out / "last.pt"
+
+    def _average_gradients(self) -> None:
+        """The mean of every process's gradients (a process without a gradient counts zero)."""
+        if self.world == 1:
+            return
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= self.world
+
+    def selection_score(self, metrics: dict[str, float], train_loss: float) -> float:
+        return metrics.get(self.selection, -train_loss)
+
+    def _end_epoch(self, losses: list[float], started: float) -> None:
+        metrics = self.validate()
+        row: dict[str, float] = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "seconds": round(time.time() - started, 1),
+            **metrics,
+        }
+        self.history.append(row)
+        log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in row.items()})
+        score = self.selection_score(metrics, row["train_loss"])
+        if score > self.best:
+            self.best = score
+            half = {k: v.half() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+            save_checkpoint(self.out / "best.pt", half, self.metadata(metrics))
+        write_log(self.out, self.history, self.loss_name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
-from polypseg.checkpoints import load_checkpoint, save_checkpoint
+from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
 from polypseg.errors import CheckpointError, DatasetError
-from polypseg.evaluation import evaluate
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors.sam2 import (
@@ -45,7 +41,7 @@ from polypseg.predictors.sam2 import (
     sam2_config_name,
 )
 from polypseg.training.augment import annotator_box, training_transform
-from polypseg.training.common import init_distributed, split_names, write_log
+from polypseg.training.common import TrainingRun, split_names, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -248,37 +244,25 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
-class Sam2Run:
-    """One fine-tuning run: model, optimiser, schedule, position, history; subclasses change
-    the data and the loss (video)."""
+class Sam2Run(TrainingRun):
+    """SAM2 image fine-tuning; the video fine-tuning changes the data, the loss and the validation."""
 
     loss_name = "focal + Dice + IoU"
-    selection = "iou@0.1"  # the validation metric that picks the best checkpoint
 
-    def __init__(self, config: Sam2FinetuneConfig) -> None:
-        self.config = config
-        self.device, self.world, self.rank = init_distributed(config.device)
-        torch.manual_seed(config.seed)
-        self.model, self.source = load_sam2(config.checkpoint, config.size, config.image_size)
+    def build(self) -> None:
+        c = self.config
+        self.model, self.source = load_sam2(c.checkpoint, c.size, c.image_size)
         self.model.to(self.device).train()
-        encoder, others = trainable_parts(self.model, config.train)
+        encoder, others = trainable_parts(self.model, c.train)
         self.data, self.val_samples, self.train_count = self.load_data()
-        self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
-        self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
-        groups = [{"params": others, "lr": config.lr}]
+        groups = [{"params": others, "lr": c.lr}]
         if encoder:
-            groups.append({"params": encoder, "lr": config.encoder_lr})
-        self.optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-        total = config.max_steps or config.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(min(config.warmup_steps, max(1, total // 10)), total)
-        )
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best = -math.inf
-        self.history: list[dict[str, Any]] = []
-        self.out = Path(config.out)
-        if config.resume and (self.out / "last.pt").is_file():
-            self._load(self.out / "last.pt")
+            groups.append({"params": encoder, "lr": c.encoder_lr})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
+
+    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        warmup = min(self.config.warmup_steps, max(1, total_steps // 10))
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup, total_steps))
 
     def load_data(self) -> tuple[Any, list[PolypSample], int]:
         c = self.config
@@ -292,10 +276,6 @@ class Sam2Run:
     def batch_loss(self, batch: Any) -> torch.Tensor:
         images, targets, boxes = (t.to(self.device) for t in batch)
         return prompted_losses(self.model, images, targets, boxes, self.config)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config
@@ -318,140 +298,13 @@ class Sam2Run:
             "metrics": metrics or {},
         }
 
-    def _load(self, path: Path) -> None:
-        state, _, extra = load_checkpoint(path)
-        self.model.load_state_dict({k: v.float() for k, v in state.items()})
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
-        position = extra["position"]
-        self.epoch, self.batch_in_epoch, self.step = position["epoch"], position["batch"], position["step"]
-        self.best = float(position["best"])
-        self.history = list(extra.get("history", []))
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
-
-    def save_last(self) -> None:
-        if self.is_main:
-            position = {
-                "epoch": self.epoch,
-                "batch": self.batch_in_epoch,
-                "step": self.step,
-                "best": self.best,
-            }
-            save_checkpoint(
-                self.out / "last.pt",
-                self.model.state_dict(),
-                self.metadata(),
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                position=position,
-                history=self.history,
-            )
-
-    def batches(self) -> DataLoader:
-        order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
-        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.config.batch_size]
-        remaining = per_rank[self.batch_in_epoch * self.config.batch_size :]
-        return DataLoader(
-            torch.utils.data.Subset(self.data, remaining.tolist()),
-            batch_size=self.config.batch_size,
-            num_workers=self.config.workers,
-            drop_last=True,
-        )
-
     def validate(self) -> dict[str, float]:
         if not self.val_samples:
             return {}
         predictor = Sam2Predictor(self.model, self.metadata(), device=str(self.device))
-        metrics = {}
-        for noise in (0.0, 0.1):
-            result = evaluate(
-                {"model": lambda im, p: predictor.predict(im, p).mask},
-                self.val_samples,
-                box_noise=noise,
-                progress=False,
-            )["model"].mean
-            metrics[f"iou@{noise:g}"], metrics[f"dice@{noise:g}"] = result.iou, result.dice
+        metrics = validation_metrics(predictor, self.val_samples)
         self.model.train()
         return metrics
-
-    def fit(self) -> Path:
-        """Train; the path of the best checkpoint (or the last without validation)."""
-        c = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        use_amp = self.device.type == "cuda"
-        started, stop = time.time(), False
-        while self.epoch < c.epochs and not stop:
-            self.model.train()
-            losses: list[float] = []
-            progress = tqdm(
-                self.batches(),
-                desc=f"epoch {self.epoch + 1}/{c.epochs}",
-                initial=self.batch_in_epoch,
-                total=self.batches_per_epoch,
-                disable=not self.is_main,
-            )
-            for batch in progress:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = self.batch_loss(batch) / c.accumulate
-                loss.backward()
-                losses.append(loss.item() * c.accumulate)
-                self.batch_in_epoch += 1
-                if self.batch_in_epoch % c.accumulate == 0:
-                    self._sync_gradients()
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scheduler.step()
-                    self.step += 1
-                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                    if self.step % c.save_every == 0:
-                        self.save_last()
-                    if c.max_steps is not None and self.step >= c.max_steps:
-                        stop = True
-                        break
-            if stop and self.batch_in_epoch < self.batches_per_epoch:
-                self.save_last()
-                break
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            if self.is_main:
-                self._end_epoch(losses, started)
-            self.save_last()
-            if self.world > 1:
-                dist.barrier()
-        if self.world > 1:
-            dist.destroy_process_group()
-        best = self.out / "best.pt"
-        return best if best.is_file() else self.out / "last.pt"
-
-    def _sync_gradients(self) -> None:
-        """Average gradients over processes. SAM2 is driven through its parts, not through one
-        forward() that DistributedDataParallel could wrap, so the averaging is done here."""
-        if self.world == 1:
-            return
-        for parameter in self.model.parameters():
-            if parameter.requires_grad:
-                if parameter.grad is None:
-                    parameter.grad = torch.zeros_like(parameter)
-                dist.all_reduce(parameter.grad)
-                parameter.grad /= self.world
-
-    def _end_epoch(self, losses: list[float], started: float) -> None:
-        metrics = self.validate()
-        row: dict[str, float] = {
-            "epoch": self.epoch,
-            "step": self.step,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
-            "lr": float(self.scheduler.get_last_lr()[0]),
-            "seconds": round(time.time() - started, 1),
-            **metrics,
-        }
-        self.history.append(row)
-        log.info("epoch %d: %s", self.epoch, {k: round(v, 4) for k, v in row.items()})
-        score = metrics.get(self.selection, -row["train_loss"])
-        if score > self.best:
-            self.best = score
-            half = {k: v.half() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
-            save_checkpoint(self.out / "best.pt", half, self.metadata(metrics))
-        write_log(self.out, self.history, self.loss_name)
 
 
 def finetune_sam2(config: Sam2FinetuneConfig) -> Path:

@@ -1,16 +1,16 @@
 """Training of box-prompted smp models (U-Net, U-Net++): `polypseg train unet`.
 
-One process on CPU or GPU, or several under `torchrun` (DistributedDataParallel: gloo on CPU,
-nccl on GPU). Rank 0 validates after each epoch at box noise 0 and 0.1, keeps the best
-checkpoint by IoU at noise 0.1, and writes a CSV log and PNG curves. `last.pt` holds the
-optimiser and schedule too, so `--resume` continues from the step where training stopped.
+One process on CPU or GPU, or several under `torchrun` (gloo on CPU, nccl on GPU; the loop in
+polypseg.training.common). Rank 0 validates after each epoch at box noise 0 and 0.1 (and
+under the shift suite with `--select worst-shift`), keeps the best checkpoint, and writes a
+CSV log and PNG curves. `last.pt` holds the optimiser and schedule too, so `--resume`
+continues from the step where training stopped.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,22 +18,20 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from polypseg.box_input import BoxInputGeometry
-from polypseg.checkpoints import load_checkpoint, save_checkpoint
+from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
 from polypseg.errors import PromptError
-from polypseg.evaluation import evaluate
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, frame_shift, training_transform
-from polypseg.training.common import init_distributed, split_names, write_log
+from polypseg.training.common import TrainingRun, split_names, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -187,51 +185,39 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
-class _Run:
-    """The state of one training run: model, optimiser, schedule, position and history."""
+class UnetRun(TrainingRun):
+    """A U-Net / U-Net++ run: one sample per polyp region, BCE + Dice, AdamW with one-cycle."""
 
-    def __init__(self, config: UnetTrainConfig) -> None:
-        self.config = config
-        self.device, self.world, self.rank = init_distributed(config.device)
-        self.geometry = BoxInputGeometry(config.geometry, config.size, config.margin)
-        samples = load_folder_dataset(config.images, config.masks, config.boxes)
-        self.train_samples, self.val_samples = split_names(samples, config.val_list)
-        if config.limit:
-            self.train_samples = self.train_samples[: config.limit]
-        torch.manual_seed(config.seed)
-        self.model = create_box_channel_model(config.architecture, config.encoder, config.encoder_weights).to(
-            self.device
-        )
-        if config.init is not None:
-            state, _, _ = load_checkpoint(config.init)
+    loss_name = "BCE + Dice"
+
+    def build(self) -> None:
+        c = self.config
+        self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
+        samples = load_folder_dataset(c.images, c.masks, c.boxes)
+        self.train_samples, self.val_samples = split_names(samples, c.val_list)
+        if c.limit:
+            self.train_samples = self.train_samples[: c.limit]
+        self.model = create_box_channel_model(c.architecture, c.encoder, c.encoder_weights).to(self.device)
+        if c.init is not None:
+            state, _, _ = load_checkpoint(c.init)
             self.model.load_state_dict({k: v.float() for k, v in state.items()})
-        self.train_model: torch.nn.Module = self.model
-        if self.world > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
-        self.data = PolypRegions(
-            self.train_samples, self.geometry, config.negative_fraction, config.shift_augment
-        )
-        self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
-        self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer,
-            max_lr=config.lr,
-            total_steps=config.epochs * self.steps_per_epoch,
-            pct_start=0.1,
-        )
-        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
-        self.best = -1.0
-        self.history: list[dict[str, Any]] = []
-        self.out = Path(config.out)
-        if config.resume and (self.out / "last.pt").is_file():
-            self._load(self.out / "last.pt")
+        self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=self.config.lr, total_steps=total_steps, pct_start=0.1
+        )
+
+    def batch_loss(self, batch: Any) -> torch.Tensor:
+        x, y = (t.to(self.device) for t in batch)
+        return bce_dice_loss(self.model(x).float(), y)
+
+    def selection_score(self, metrics: dict[str, float], train_loss: float) -> float:
+        score = super().selection_score(metrics, train_loss)
+        if self.config.select == "worst-shift" and "worst_shift_iou@0.1" in metrics:
+            score = min(score, metrics["worst_shift_iou@0.1"])
+        return score
 
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config
@@ -254,65 +240,11 @@ class _Run:
             "metrics": metrics or {},
         }
 
-    def _load(self, path: Path) -> None:
-        state_dict, metadata, extra = load_checkpoint(path)
-        self.model.load_state_dict(state_dict)
-        self.optimizer.load_state_dict(extra["optimizer"])
-        self.scheduler.load_state_dict(extra["scheduler"])
-        position = extra["position"]
-        self.epoch, self.batch_in_epoch, self.step = position["epoch"], position["batch"], position["step"]
-        self.best = float(position["best"])
-        self.history = list(extra.get("history", []))
-        log.info(
-            "resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step
-        )
-
-    def save_last(self) -> None:
-        if not self.is_main:
-            return
-        save_checkpoint(
-            self.out / "last.pt",
-            self.model.state_dict(),
-            self.metadata(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            position={
-                "epoch": self.epoch,
-                "batch": self.batch_in_epoch,
-                "step": self.step,
-                "best": self.best,
-            },
-            history=self.history,
-        )
-
-    def batches(self) -> DataLoader:
-        """This rank's batches of the current epoch, in an order fixed by (seed, epoch), from
-        the batch where a resumed run stopped."""
-        order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
-        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.config.batch_size]
-        remaining = per_rank[self.batch_in_epoch * self.config.batch_size :]
-        return DataLoader(
-            torch.utils.data.Subset(self.data, remaining.tolist()),
-            batch_size=self.config.batch_size,
-            num_workers=self.config.workers,
-            persistent_workers=False,
-            drop_last=True,
-        )
-
     def validate(self) -> dict[str, float]:
         if not self.val_samples:
             return {}
         predictor = BoxChannelPredictor(self.model, self.metadata(), device=str(self.device))
-        metrics = {}
-        for noise in (0.0, 0.1):
-            result = evaluate(
-                {"model": lambda im, p: predictor.predict(im, p).mask},
-                self.val_samples,
-                box_noise=noise,
-                progress=False,
-            )["model"].mean
-            metrics[f"iou@{noise:g}"], metrics[f"dice@{noise:g}"] = result.iou, result.dice
-            metrics[f"precision@{noise:g}"], metrics[f"recall@{noise:g}"] = result.precision, result.recall
+        metrics = validation_metrics(predictor, self.val_samples)
         if self.config.select == "worst-shift":
             from polypseg.evaluation import evaluate_shifts
             from polypseg.shifts import SHIFTS
@@ -327,69 +259,4 @@ class _Run:
 
 def train_unet(config: UnetTrainConfig) -> Path:
     """Train; returns the path of the best checkpoint (or the last one without validation)."""
-    run = _Run(config)
-    run.out.mkdir(parents=True, exist_ok=True)
-    use_amp = run.device.type == "cuda"
-    started = time.time()
-    stop = False
-    while run.epoch < config.epochs and not stop:
-        run.train_model.train()
-        losses: list[float] = []
-        progress = tqdm(
-            run.batches(),
-            desc=f"epoch {run.epoch + 1}/{config.epochs}",
-            initial=run.batch_in_epoch,
-            total=run.batches_per_epoch,
-            disable=not run.is_main,
-        )
-        for x, y in progress:
-            x, y = x.to(run.device), y.to(run.device)
-            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = bce_dice_loss(run.train_model(x).float(), y) / config.accumulate
-            loss.backward()
-            losses.append(loss.item() * config.accumulate)
-            run.batch_in_epoch += 1
-            if run.batch_in_epoch % config.accumulate == 0:
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-                run.scheduler.step()
-                run.step += 1
-                progress.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-                if run.step % config.save_every == 0:
-                    run.save_last()
-                if config.max_steps is not None and run.step >= config.max_steps:
-                    stop = True
-                    break
-        if stop and run.batch_in_epoch < run.batches_per_epoch:
-            run.save_last()
-            break
-        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
-        if run.is_main:
-            metrics = run.validate()
-            row: dict[str, float] = {
-                "epoch": run.epoch,
-                "step": run.step,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": float(run.scheduler.get_last_lr()[0]),
-                "seconds": round(time.time() - started, 1),
-                **metrics,
-            }
-            run.history.append(row)
-            log.info("epoch %d: %s", run.epoch, {k: round(v, 4) for k, v in row.items()})
-            score = metrics.get("iou@0.1", -row["train_loss"])
-            if config.select == "worst-shift" and "worst_shift_iou@0.1" in metrics:
-                score = min(score, metrics["worst_shift_iou@0.1"])
-            if score > run.best:
-                run.best = score
-                half = {
-                    k: v.half() if v.is_floating_point() else v for k, v in run.model.state_dict().items()
-                }
-                save_checkpoint(run.out / "best.pt", half, run.metadata(metrics))
-            write_log(run.out, run.history)
-        run.save_last()
-        if run.world > 1:
-            dist.barrier()
-    if run.world > 1:
-        dist.destroy_process_group()
-    best = run.out / "best.pt"
-    return best if best.is_file() else run.out / "last.pt"
+    return UnetRun(config).fit()
