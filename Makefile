@@ -8,7 +8,7 @@ LABEL_STUDIO := $(LS_VENV)/bin/label-studio
 DATA ?= ../shared/data/kvasir-seg
 IMAGES ?= $(DATA)/images
 SAMPLE ?= cju0qkwl35piu0993l0dewei2
-CODE := polypseg backends serverless tests benchmarks
+CODE := polypseg backends serverless tests benchmarks docs
 
 .PHONY: install install-labelstudio system-packages annotate lint test demo
 
