@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for both servers")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # label-studio-sdk's request log
     token = os.environ.get("LABEL_STUDIO_API_KEY", "")
     if not token:
         log.error("set LABEL_STUDIO_API_KEY")
