@@ -1,8 +1,8 @@
-"""Makes docs/images/clip-masks.png: the shipped model on the real colonoscopy clip (interlaced
+"""Makes docs/images/clip-masks.jpg: the shipped model on the real colonoscopy clip (interlaced
 footage from another scope than Kvasir-SEG's), started from a box on frame 133 and carried by
 the classical tracker over the frames where the polyp is in view, 8 of them in a grid.
 
-    python docs/figures.py [--checkpoint FILE] [--out docs/images/clip-masks.png]
+    python docs/figures.py [--checkpoint FILE] [--out docs/images/clip-masks.jpg]
 """
 
 from __future__ import annotations

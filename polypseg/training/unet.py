@@ -10,7 +10,9 @@ continues from the step where training stopped.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
 from polypseg.errors import PromptError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
+from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, frame_shift, training_transform
@@ -214,10 +217,28 @@ class UnetRun(TrainingRun):
         return bce_dice_loss(self.model(x).float(), y)
 
     def selection_score(self, metrics: dict[str, float], train_loss: float) -> float:
+        """Clean IoU; with `--select worst-shift`, the worst shift's IoU, among epochs whose
+        clean IoU has not fallen below the starting model's (`--init`), if there is one."""
         score = super().selection_score(metrics, train_loss)
-        if self.config.select == "worst-shift" and "worst_shift_iou@0.1" in metrics:
-            score = min(score, metrics["worst_shift_iou@0.1"])
-        return score
+        if self.config.select != "worst-shift" or "worst_shift_iou@0.1" not in metrics:
+            return score
+        if self.clean_floor is not None and metrics["iou@0.1"] < self.clean_floor:
+            return -math.inf
+        return (
+            min(score, metrics["worst_shift_iou@0.1"])
+            if self.clean_floor is None
+            else metrics["worst_shift_iou@0.1"]
+        )
+
+    @functools.cached_property
+    def clean_floor(self) -> float | None:
+        """The starting model's clean validation IoU (box noise 0.1), when fine-tuning."""
+        if self.config.init is None or not self.val_samples:
+            return None
+        predictor = build_predictor(None, self.config.init, str(self.device))
+        floor = validation_metrics(predictor, self.val_samples)["iou@0.1"]
+        log.info("starting model's clean IoU@0.1: %.4f (later epochs must not fall below it)", floor)
+        return floor
 
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config
@@ -225,7 +246,8 @@ class UnetRun(TrainingRun):
             "architecture": c.architecture,
             "encoder": c.encoder,
             "input": self.geometry.as_dict(),
-            "version": f"{c.architecture}-{c.encoder}-{self.geometry.mode}{c.size}-e{self.epoch}",
+            "version": f"{c.architecture}-{c.encoder}-{self.geometry.mode}{c.size}"
+            f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": {
                 "images": str(c.images),
