@@ -108,3 +108,16 @@ def test_sam2_takes_a_mask_alone(sam2, polyp_image):
     image, truth = polyp_image
     prediction = sam2.predict(image, Prompt(previous_mask=truth))
     assert prediction.mask.shape == truth.shape
+
+
+def test_test_time_augmentation_averages_flipped_views(polyp_image) -> None:
+    from polypseg.metrics import score_masks
+
+    image, truth = polyp_image
+    prompt = Prompt(box=Box(38, 5, 430, 338))
+    plain = build_predictor(device="cpu").predict(image, prompt).mask
+    tta = build_predictor(device="cpu", tta=True)
+    averaged = tta.probability(image, prompt.fitted_to(image.shape[1], image.shape[0]))
+    assert averaged.shape == truth.shape and averaged.min() >= 0 and averaged.max() <= 1
+    mask = tta.predict(image, prompt).mask
+    assert score_masks(mask, truth).iou > 0.8 and score_masks(mask, plain).iou > 0.9

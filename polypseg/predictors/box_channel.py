@@ -53,9 +53,13 @@ class BoxChannelPredictor(ImagePredictor):
         metadata: dict[str, Any],
         device: str = "cpu",
         threshold: float = 0.5,
+        tta: bool = False,
         **kwargs: Any,
     ) -> None:
+        """`tta`: also run the input flipped left-right and upside down and average the three
+        probability maps (test-time augmentation; three times the network's work)."""
         super().__init__(**kwargs)
+        self.tta = tta
         self.model = model.to(device).eval()
         self.metadata = metadata
         self.name = metadata["architecture"]
@@ -88,10 +92,17 @@ class BoxChannelPredictor(ImagePredictor):
             raise PromptError(f"model {self.name} needs a box around the polyp; clicks alone work with sam2")
         height, width = image.shape[:2]
         window = self.geometry.window(prompt.box, width, height)
-        x = torch.from_numpy(self.geometry.make_input(image, prompt.box, window))[None]
+        x = torch.from_numpy(self.geometry.make_input(image, prompt.box, window))[None].to(self.device)
         with torch.inference_mode():
-            logits = self.model(x.to(self.device))[0, 0]
-        probability = torch.sigmoid(logits.float()).cpu().numpy()
+            if self.tta:  # the box channel flips with the image, so each view is a consistent input
+                views = torch.cat([x, x.flip(-1), x.flip(-2)])
+                logits = self.model(views)[:, 0].float()
+                probabilities = torch.sigmoid(
+                    torch.stack([logits[0], logits[1].flip(-1), logits[2].flip(-2)])
+                )
+                probability = probabilities.mean(0).cpu().numpy()
+            else:
+                probability = torch.sigmoid(self.model(x)[0, 0].float()).cpu().numpy()
         return self.geometry.paste(probability, window, width, height)
 
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:

@@ -26,6 +26,9 @@ def _box_channel(
 ) -> ImagePredictor:
     from polypseg.predictors.box_channel import BoxChannelPredictor
 
+    # POLYPSEG_TTA=1: test-time augmentation, off by default (docs/models.md: +0.2 to +0.9 IoU
+    # points for three times the latency)
+    kw.setdefault("tta", os.environ.get("POLYPSEG_TTA") == "1")
     return BoxChannelPredictor.from_state(state, metadata, path, **kw)
 
 
