@@ -53,11 +53,12 @@ class ClassicalTracker(VideoTracker):
     def __init__(
         self,
         predictor: ImagePredictor,
-        min_score: float = 0.5,
+        min_score: float = 0.6,
         max_area_change: float = 2.5,
         min_area: int = 64,
     ) -> None:
-        """`min_score`: the least model confidence x colour likeness to the followed polyp;
+        """`min_score`: the least model confidence x colour likeness to the followed polyp (0.6:
+        measured in docs/benchmarks.md against 0.5 and 0.7);
         `max_area_change`: the largest factor the mask's area may jump by between frames;
         `min_area`: masks of fewer pixels are specks, not a polyp one could outline."""
         self.predictor = predictor
