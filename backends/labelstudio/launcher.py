@@ -95,14 +95,7 @@ def start_label_studio(
         login.token,
         "--enable-legacy-api-token",
     ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", process, timeout, log)
-    except ServerFailed:
-        stop(process)
-        raise
-    return process
+    return _serve(command, env, port, log, timeout)
 
 
 def start_backend(
@@ -121,10 +114,15 @@ def start_backend(
         **(extra_env or {}),
     }
     command = [sys.executable, "-m", "polypseg.cli", "serve", "labelstudio", "--host", "127.0.0.1"]
+    return _serve([*command, "--port", str(port)], env, port, log, timeout)
+
+
+def _serve(
+    command: list[str], env: dict[str, str], port: int, log: Path, timeout: float
+) -> subprocess.Popen[bytes]:
+    """Start a server process logging to `log`, and wait until it answers on /health."""
     with log.open("ab") as out:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(f"http://127.0.0.1:{port}/health", process, timeout, log)
     except ServerFailed:

@@ -147,6 +147,13 @@ class TrainingRun(ABC):
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def training_record(self) -> dict[str, Any]:
+        """What every checkpoint's metadata says of the run that made it."""
+        from dataclasses import asdict
+
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()}
+        return {"epochs_done": self.epoch, "command": self.config.command, "config": config}
+
     def _load(self, path: Path) -> None:
         state, _, extra = load_checkpoint(path)
         self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

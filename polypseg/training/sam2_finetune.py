@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -291,9 +291,7 @@ class Sam2Run(TrainingRun):
                 "start": self.source,
                 "train_items": self.train_count,
                 "val_images": len(self.val_samples),
-                "epochs_done": self.epoch,
-                "command": c.command,
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items()},
+                **self.training_record(),
             },
             "metrics": metrics or {},
         }

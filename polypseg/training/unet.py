@@ -13,7 +13,7 @@ import datetime
 import functools
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,9 +255,7 @@ class UnetRun(TrainingRun):
                 "val_images": len(self.val_samples),
                 "val_list": str(c.val_list) if c.val_list else None,
                 "epochs": c.epochs,
-                "epochs_done": self.epoch,
-                "command": c.command,
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items()},
+                **self.training_record(),
             },
             "metrics": metrics or {},
         }
