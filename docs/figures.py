@@ -34,15 +34,19 @@ def main() -> None:
     tracker = ClassicalTracker(predictor)
     source = open_frames(CLIP)
     tiles: dict[int, np.ndarray] = {}
-    for direction, first in (("backward", START), ("forward", START)):
+    shown: dict[int, np.ndarray] = {}
+
+    def remembered(frames):  # the frames to show, kept as they stream past the tracker
+        for index, image in frames:
+            if index in SHOWN:
+                shown[index] = image
+            yield index, image
+
+    for direction in ("backward", "forward"):
         count = START - SHOWN[0] + 1 if direction == "backward" else SHOWN[-1] - START + 1
-        for result, (_, image) in zip(
-            tracker.track(source.frames(first, direction, count), Prompt(box=BOX)),
-            source.frames(first, direction, count),
-            strict=True,
-        ):
+        for result in tracker.track(remembered(source.frames(START, direction, count)), Prompt(box=BOX)):
             if result.index in SHOWN:
-                tile = draw_overlay(image, result.mask)
+                tile = draw_overlay(shown[result.index], result.mask)
                 label = f"frame {result.index}" + (" (lost)" if result.lost else "")
                 cv2.putText(tile, label, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 255), 2)
                 tiles[result.index] = tile

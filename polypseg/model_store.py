@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from polypseg.atomic import write_atomic
 from polypseg.checkpoints import load_checkpoint
 from polypseg.errors import CheckpointError, PolypsegError
 from polypseg.predictors.base import ImagePredictor
+
+log = logging.getLogger(__name__)
 
 
 class ModelStoreError(PolypsegError):
@@ -184,10 +187,6 @@ class CurrentModel:
                 try:
                     self.predictor, self._source = self.load(wanted), wanted
                 except (CheckpointError, OSError):  # keep serving the model that works
-                    import logging
-
-                    logging.getLogger(__name__).exception(
-                        "could not load %s; keeping %s", wanted, self._source
-                    )
+                    log.exception("could not load %s; keeping %s", wanted, self._source)
                     self._source = wanted  # do not retry on every request
         return self.predictor

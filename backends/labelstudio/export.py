@@ -24,7 +24,7 @@ import requests
 from backends.labelstudio.errors import BadRequest, MediaError
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.media import MediaFetcher
-from polypseg.data_store import DatasetStore, LabelledImage
+from polypseg.data_store import DatasetStore, LabelledImage, entry_key
 from polypseg.errors import PolypsegError
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
@@ -130,7 +130,7 @@ class LabelStudioProject:
             if store.is_current(self.source, task_id, annotation_id, updated):
                 report.unchanged += 1
                 continue
-            known = any(e["task"] == task_id and e["source"] == self.source for e in store.index.values())
+            known = entry_key(self.source, task_id) in store.index
             url = (task.get("data") or {}).get(config.data_key, "")
 
             def download(url: str = url, task: dict[str, Any] = task) -> bytes:

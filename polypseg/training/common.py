@@ -9,6 +9,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,6 @@ class TrainingRun(ABC):
 
     def training_record(self) -> dict[str, Any]:
         """What every checkpoint's metadata says of the run that made it."""
-        from dataclasses import asdict
-
         config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()}
         return {"epochs_done": self.epoch, "command": self.config.command, "config": config}
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,6 @@ class Sam2FinetuneConfig:
     save_every: int = 100
     device: str = "auto"
     command: str = ""
-    extra_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def normalise(image: np.ndarray, size: int) -> torch.Tensor:

@@ -73,7 +73,7 @@ def _points(body: dict[str, Any], key: str) -> list[tuple[float, float]]:
     return [_xy(p, f"{key} point") for p in raw]
 
 
-def interaction_prompt(body: dict[str, Any], min_pos_points: int = 0, needs_box: bool = False) -> Prompt:
+def interaction_prompt(body: dict[str, Any], needs_box: bool = False) -> Prompt:
     """The prompt of an interactor request: box from `obj_bbox`, positive and negative clicks."""
     positive, negative = _points(body, "pos_points"), _points(body, "neg_points")
     if len(positive) + len(negative) > MAX_POINTS:
@@ -89,8 +89,6 @@ def interaction_prompt(body: dict[str, Any], min_pos_points: int = 0, needs_box:
             raise RequestError(f"the box {box.describe()} has no area: draw it around the polyp")
     if needs_box and box is None:
         raise RequestError("this interactor needs a box around the polyp first")
-    if len(positive) < min_pos_points:
-        raise RequestError(f"at least {min_pos_points} positive point(s) are needed, got {len(positive)}")
     if box is None and not positive:
         raise RequestError("give a box or at least one positive click on the polyp")
     points = [Point(x, y, True) for x, y in positive] + [Point(x, y, False) for x, y in negative]
