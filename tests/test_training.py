@@ -149,3 +149,10 @@ def test_two_processes_under_torchrun(tmp_path, kvasir):
     _, _, extra = load_checkpoint(out / "last.pt")
     # 8 polyps over 2 ranks in batches of 2: 2 steps an epoch, each step seeing 4 samples.
     assert extra["position"]["step"] == 4 and len(extra["history"]) == 2
+
+
+def test_fewer_samples_than_a_batch_still_train(tmp_path, kvasir):
+    """A small retraining set (3 polyps, batch 8) trains in one smaller batch per epoch."""
+    train_unet(config(kvasir, tmp_path / "run", limit=3, batch_size=8, epochs=2))
+    _, _, extra = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert extra["position"]["step"] == 2

@@ -120,7 +120,9 @@ class TrainingRun(ABC):
         self.history: list[dict[str, Any]] = []
         self.out = Path(config.out)
         self.build()
-        self.batches_per_epoch = max(1, len(self.data) // (config.batch_size * self.world))
+        # Fewer samples than a batch (a small retraining set) train in one smaller batch, not in none.
+        self.batch_size = max(1, min(config.batch_size, len(self.data) // self.world))
+        self.batches_per_epoch = max(1, len(self.data) // (self.batch_size * self.world))
         self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
         # The schedule spans all epochs; --max-steps only stops early (a resumed run goes on).
         self.scheduler = self.make_scheduler(config.epochs * self.steps_per_epoch)
@@ -184,11 +186,11 @@ class TrainingRun(ABC):
         """This rank's batches of the current epoch, in an order fixed by (seed, epoch), from
         the batch where a resumed run stopped."""
         order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
-        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.config.batch_size]
-        remaining = per_rank[self.batch_in_epoch * self.config.batch_size :]
+        per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.batch_size]
+        remaining = per_rank[self.batch_in_epoch * self.batch_size :]
         return DataLoader(
             torch.utils.data.Subset(self.data, remaining.tolist()),
-            batch_size=self.config.batch_size,
+            batch_size=self.batch_size,
             num_workers=self.config.workers,
             drop_last=True,
         )
