@@ -45,6 +45,14 @@ def health(url: str) -> dict:
     return requests.get(url + "/health", timeout=10).json()
 
 
+def _outcome(log: Path) -> str:
+    """The retrain's last word ("retrain promoted: ...", "retrain kept: ...", a traceback), once
+    it has one."""
+    lines = log.read_text().splitlines() if log.is_file() else []
+    ends = ("polypseg.retraining: retrain ", "Traceback")
+    return next((line for line in reversed(lines) if any(end in line for end in ends)), "")
+
+
 def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path: Path) -> None:
     ls = label_studio
     project = launcher.polyp_project(ls.client, "Retraining", (CONFIGS / "polyp-image.xml").read_text())
@@ -85,13 +93,13 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
         webhook = {"action": "START_TRAINING", "project": {"id": project}}
         assert requests.post(url + "/webhook", json=webhook, timeout=10).status_code == 201
         models = ModelStore(tmp_path / "models")
+        retrain_log = tmp_path / "models" / "retrain.log"
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            current = models.current()
-            if current is not None and current.info.get("parent"):
-                break
+        while time.monotonic() < deadline and not _outcome(retrain_log):
             time.sleep(1)
-        log = (tmp_path / "models" / "retrain.log").read_text()
+        log = retrain_log.read_text()
+        assert "retrain promoted" in log and "epoch 2/2" in log, log  # RETRAIN_ARGS reached the retrain
+        current = models.current()
         assert current is not None and current.info.get("parent"), log
         assert current.info["metrics"]["train"] + current.info["metrics"]["val"] == len(annotated)
         for _ in range(20):  # the backend notices the new current version within seconds

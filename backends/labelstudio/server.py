@@ -197,6 +197,7 @@ def _webhook_handler(settings: Settings) -> Handler:
         settings.label_studio_url,
         settings.label_studio_api_key,
         settings.retrain_after,
+        settings.retrain_args,
     )
 
 

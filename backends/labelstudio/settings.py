@@ -33,9 +33,8 @@ class Settings:
     threads: int = 4  # POLYPSEG_THREADS: requests served at once per worker process
     dataset: Path | None = None  # POLYPSEG_DATASET: the retraining dataset store (default MODEL_DIR/dataset)
     retrain_after: int = 20  # RETRAIN_AFTER: annotation events that start a retrain (0: START_TRAINING only)
-    retrain_args: tuple[
-        str, ...
-    ] = ()  # RETRAIN_ARGS: more `polypseg retrain` flags ("--epochs 5 --tolerance 0")
+    # RETRAIN_ARGS: more `polypseg retrain` flags ("--epochs 5 --tolerance 0")
+    retrain_args: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> Settings:
