@@ -8,6 +8,7 @@ beside the classical tracker. SAM2 uses random weights (speed and memory do not 
 them) at a reduced working resolution so that the run fits a CPU.
 
     python benchmarks/tracker_speed_memory.py [--frames 60] [--sam2-frames 12] [--sam2-size 256]
+        [--sam2-sizes 1024,512,256]
 """
 
 from __future__ import annotations
@@ -97,6 +98,13 @@ def child(kind: str, frames: int, size: int, folder: Path) -> dict[str, float]:
     return {"fps": frames / seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def measure(kind: str, frames: int, size: int, folder: str) -> dict[str, float]:
+    """One measurement in a fresh process."""
+    command = [sys.executable, __file__, "--child", kind, str(frames), "--sam2-size", str(size)]
+    run = subprocess.run([*command, "--folder", folder], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -104,6 +112,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60, help="frames of the short run (classical)")
     parser.add_argument("--sam2-frames", type=int, default=12, help="frames of the short run (SAM2)")
     parser.add_argument("--sam2-size", type=int, default=256)
+    parser.add_argument(
+        "--sam2-sizes",
+        default="1024,512,256",
+        help="working resolutions for the SAM2 cost table ('' skips it)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("KIND", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -125,20 +138,23 @@ def main() -> None:
             (1, 10),
         )
         for (kind, frames), factor in runs:
-            command = [
-                sys.executable,
-                __file__,
-                "--child",
-                kind,
-                str(frames * factor),
-                "--sam2-size",
-                str(args.sam2_size),
-                "--folder",
-                folder,
-            ]
-            result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+            result = measure(kind, frames * factor, args.sam2_size, folder)
             print(
                 f"| {kind} | {frames * factor} | {result['fps']:.2f} | {result['peak_mb']:.0f} |", flush=True
+            )
+
+        sizes = [int(size) for size in args.sam2_sizes.split(",") if size.strip()]
+        if sizes:
+            print(f"\nSAM2 streaming by working resolution, {args.sam2_frames} frames")
+            print("| working size px | s/frame | peak memory MB | reference: s/frame | reference: peak MB |")
+            print("|---|---|---|---|---|")
+        for size in sizes:
+            ours = measure("sam2 streaming", args.sam2_frames, size, folder)
+            theirs = measure("reference: sam2 SAM2VideoPredictor", args.sam2_frames, size, folder)
+            print(
+                f"| {size} | {1 / ours['fps']:.2f} | {ours['peak_mb']:.0f} "
+                f"| {1 / theirs['fps']:.2f} | {theirs['peak_mb']:.0f} |",
+                flush=True,
             )
 
 

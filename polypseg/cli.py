@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, PromptError
 
 if TYPE_CHECKING:
     from polypseg.prompts import Prompt
@@ -45,6 +45,16 @@ def _prompt(args: argparse.Namespace) -> Prompt:
     return Prompt(
         box=Box.parse(args.box) if args.box else None, points=tuple(Point.parse(p) for p in args.point)
     )
+
+
+def _correction(text: str) -> tuple[int, Prompt]:
+    """A --correct flag, "FRAME:X1,Y1,X2,Y2": a box that re-anchors the track on that frame."""
+    from polypseg.prompts import Box, Prompt
+
+    frame, separator, box = text.partition(":")
+    if not separator or not frame.strip().isdigit():
+        raise PromptError(f"correction {text!r} is not FRAME:X1,Y1,X2,Y2")
+    return int(frame), Prompt(box=Box.parse(box))
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -147,11 +157,17 @@ def cmd_track(args: argparse.Namespace) -> None:
 
     source = open_frames(args.video)
     prompt = _prompt(args)
-    prompt.fitted_to(source.info.width, source.info.height)  # refuse a bad prompt before loading a model
+    corrections = dict(_correction(text) for text in args.correct)
+    if args.frame in corrections:
+        raise PromptError(f"--correct on the start frame {args.frame}: give that box as --box")
+    for correction in (prompt, *corrections.values()):  # refuse a bad prompt before loading a model
+        correction.fitted_to(source.info.width, source.info.height)
     options = {"image_size": args.sam2_size} if args.sam2_size else {}
     predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
     tracker = build_tracker(args.tracker, predictor)
-    results = track_video(source, tracker, args.frame, prompt, args.out, args.direction, args.max_frames)
+    results = track_video(
+        source, tracker, args.frame, prompt, args.out, args.direction, args.max_frames, corrections
+    )
     lost = sum(r.lost for r in results)
     log.info("%d frames tracked, %d of them lost; masks and track.json in %s", len(results), lost, args.out)
     if args.overlay:
@@ -169,12 +185,12 @@ def cmd_make_sequences(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate_video(args: argparse.Namespace) -> None:
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 
+    from polypseg.atomic import write_atomic
     from polypseg.predictors import build_predictor
-    from polypseg.video.evaluation import evaluate_sequence, plot_iou_over_time, sequence_folders
+    from polypseg.video.evaluation import evaluate_sequence, plot_iou_over_time, sequence_folders, summarise
     from polypseg.video.tracking_job import build_tracker
 
     folders = sequence_folders(args.sequences)
@@ -183,21 +199,23 @@ def cmd_evaluate_video(args: argparse.Namespace) -> None:
         args.tracker, build_predictor(args.model, args.checkpoint, args.device, **options)
     )
     results = [evaluate_sequence(tracker, folder) for folder in folders]
-    frames = sum(len(r.ious) for r in results)
-    table = Table(
-        "tracker", "sequences", "frames", "mean IoU", "mean Dice", "lost frames", "recoveries", "frames/s"
-    )
-    table.add_row(
-        args.tracker,
-        str(len(results)),
-        str(frames),
-        f"{np.mean([v for r in results for v in r.ious]):.4f}",
-        f"{np.mean([v for r in results for v in r.dices]):.4f}",
-        str(sum(sum(r.lost) for r in results)),
-        str(sum(r.recoveries for r in results)),
-        f"{frames / sum(r.seconds for r in results):.2f}",
-    )
+    summary = summarise(results)
+    columns = {
+        "sequences": "sequences",
+        "frames": "frames",
+        "mean_iou": "mean IoU",
+        "mean_dice": "mean Dice",
+        "lost_frames": "lost frames",
+        "recoveries": "recoveries",
+        "frames_per_second": "frames/s",
+    }
+    table = Table("tracker", *columns.values())
+    table.add_row(args.tracker, *(str(summary[key]) for key in columns))
     Console(width=160).print(table)
+    if args.json:
+        body = {"tracker": args.tracker, **summary, "per_sequence": [r.to_json() for r in results]}
+        write_atomic(args.json, json.dumps(body, indent=1).encode())
+        log.info("wrote %s", args.json)
     if args.plot:
         plot_iou_over_time(results, args.plot)
         log.info("IoU over time -> %s", args.plot)
@@ -476,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="classical",
         help="classical: box tracker + the image model (CPU default); sam2: SAM2 memory",
     )
+    track.add_argument(
+        "--correct",
+        action="append",
+        default=[],
+        metavar="FRAME:X1,Y1,X2,Y2",
+        help="a box on a later frame that re-anchors the track there (repeatable)",
+    )
     track.add_argument("--direction", choices=("forward", "backward", "both"), default="forward")
     track.add_argument("--max-frames", type=int, help="at most this many frames in each direction")
     track.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64; default 1024)")
@@ -503,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     video_eval.add_argument("--tracker", choices=("classical", "sam2"), default="classical")
     video_eval.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64)")
     video_eval.add_argument("--plot", type=Path, help="write the IoU-over-time plot (PNG) here")
+    video_eval.add_argument("--json", type=Path, help="write the scores, per sequence and frame too, as JSON")
     _add_model_options(video_eval)
     video_eval.set_defaults(run=cmd_evaluate_video)
 

@@ -172,11 +172,57 @@ def test_track_cli_writes_masks_json_and_overlay(tmp_path):
     assert open_frames(tmp_path / "overlay.mp4").info.frame_count == 11
 
 
-@pytest.mark.slow
-def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
+def _polypseg(*args):
     import subprocess
     import sys
 
+    command = [sys.executable, "-m", "polypseg.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_track_cli_re_anchors_on_a_correction(tmp_path):
+    """Started on bowel wall away from the polyp, the track follows whatever is there until a
+    correction on frame 135 puts it on the polyp, where it stays."""
+    out = tmp_path / "track"
+    result = _polypseg(
+        "track", CLIP, "--frame", 133, "--box", "60,60,160,160", "--correct", "135:360,240,450,400",
+        "--max-frames", 5, "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    track = json.loads((out / "track.json").read_text())
+    assert track["corrections"] == [{"frame": 135, "box": [360.0, 240.0, 450.0, 400.0]}]
+    polyp = np.zeros((480, 560), dtype=bool)
+    polyp[240:400, 360:450] = True
+
+    def share_on_polyp(frame: int) -> float:
+        mask = read_mask(out / f"mask_{frame:06d}.png") > 0
+        return (mask & polyp).sum() / max(mask.sum(), 1)
+
+    assert share_on_polyp(133) < 0.1 and share_on_polyp(134) < 0.1
+    for frame in track["frames"][2:]:
+        assert not frame["lost"] and share_on_polyp(frame["frame"]) > 0.8, frame
+
+
+@pytest.mark.parametrize(
+    ("correction", "message"),
+    [
+        ("135:1,2,3", "box '1,2,3' is not X1,Y1,X2,Y2"),
+        ("x:1,2,30,40", "correction 'x:1,2,30,40' is not FRAME:X1,Y1,X2,Y2"),
+        ("133:1,2,30,40", "--correct on the start frame 133"),
+        ("135:600,500,700,600", "lies outside the 560x480 image"),
+    ],
+)
+def test_track_cli_refuses_a_bad_correction(tmp_path, correction, message):
+    result = _polypseg(
+        "track", CLIP, "--frame", 133, "--box", "360,240,450,400", "--correct", correction, "--out", tmp_path
+    )
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "track.json").exists()
+
+
+@pytest.mark.slow
+def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
     from polypseg.datasets import load_folder_dataset
     from polypseg.video.evaluation import evaluate_sequence
     from polypseg.video.synthetic import write_sequences
@@ -192,15 +238,16 @@ def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
     # A tracker that is told the truth on frame 0 of a moving still keeps most of it.
     result = evaluate_sequence(ClassicalTracker(build_predictor(device="cpu")), folder)
     assert len(result.ious) == 8 and result.ious[0] > 0.8 and np.mean(result.ious) > 0.5
-    plot = tmp_path / "iou.png"
-    run = subprocess.run(
-        [sys.executable, "-m", "polypseg.cli", "evaluate-video", str(tmp_path / "seqs"), "--plot", str(plot)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    plot, scores = tmp_path / "iou.png", tmp_path / "scores.json"
+    run = _polypseg("evaluate-video", tmp_path / "seqs", "--plot", plot, "--json", scores)
     assert run.returncode == 0, run.stderr
     assert "mean IoU" in run.stdout and plot.stat().st_size > 5000
+    written = json.loads(scores.read_text())
+    (sequence,) = written["per_sequence"]
+    assert sequence["name"] == folder.name and len(sequence["iou"]) == len(sequence["lost"]) == 8
+    assert sequence["iou"][0] == round(result.ious[0], 4)  # OpenCV's box tracker is not seeded alike later
+    assert written["mean_iou"] == sequence["mean_iou"] == pytest.approx(np.mean(sequence["iou"]), abs=1e-3)
+    assert written["lost_frames"] == sum(sequence["lost"])
 
 
 @pytest.mark.slow

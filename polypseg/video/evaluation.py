@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,32 @@ class SequenceResult:
     def recoveries(self) -> int:
         """Times the track came back after being lost."""
         return sum(1 for before, now in zip(self.lost, self.lost[1:], strict=False) if before and not now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "frames": len(self.ious),
+            "mean_iou": round(float(np.mean(self.ious)), 4),
+            "mean_dice": round(float(np.mean(self.dices)), 4),
+            "lost_frames": sum(self.lost),
+            "recoveries": self.recoveries,
+            "iou": [round(v, 4) for v in self.ious],
+            "lost": self.lost,
+        }
+
+
+def summarise(results: list[SequenceResult]) -> dict[str, Any]:
+    """All sequences' frames together: mean IoU and Dice, lost frames, recoveries, speed."""
+    frames = sum(len(r.ious) for r in results)
+    return {
+        "sequences": len(results),
+        "frames": frames,
+        "mean_iou": round(float(np.mean([v for r in results for v in r.ious])), 4),
+        "mean_dice": round(float(np.mean([v for r in results for v in r.dices])), 4),
+        "lost_frames": sum(sum(r.lost) for r in results),
+        "recoveries": sum(r.recoveries for r in results),
+        "frames_per_second": round(frames / max(sum(r.seconds for r in results), 1e-9), 2),
+    }
 
 
 def evaluate_sequence(tracker: VideoTracker, folder: Path) -> SequenceResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from polypseg.errors import ModelError
 from polypseg.images import read_mask, write_mask
 from polypseg.masks import draw_overlay
 from polypseg.predictors.base import ImagePredictor
-from polypseg.prompts import Prompt
+from polypseg.prompts import Box, Prompt
 from polypseg.video.frames import FrameSource
 from polypseg.video.tracking import TrackedFrame, VideoTracker
 
@@ -49,9 +49,11 @@ def track_video(
     out: Path,
     direction: str = "forward",
     max_frames: int | None = None,
+    corrections: Mapping[int, Prompt] | None = None,
 ) -> list[TrackedFrame]:
-    """Track from frame `start` in one or both directions; masks go to `out` as they come, and
-    the returned results (in frame order) carry no masks, so memory stays flat."""
+    """Track from frame `start` in one or both directions, re-anchored on the frames that
+    `corrections` names; masks go to `out` as they come, and the returned results (in frame
+    order) carry no masks, so memory stays flat."""
     out.mkdir(parents=True, exist_ok=True)
     runs = ["backward", "forward"] if direction == "both" else [direction]
     results: dict[int, TrackedFrame] = {}
@@ -61,31 +63,39 @@ def track_video(
             max_frames or source.info.frame_count,
             start + 1 if run == "backward" else source.info.frame_count - start,
         )
-        for result in tqdm(tracker.track(frames, prompt), total=total, desc=f"tracking {run}", unit="frame"):
+        tracked = tracker.track(frames, prompt, corrections)
+        for result in tqdm(tracked, total=total, desc=f"tracking {run}", unit="frame"):
             write_mask(mask_path(out, result.index), result.mask)
             results[result.index] = TrackedFrame(
                 result.index, np.zeros((0, 0), bool), result.box, result.score, result.lost
             )
     ordered = [results[i] for i in sorted(results)]
-    (out / "track.json").write_text(json.dumps(track_summary(ordered, start, prompt), indent=1))
+    summary = track_summary(ordered, start, prompt, corrections or {})
+    (out / "track.json").write_text(json.dumps(summary, indent=1))
     return ordered
 
 
-def track_summary(results: list[TrackedFrame], start: int, prompt: Prompt) -> dict[str, Any]:
-    box = prompt.box
+def track_summary(
+    results: list[TrackedFrame], start: int, prompt: Prompt, corrections: Mapping[int, Prompt]
+) -> dict[str, Any]:
     return {
         "start_frame": start,
-        "prompt_box": [box.x1, box.y1, box.x2, box.y2] if box else None,
+        "prompt_box": _box(prompt.box),
+        "corrections": [{"frame": i, "box": _box(corrections[i].box)} for i in sorted(corrections)],
         "frames": [
             {
                 "frame": r.index,
-                "box": [r.box.x1, r.box.y1, r.box.x2, r.box.y2] if r.box else None,
+                "box": _box(r.box),
                 "score": round(r.score, 4),
                 "lost": r.lost,
             }
             for r in results
         ],
     }
+
+
+def _box(box: Box | None) -> list[float] | None:
+    return [box.x1, box.y1, box.x2, box.y2] if box else None
 
 
 def write_overlay(source: FrameSource, results: list[TrackedFrame], masks: Path, path: Path) -> None:
