@@ -253,9 +253,12 @@ def test_the_token_goes_to_label_studio_only(servers, default_predictor, polyp) 
 
 def test_basic_auth(servers, default_predictor) -> None:
     client, _ = make_client(servers[0].url, default_predictor, basic_auth_user="ls", basic_auth_pass="pw")
-    assert client.get("/health").status_code == 401
-    assert client.get("/health", auth=("ls", "wrong")).status_code == 401
-    assert client.get("/health", auth=("ls", "pw")).status_code == 200
+    setup = {"project": "1.1", "schema": image_config()}
+    assert client.post("/setup", json=setup).status_code == 401
+    assert client.post("/setup", json=setup, auth=("ls", "wrong")).status_code == 401
+    assert client.post("/setup", json=setup, auth=("ls", "pw")).status_code == 200
+    assert client.post("/predict", json={"tasks": []}).status_code == 401
+    assert client.get("/health").status_code == 200  # for health checks; it tells nothing more
 
 
 def test_webhooks_are_handed_on_without_blocking(servers, default_predictor) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from label_studio_sdk.core.api_error import ApiError
 
 from backends.labelstudio import launcher
 from backends.labelstudio.media import MediaFetcher
@@ -76,6 +77,40 @@ def test_bad_box_is_refused_and_the_backend_goes_on(
     )
     assert answer["errors"] and "422" in answer["errors"][0]
     assert requests.get(label_studio.backend_url + "/health", timeout=10).status_code == 200
+
+
+def test_backend_behind_basic_auth(label_studio: LabelStudioStack, kvasir: Path, tmp_path: Path) -> None:
+    """A backend that asks for basic auth, connected with its credentials: Label Studio's calls
+    carry them; Label Studio refuses to connect it without them."""
+    from conftest import _free_port
+
+    port = _free_port()
+    env = {"BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "s3cret"}
+    backend = launcher.start_backend(
+        port, label_studio.url, label_studio.login.token, tmp_path / "b.log", env
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        project = launcher.polyp_project(
+            label_studio.client, "Basic auth", (CONFIGS / "polyp-image.xml").read_text()
+        )
+        ml = launcher.connect_backend(label_studio.client, project, url, basic_auth=("ls", "s3cret"))
+        task = upload(label_studio, project, kvasir / "images" / f"{ONE_POLYP}.jpg")
+        mask = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+        ys, xs = mask.nonzero()
+        box = rectangle((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), mask.shape[1], mask.shape[0])
+        body = {"task": task["id"], "context": {"result": [box]}}
+        answer = label_studio.api("POST", f"/api/ml/{ml}/interactive-annotating", json=body)
+        assert "errors" not in answer, answer
+        (region,) = answer["data"]["result"]
+        found = decode_brush_rle(region["value"]["rle"], region["original_width"], region["original_height"])
+        assert score_masks(found, mask).iou > 0.8
+        # Label Studio checks the connection itself: without the credentials it refuses to save.
+        with pytest.raises(ApiError, match="401 Client Error: Unauthorized"):
+            launcher.connect_backend(label_studio.client, project, url)
+        assert launcher.connect_backend(label_studio.client, project, url, basic_auth=("ls", "s3cret")) == ml
+    finally:
+        launcher.stop(backend)
 
 
 def test_annotation_webhook_then_batch_predictions(

@@ -5,7 +5,8 @@ docker compose runs it once after both are up; running it again changes nothing.
     python -m backends.labelstudio.connect --label-studio http://label-studio:8080 \\
         --backend http://polypseg:9090 --images /data/images/polyps [--title Polyps]
 
-The token comes from LABEL_STUDIO_API_KEY.
+The token comes from LABEL_STUDIO_API_KEY; the backend's basic-auth credentials, where it has
+them, from BASIC_AUTH_USER and BASIC_AUTH_PASS (as the backend reads them).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ls = launcher.client(args.label_studio, token)
     project = launcher.polyp_project(ls, args.title, (launcher.CONFIGS / "polyp-image.xml").read_text())
     tasks = launcher.add_image_folder(ls, project, args.images)
-    launcher.connect_backend(ls, project, args.backend)
+    launcher.connect_backend(ls, project, args.backend, basic_auth=launcher.basic_auth_from_env())
     log.info("project %d (%s): %d images, backend %s connected", project, args.title, tasks, args.backend)
     return 0
 

@@ -179,9 +179,28 @@ def add_image_folder(ls: Any, project: int, folder: Path) -> int:
     return int(ls.projects.get(id=project).task_number or 0)
 
 
-def connect_backend(ls: Any, project: int, url: str, title: str = "polypseg") -> int:
-    """The project's ML backend at `url` (connected, interactive), its id."""
+def basic_auth_from_env() -> tuple[str, str] | None:
+    """The backend's basic-auth credentials as it reads them (BASIC_AUTH_USER / _PASS), if any."""
+    user = os.environ.get("BASIC_AUTH_USER", "")
+    return (user, os.environ.get("BASIC_AUTH_PASS", "")) if user else None
+
+
+def connect_backend(
+    ls: Any, project: int, url: str, title: str = "polypseg", basic_auth: tuple[str, str] | None = None
+) -> int:
+    """The project's ML backend at `url` (connected, interactive, with the backend's basic-auth
+    credentials where it asks for them), its id."""
+    auth: dict[str, Any] = {"auth_method": "NONE"}
+    if basic_auth:
+        auth = {
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": basic_auth[0],
+            "basic_auth_pass": basic_auth[1],
+        }
     for backend in ls.ml.list(project=project):
         if backend.url.rstrip("/") == url.rstrip("/"):
+            # The credentials may have changed since; Label Studio 1.23 checks the connection on
+            # every update and wants the url and project for it.
+            ls.ml.update(int(backend.id), project=project, url=backend.url, **auth)
             return int(backend.id)
-    return int(ls.ml.create(project=project, url=url, title=title, is_interactive=True).id)
+    return int(ls.ml.create(project=project, url=url, title=title, is_interactive=True, **auth).id)

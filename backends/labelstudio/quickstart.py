@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         config = (launcher.CONFIGS / "polyp-image.xml").read_text()
         project = launcher.polyp_project(ls, args.title, config)
         tasks = launcher.add_image_folder(ls, project, folder)
-        launcher.connect_backend(ls, project, f"http://127.0.0.1:{args.backend_port}")
+        backend = f"http://127.0.0.1:{args.backend_port}"
+        launcher.connect_backend(ls, project, backend, basic_auth=launcher.basic_auth_from_env())
     except (launcher.ServerFailed, OSError) as exc:
         log.error("%s", exc)
         for process in processes:

@@ -104,7 +104,8 @@ def create_app(
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
-        if settings.basic_auth_user and not _authorised(request, settings):
+        # /health stays open (it says only whether the server is up) for health checks and probes.
+        if settings.basic_auth_user and request.url.path != "/health" and not _authorised(request, settings):
             response: Response = Response(
                 "Unauthorized", status_code=401, headers={"WWW-Authenticate": 'Basic realm="polypseg"'}
             )
