@@ -17,6 +17,8 @@ from polypseg.errors import PolypsegError, PromptError
 if TYPE_CHECKING:
     from polypseg.prompts import Prompt
 
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)"
+
 log = logging.getLogger("polypseg")
 
 
@@ -35,7 +37,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="model kind; default: the one the checkpoint holds (the shipped default model)",
     )
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shipped model)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)")
+    parser.add_argument("--device", help=DEVICE_HELP)
 
 
 def _prompt(args: argparse.Namespace) -> Prompt:
@@ -226,6 +228,7 @@ def _names(path: Path | None) -> list[str] | None:
 
 
 def cmd_train_unet(args: argparse.Namespace) -> None:
+    from polypseg.predictors.registry import resolve_device
     from polypseg.training.unet import UnetTrainConfig, train_unet
 
     config = UnetTrainConfig(
@@ -252,7 +255,7 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
         max_steps=args.max_steps,
         limit=args.limit,
         save_every=args.save_every,
-        device=args.device or "auto",
+        device=resolve_device(args.device),
         command=shlex.join(["polypseg", *sys.argv[1:]]),
         init=args.init,
         shift_augment=args.shift_augment,
@@ -263,6 +266,8 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
 
 
 def _sam2_finetune_options(args: argparse.Namespace) -> dict[str, object]:
+    from polypseg.predictors.registry import resolve_device
+
     return {
         "out": args.out,
         "checkpoint": args.checkpoint,
@@ -283,7 +288,7 @@ def _sam2_finetune_options(args: argparse.Namespace) -> dict[str, object]:
         "max_steps": args.max_steps,
         "limit": args.limit,
         "save_every": args.save_every,
-        "device": args.device or "auto",
+        "device": resolve_device(args.device),
         "command": shlex.join(["polypseg", *sys.argv[1:]]),
     }
 
@@ -342,9 +347,8 @@ def _pull(args: argparse.Namespace) -> bool:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    import time
-
-    from polypseg.retraining import RetrainSettings, parse_interval, retrain
+    from polypseg.predictors.registry import resolve_device
+    from polypseg.retraining import RetrainSettings, parse_interval, retrain_every
 
     settings = RetrainSettings(
         model_dir=args.model_dir,
@@ -353,20 +357,10 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         lr=args.lr,
         tolerance=args.tolerance,
         max_steps=args.max_steps,
-        device=args.device or "auto",
+        device=resolve_device(args.device),
     )
     every = parse_interval(args.every) if args.every else None
-    while True:
-        if _pull(args) or args.train_anyway:
-            result = retrain(settings)
-            log.info(
-                "%s: %s%s", result.status, result.reason, f" ({result.version})" if result.version else ""
-            )
-        else:
-            log.error("no retrain this round: a source could not be read; the served model is unchanged")
-        if every is None:
-            return
-        time.sleep(every)
+    retrain_every(settings, every, lambda: _pull(args), args.train_anyway)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -433,7 +427,7 @@ def _add_sam2_finetune_options(
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--limit", type=int, help="train on the first N images or sequences only")
     parser.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
-    parser.add_argument("--device", help="cpu, cuda or auto")
+    parser.add_argument("--device", help=DEVICE_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -562,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     unet.add_argument("--limit", type=int, help="train on the first N images only")
     unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
-    unet.add_argument("--device", help="cpu, cuda or auto")
+    unet.add_argument("--device", help=DEVICE_HELP)
     unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     unet.add_argument(
         "--shift-augment",
@@ -639,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain_cmd.add_argument("--tolerance", type=float, default=0.01, help="promote if IoU >= current - this")
     retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")
     retrain_cmd.add_argument("--train-anyway", action="store_true", help="retrain even if a source failed")
-    retrain_cmd.add_argument("--device", help="cpu, cuda or auto")
+    retrain_cmd.add_argument("--device", help=DEVICE_HELP)
     retrain_cmd.set_defaults(run=cmd_retrain)
 
     models = commands.add_parser("models", help="model versions in MODEL_DIR: list, promote, rollback")

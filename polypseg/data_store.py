@@ -28,6 +28,7 @@ from PIL import Image
 
 from polypseg.atomic import write_atomic
 from polypseg.datasets import PolypSample
+from polypseg.errors import DatasetError
 from polypseg.images import read_image
 
 VALIDATION_SHARE = 10  # one key in ten is a validation image
@@ -58,10 +59,13 @@ class DatasetStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        path = self.root / "index.json"
         try:
-            self.index: dict[str, dict[str, Any]] = json.loads((self.root / "index.json").read_text())
+            self.index: dict[str, dict[str, Any]] = json.loads(path.read_text())
         except FileNotFoundError:
             self.index = {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: not a readable dataset index ({exc})") from None
 
     def is_current(self, source: str, task: str, annotation: str, updated: str) -> bool:
         """Whether the store already holds this version of this annotation (skip the download)."""

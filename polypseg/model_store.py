@@ -59,9 +59,9 @@ class ModelStore:
     def list_versions(self) -> list[ModelVersion]:
         if not self.versions.is_dir():
             return []
-        found = [
-            self._version(p.name) for p in sorted(self.versions.iterdir()) if (p / "info.json").is_file()
-        ]
+        # ".staging-*" folders are versions being added (or left half-added by a killed process).
+        folders = [p for p in sorted(self.versions.iterdir()) if not p.name.startswith(".")]
+        found = [self._version(p.name) for p in folders if (p / "info.json").is_file()]
         return [v for v in found if v is not None]
 
     def _version(self, version_id: str) -> ModelVersion | None:

@@ -13,15 +13,19 @@ from __future__ import annotations
 import datetime
 import fcntl
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import DatasetStore
+from polypseg.errors import PolypsegError
 from polypseg.evaluation import evaluate
 from polypseg.model_store import ModelStore, ModelVersion
 from polypseg.predictors import build_predictor, default_checkpoint
+from polypseg.predictors.registry import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +174,7 @@ def _retrain_once(settings: RetrainSettings) -> RetrainResult:
     candidate = _train(current.path, settings, out, val_list)
     if not candidate.is_file():
         return RetrainResult("skipped", f"training wrote no checkpoint in {out}")
-    device = "cuda" if settings.device == "cuda" else "cpu"
+    device = resolve_device(settings.device)
     new_iou = _iou(candidate, val, device, settings.seed)
     old_iou = _iou(current.path, val, device, settings.seed)
     metrics = {
@@ -193,11 +197,43 @@ def _retrain_once(settings: RetrainSettings) -> RetrainResult:
     )
 
 
+def retrain_every(
+    settings: RetrainSettings,
+    every: float | None,
+    pull: Callable[[], bool],
+    train_anyway: bool = False,
+    rounds: int | None = None,
+) -> None:
+    """Pull, then retrain; with `every` (seconds), again and again, `rounds` times or for ever.
+    A round that fails (a source unreadable, a broken dataset, the GPU out of memory) is
+    logged and the schedule goes on: the served model stays as it was."""
+    done = 0
+    while True:
+        try:
+            if pull() or train_anyway:
+                result = retrain(settings)
+                version = f" ({result.version})" if result.version else ""
+                log.info("%s: %s%s", result.status, result.reason, version)
+            else:
+                log.error("no retrain this round: a source could not be read; the served model is unchanged")
+        except Exception:
+            if every is None:
+                raise
+            log.exception("this retrain round failed; the served model is unchanged")
+        done += 1
+        if every is None or (rounds is not None and done >= rounds):
+            return
+        time.sleep(every)
+
+
 def parse_interval(text: str) -> float:
     """Seconds in "30m", "24h", "2d" or a plain number of seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
+    cleaned = text.strip().lower()
     try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+        seconds = float(cleaned[:-1]) * units[cleaned[-1]] if cleaned[-1] in units else float(cleaned)
     except (ValueError, IndexError):
-        raise ValueError(f"{text!r} is not an interval like 30m, 24h or 2d") from None
+        seconds = 0
+    if not seconds > 0:
+        raise PolypsegError(f"{text!r} is not an interval like 30m, 24h or 2d")
+    return seconds

@@ -15,13 +15,14 @@ import pytest
 
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, LabelledImage, entry_key
+from polypseg.errors import DatasetError, PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 from polypseg.model_store import CurrentModel, ModelStore, ModelStoreError
 from polypseg.predictors import default_checkpoint
-from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain
+from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain, retrain_every
 from serverless.cvat.export import pull_cvat_archive
 
 SOURCE = "test:kvasir"
@@ -55,6 +56,11 @@ def test_model_store_versions_promote_rollback(tmp_path: Path) -> None:
     second = store.add(default_checkpoint(), {"iou": 0.9}, "retrained", parent=first.id)
     assert [v.id for v in store.list_versions()] == sorted([first.id, second.id])
     assert not list((tmp_path / "models" / "versions").glob(".staging-*"))
+    # A process killed between writing a version's files and renaming its folder leaves this:
+    half = tmp_path / "models" / "versions" / ".staging-x1y2"
+    half.mkdir()
+    (half / "info.json").write_text((second.path.parent / "info.json").read_text())
+    assert [v.id for v in store.list_versions()] == sorted([first.id, second.id])
     store.promote(first.id, "start")
     store.promote(second.id, "better")
     assert store.current().id == second.id and store.current().metrics == {"iou": 0.9}
@@ -197,7 +203,31 @@ def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_p
     assert lock.acquire()  # the holder's death released it
     assert lock.take_pending() and not lock.take_pending()
     lock.release()
+
+
+def test_intervals() -> None:
     assert parse_interval("24h") == 86400 and parse_interval("30m") == 1800 and parse_interval("90") == 90
+    for bad in ("", "5x", "h", "0", "-1h"):
+        with pytest.raises(PolypsegError, match="is not an interval"):
+            parse_interval(bad)
+
+
+def test_a_failing_scheduled_round_does_not_end_the_schedule(tmp_path: Path, caplog) -> None:
+    """A broken dataset index fails each round; the schedule logs it and goes on (an unscheduled
+    retrain says so at once)."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "index.json").write_text("{ half written")
+    settings = RetrainSettings(tmp_path / "models", dataset, device="cpu")
+    pulls = []
+    with caplog.at_level("ERROR", logger="polypseg.retraining"):
+        retrain_every(settings, 0.01, lambda: pulls.append(1) or True, rounds=3)
+    assert len(pulls) == 3
+    assert [r.message for r in caplog.records].count(
+        "this retrain round failed; the served model is unchanged"
+    ) == 3
+    with pytest.raises(DatasetError, match="index.json: not a readable dataset index"):
+        retrain_every(settings, None, lambda: True)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.datasets import PolypSample
+from polypseg.predictors.registry import resolve_device
 
 log = logging.getLogger("polypseg.training")
 
@@ -48,16 +49,10 @@ def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, 
     return metrics
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def init_distributed(device_name: str) -> tuple[torch.device, int, int]:
     """This process's device, the world size and its rank; joins the process group under
     torchrun (gloo on CPU, nccl on GPU)."""
-    device = pick_device(device_name)
+    device = torch.device(resolve_device(device_name))
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1:
         if device.type == "cuda":
