@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import queue
@@ -58,10 +60,43 @@ class WebhookQueue:
                 self._queue.task_done()
 
 
+class EventCounter:
+    """Annotation events per project since its last retrain, in a file that every worker
+    process of the backend counts into (under an OS record lock), so that `--workers N` does
+    not make a retrain wait for N times as many events. The counts are soft state: an
+    unreadable file counts from zero."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, project: int, threshold: int) -> bool:
+        """Count one event; True, and the count back to zero, when it reaches `threshold`."""
+        return self._update(project, lambda count: 0 if count + 1 >= threshold else count + 1) == 0
+
+    def reset(self, project: int) -> None:
+        self._update(project, lambda count: 0)
+
+    def _update(self, project: int, change: Callable[[int], int]) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+") as handle:
+            fcntl.lockf(handle, fcntl.LOCK_EX)  # released when the file closes
+            handle.seek(0)
+            try:
+                counts = json.loads(handle.read() or "{}")
+            except ValueError:
+                counts = {}
+            counts[str(project)] = new = change(int(counts.get(str(project), 0)))
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps(counts))
+        return new
+
+
 class RetrainTrigger:
     """Starts `polypseg retrain` for a project (a separate process, so that training never slows
-    the backend) after `after` annotation events there, or at once on START_TRAINING. The
-    retrain's own lock runs one at a time and queues a request made while one runs."""
+    the backend) after `after` annotation events there, counted across the backend's worker
+    processes, or at once on START_TRAINING. The retrain's own lock runs one at a time and
+    queues a request made while one runs."""
 
     def __init__(
         self,
@@ -75,7 +110,7 @@ class RetrainTrigger:
         self.model_dir, self.dataset = model_dir, dataset
         self.label_studio_url, self.api_key, self.after = label_studio_url, api_key, after
         self.extra_args = extra_args
-        self.counts: dict[int, int] = {}
+        self.counter = EventCounter(model_dir / "retrain-events.json")
         self.started: list[subprocess.Popen[bytes]] = []
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
@@ -83,9 +118,10 @@ class RetrainTrigger:
         project = (payload.get("project") or {}).get("id")
         if not isinstance(project, int):
             return
-        self.counts[project] = self.counts.get(project, 0) + (event != "START_TRAINING")
-        if event == "START_TRAINING" or (self.after and self.counts[project] >= self.after):
-            self.counts[project] = 0
+        if event == "START_TRAINING":
+            self.counter.reset(project)
+            self.start(project)
+        elif self.after and self.counter.add(project, self.after):
             self.start(project)
 
     def start(self, project: int) -> None:
