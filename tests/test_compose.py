@@ -36,9 +36,13 @@ def test_compose_file_runs_label_studio_backend_trainer_and_setup() -> None:
     assert "retrain --every" in trainer["command"] and trainer["image"] == backend["image"]
     assert {v.split(":")[0] for v in trainer["volumes"]} == {v.split(":")[0] for v in backend["volumes"]}
     assert "backends.labelstudio.connect" in setup["command"] and setup["restart"] == "no"
-    gpu = services["polypseg-gpu"]
-    assert gpu["profiles"] == ["gpu"] and gpu["environment"]["DEVICE"] == "cuda"
-    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    for name in ("polypseg-gpu", "trainer-gpu"):
+        gpu = services[name]
+        assert gpu["profiles"] == ["gpu"] and gpu["environment"]["DEVICE"] == "cuda", name
+        assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia", name
+        assert gpu["image"].endswith("-gpu") and gpu["environment"]["MODEL_DIR"] == "/data/models", name
+    assert services["trainer-gpu"]["command"] == trainer["command"]
+    assert "POLYPSEG_BACKEND_URL" in setup["command"] and "BASIC_AUTH_USER" in setup["environment"]
     assert set(compose["volumes"]) == {"label-studio-data", "models", "dataset"}
 
 
