@@ -170,7 +170,15 @@ class CurrentModel:
         self._lock = threading.Lock()
         self._checked = 0.0
         self._source: Path | None = self._wanted()
-        self.predictor = load(self._source)
+        try:
+            self.predictor = load(self._source)
+        except (CheckpointError, OSError):
+            if self._source == fallback:
+                raise
+            # MODEL_DIR's current model is not one this server can run (e.g. a retrained U-Net
+            # for a SAM2 function): serve the configured one until `current` changes.
+            log.exception("could not load %s; serving %s", self._source, fallback or "the shipped model")
+            self.predictor = load(fallback)
 
     def _wanted(self) -> Path | None:
         version = self.store.current() if self.store is not None else None

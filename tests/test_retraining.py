@@ -15,7 +15,7 @@ import pytest
 
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, LabelledImage, entry_key
-from polypseg.errors import DatasetError, PolypsegError
+from polypseg.errors import CheckpointError, DatasetError, PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_mask
@@ -88,6 +88,26 @@ def test_current_model_follows_the_pointer(tmp_path: Path) -> None:
     assert current.get() == f"predictor of {b.id}" and held == f"predictor of {a.id}"
     assert loads == [a.path, b.path]
     assert current.get() == f"predictor of {b.id}" and len(loads) == 2  # no reload without a change
+
+
+def test_a_server_for_another_architecture_keeps_its_own_model(
+    tmp_path: Path, sam2_checkpoint: Path, caplog
+) -> None:
+    """A SAM2 function pointed at a MODEL_DIR whose current version is a retrained U-Net starts
+    on its configured SAM2 model and says why, instead of failing to start."""
+    from polypseg.predictors import build_predictor
+    from polypseg.predictors.sam2 import Sam2Predictor
+
+    store = ModelStore(tmp_path)
+    store.promote(store.add(default_checkpoint(), {}, "a U-Net").id, "start")
+    with caplog.at_level("ERROR", logger="polypseg.model_store"):
+        current = CurrentModel(
+            store, lambda path: build_predictor("sam2", path, "cpu"), fallback=sam2_checkpoint
+        )
+    assert isinstance(current.get(), Sam2Predictor)
+    assert "holds a unet model, not sam2" in caplog.text
+    with pytest.raises(CheckpointError):  # its own model broken: that is an error to stop on
+        CurrentModel(None, lambda path: build_predictor("sam2", path, "cpu"), fallback=default_checkpoint())
 
 
 def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
