@@ -208,6 +208,11 @@ def test_tracker_refuses_bad_states(sequence, monkeypatch) -> None:
         platform, main, {"image": encoded(frames[0]), "shapes": [{"type": "ellipse", "points": [1, 2, 3, 4]}]}
     )
     assert status == 400 and "cannot be tracked" in answer["error"]
+    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes})
+    assert status == 200  # a real state, then a garbled step in it
+    garbled = [answer["states"][0] | {"step": "three"}]
+    status, answer = call(platform, main, body | {"states": garbled})
+    assert status == 400 and "'step' must be a whole number" in answer["error"]
 
 
 @pytest.fixture(scope="module")

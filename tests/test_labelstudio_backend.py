@@ -184,6 +184,9 @@ def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:
     flat = rectangle(box, width, height)
     flat["value"]["height"] = 0
     rotated_view = rectangle(box, width, height) | {"image_rotation": 90}
+    turned = rectangle(box, width, height)
+    turned["value"]["rotation"] = "ninety"
+    image = f"/data/upload/{ONE_POLYP}.jpg"
     return [
         ("malformed JSON", b"{not json", 400, "not JSON"),
         ("no Image", predict_body("x", good, "<View><Text name='t' value='$t'/></View>"), 422, "no <Image>"),
@@ -201,7 +204,16 @@ def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:
         ("rotated view", predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rotated_view]), 422, "rotated"),
         ("no url", predict_body("", good), 422, "has no 'image'"),
         ("odd scheme", predict_body("ftp://x/y.jpg", good), 422, "not a URL"),
-    ]
+        ("bad port", predict_body("http://127.0.0.1:99999/y.jpg", good), 422, "not a valid URL (its port)"),
+        ("config not a string", predict_body(image, good) | {"label_config": 5}, 422, "no label_config"),
+        ("result not a list", predict_body(image, None) | {"params": {"context": {"result": "box"}}}, 422,
+         "context.result must be a list of region objects"),
+        ("value not an object", predict_body(image, [good[0] | {"value": [1]}]), 422,
+         "a region's value must be an object"),
+        ("rotation not a number", predict_body(image, [turned]), 422, "no numeric 'rotation'"),
+        ("data not an object", predict_body(image, good) | {"tasks": [{"id": 7, "data": "x"}]}, 422,
+         "task 7's data must be an object"),
+    ]  # fmt: skip
 
 
 def test_bad_input_gets_a_reason_and_the_server_goes_on(servers, default_predictor, polyp) -> None:
@@ -409,3 +421,43 @@ def test_pulling_from_an_unreachable_or_refusing_label_studio(tmp_path, monkeypa
     with file_server(tmp_path) as refusing, pytest.raises(BadRequest, match="404"):
         LabelStudioProject(refusing.url, TOKEN, 1).pull(store)
     assert store.index == {} and not (tmp_path / "index.json").exists()
+
+
+def test_garbled_video_regions_are_refused_with_a_reason(default_predictor) -> None:
+    with file_server(CLIP.parent) as media:
+        client, _ = make_client(media.url, default_predictor, max_frames_to_track=2)
+        good = video_context(5, (20, 20, 60, 60))
+        no_sequence = [good[0] | {"value": good[0]["value"] | {"sequence": "frames"}}]
+        odd_frame = [
+            good[0]
+            | {"value": good[0]["value"] | {"sequence": [*good[0]["value"]["sequence"], {"frame": "x"}]}}
+        ]
+        for context, reason in ((no_sequence, "no keyframe sequence"), (odd_frame, None)):
+            body = {
+                "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
+                "project": "5.1",
+                "label_config": (CONFIGS / "polyp-video.xml").read_text(),
+                "params": {"context": {"result": context}},
+            }
+            answer = client.post("/predict", json=body)
+            if reason is None:  # a keyframe without a frame number is passed over
+                assert answer.status_code == 200, answer.text
+            else:
+                assert answer.status_code == 422 and reason in answer.json()["error"], answer.text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"POLYPSEG_TRACKER": "kalman"}, "POLYPSEG_TRACKER='kalman': one of auto, classical, sam2"),
+        ({"RETRAIN_AFTER": "ten"}, "RETRAIN_AFTER='ten' is not a whole number"),
+    ],
+)
+def test_a_bad_setting_stops_the_server_with_its_reason(env, message) -> None:
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "polypseg.cli", "serve", "labelstudio", "--port", "1"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr

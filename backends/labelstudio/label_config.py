@@ -61,10 +61,10 @@ class LabelConfig:
         return self.first(("Labels",))
 
 
-def parse_label_config(xml: str | None) -> LabelConfig:
+def parse_label_config(xml: object) -> LabelConfig:
     """The first Image or Video tag of a Label Studio config and the controls that point at it."""
-    if not xml or not xml.strip():
-        raise BadRequest("the request has no label_config")
+    if not isinstance(xml, str) or not xml.strip():
+        raise BadRequest("the request has no label_config (the project's labelling config, a string)")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:

@@ -61,7 +61,10 @@ class LabelStudioAuth:
 
 def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urllib.parse.urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # a port that is not a number from 0 to 65535
+        raise MediaError(f"{url}: not a valid URL (its port)") from None
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
@@ -131,7 +134,8 @@ class MediaFetcher:
                 raise MediaError(f"{url}: not found (404)")
             if response.status_code >= 400:
                 raise MediaError(f"{url}: the server answered {response.status_code}", 502)
-            declared = int(response.headers.get("Content-Length") or 0)
+            length = response.headers.get("Content-Length", "")
+            declared = int(length) if length.isdigit() else 0  # the stream is counted anyway
             if declared > self.max_bytes:
                 raise MediaError(f"{url}: {declared} bytes is over the limit of {self.max_bytes}", 413)
             yield response

@@ -10,6 +10,8 @@ from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.labelstudio.regions import (
     Region,
+    as_object,
+    as_regions,
     mask_regions,
     prompt_from_context,
     rectangle_box,
@@ -75,9 +77,10 @@ class PolypModel:
         if context and context.get("result"):
             if len(tasks) != 1:
                 raise BadRequest(f"an interactive request needs exactly one task, not {len(tasks)}", 400)
+            regions = as_regions(context["result"], "context.result")
             if config.kind == "video":
-                return [self.track(predictor, tasks[0], config, context["result"])]
-            return [self.interactive(predictor, tasks[0], config, context["result"])]
+                return [self.track(predictor, tasks[0], config, regions)]
+            return [self.interactive(predictor, tasks[0], config, regions)]
         if config.kind == "video":
             return [_answer(predictor, [], 0.0) for _ in tasks]  # nothing to track without a user's box
         if len(tasks) == 1:
@@ -85,7 +88,7 @@ class PolypModel:
         return [self._batch_task(predictor, task, config) for task in tasks]
 
     def _media_url(self, task: dict[str, Any], config: LabelConfig) -> str:
-        url = (task.get("data") or {}).get(config.data_key)
+        url = as_object(task.get("data"), f"task {task.get('id')}'s data").get(config.data_key)
         if not isinstance(url, str) or not url:
             raise BadRequest(f"task {task.get('id')} has no {config.data_key!r} in its data")
         return url
@@ -117,7 +120,7 @@ class PolypModel:
         found: list[Region] = []
         scores = []
         for region in boxes:
-            value = region.get("value") or {}
+            value = as_object(region.get("value"), "a rectangle's value")
             prompt = Prompt(box=rectangle_box(value, prepared.width, prepared.height))
             prediction = predictor.segment(prepared, prompt)
             labels = value.get("rectanglelabels") or value.get("labels") or []

@@ -22,6 +22,22 @@ from polypseg.prompts import Box, Point, Prompt
 Region = dict[str, Any]
 
 
+def as_object(value: Any, what: str) -> dict[str, Any]:
+    """`value` as a JSON object (None as an empty one), or a 422 naming `what`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object, not {type(value).__name__}")
+    return value
+
+
+def as_regions(value: Any, what: str) -> list[Region]:
+    """`value` as a list of region objects, or a 422 naming `what`."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise BadRequest(f"{what} must be a list of region objects")
+    return value
+
+
 def _number(value: dict[str, Any], key: str) -> float:
     try:
         number = float(value[key])
@@ -38,7 +54,7 @@ def rectangle_box(value: dict[str, Any], width: int, height: int) -> Box:
     w, h = _number(value, "width") * width / 100, _number(value, "height") * height / 100
     if w <= 0 or h <= 0:
         raise BadRequest(f"the box has no area ({w:.1f} x {h:.1f} px)")
-    angle = math.radians(float(value.get("rotation") or 0.0))
+    angle = math.radians(_number(value, "rotation") if value.get("rotation") is not None else 0.0)
     cos, sin = math.cos(angle), math.sin(angle)
     corners = [
         (x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))
@@ -79,7 +95,7 @@ def prompt_from_context(
             raise BadRequest(
                 "the image is shown rotated in Label Studio; rotate it back to 0 degrees to use polypseg"
             )
-        kind, value = region.get("type", ""), region.get("value") or {}
+        kind, value = region.get("type", ""), as_object(region.get("value"), "a region's value")
         if kind in ("rectanglelabels", "rectangle"):
             box = rectangle_box(value, width, height)
         elif kind in ("keypointlabels", "keypoint"):

@@ -189,7 +189,12 @@ def create_app(
 
 
 def _webhook_handler(settings: Settings) -> Handler:
-    if settings.model_dir is None or not settings.label_studio_url:
+    if settings.model_dir is None:
+        return log_event
+    if not settings.label_studio_url:
+        log.warning(
+            "MODEL_DIR is set but LABEL_STUDIO_URL is not: webhooks are logged, no retrain pulls labels"
+        )
         return log_event
     dataset = settings.dataset or settings.model_dir / "dataset"
     return RetrainTrigger(

@@ -7,13 +7,28 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from polypseg.errors import PolypsegError
+
+TRACKERS = ("auto", "classical", "sam2")
+
+
+class SettingsError(PolypsegError):
+    """An environment variable the backend cannot use; the server does not start."""
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     try:
         return int(raw) if raw.strip() else default
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _tracker() -> str:
+    tracker = os.environ.get("POLYPSEG_TRACKER", "auto").strip().lower() or "auto"
+    if tracker not in TRACKERS:
+        raise SettingsError(f"POLYPSEG_TRACKER={tracker!r}: one of {', '.join(TRACKERS)}")
+    return tracker
 
 
 @dataclass(frozen=True)
@@ -46,7 +61,7 @@ class Settings:
             checkpoint=Path(env("POLYPSEG_CHECKPOINT", "")) if env("POLYPSEG_CHECKPOINT") else None,
             device=env("DEVICE") or None,
             model_dir=Path(env("MODEL_DIR", "")) if env("MODEL_DIR") else None,
-            tracker=env("POLYPSEG_TRACKER", "auto"),
+            tracker=_tracker(),
             max_frames_to_track=_int("MAX_FRAMES_TO_TRACK", 50),
             basic_auth_user=env("BASIC_AUTH_USER", ""),
             basic_auth_pass=env("BASIC_AUTH_PASS", ""),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.labelstudio.errors import BadRequest
-from backends.labelstudio.regions import Region, box_value, rectangle_box
+from backends.labelstudio.regions import Region, as_object, box_value, rectangle_box
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
 from polypseg.video.frames import VideoFileSource
@@ -34,8 +34,12 @@ def _frame_rate(value: dict[str, Any], file_fps: float) -> float:
     return file_fps
 
 
+def _is_keyframe(item: Any) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("frame"), int | float)
+
+
 def _start_keyframe(sequence: list[Any]) -> dict[str, Any]:
-    keyframes = [k for k in sequence if isinstance(k, dict) and isinstance(k.get("frame"), int | float)]
+    keyframes = [k for k in sequence if _is_keyframe(k)]
     if not keyframes:
         raise BadRequest("the video rectangle has no keyframe to start tracking from")
     return max(keyframes, key=lambda k: k["frame"])
@@ -44,8 +48,10 @@ def _start_keyframe(sequence: list[Any]) -> dict[str, Any]:
 def track_video_region(
     path: Path, region: Region, predictor: ImagePredictor, tracker_kind: str, max_frames: int
 ) -> TrackedRegion:
-    value = region.get("value") or {}
-    sequence = value.get("sequence") or []
+    value = as_object(region.get("value"), "the video rectangle's value")
+    sequence = value.get("sequence")
+    if not isinstance(sequence, list):
+        raise BadRequest("the video rectangle has no keyframe sequence (a list) to track from")
     start_key = _start_keyframe(sequence)
     source = VideoFileSource(path)
     info = source.info
@@ -55,7 +61,7 @@ def track_video_region(
     box = rectangle_box(start_key, info.width, info.height)
     tracker = build_tracker(tracker_kind, predictor)
 
-    keyframes = [k for k in sequence if isinstance(k, dict) and k.get("frame", 0) <= start_frame]
+    keyframes = [k for k in sequence if _is_keyframe(k) and k["frame"] <= start_frame]
     scores = []
     last_seen = start_key
     for result in tracker.track(source.frames(start, "forward", max_frames + 1), Prompt(box=box)):

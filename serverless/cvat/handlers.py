@@ -102,8 +102,11 @@ class TrackerFunction:
                 "the track's state has expired or is unknown here: turn tracking off and on for the shape",
                 410,
             )
+        step = state.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise RequestError("a tracker state's 'step' must be a whole number")
         try:
-            return int(state.get("step", 0)), tracker.load_state(data)
+            return step, tracker.load_state(data)
         except TrackStateError as exc:
             raise RequestError(str(exc), 410) from None
 
