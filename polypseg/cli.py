@@ -358,6 +358,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         tolerance=args.tolerance,
         max_steps=args.max_steps,
         device=resolve_device(args.device),
+        force=args.force,
     )
     every = parse_interval(args.every) if args.every else None
     retrain_every(settings, every, lambda: _pull(args), args.train_anyway)
@@ -633,6 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
     retrain_cmd.add_argument("--tolerance", type=float, default=0.01, help="promote if IoU >= current - this")
     retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")
     retrain_cmd.add_argument("--train-anyway", action="store_true", help="retrain even if a source failed")
+    retrain_cmd.add_argument(
+        "--force", action="store_true", help="retrain even if no label changed since the last retrain"
+    )
     retrain_cmd.add_argument("--device", help=DEVICE_HELP)
     retrain_cmd.set_defaults(run=cmd_retrain)
 

@@ -115,6 +115,10 @@ class DatasetStore:
     def _save_index(self) -> None:
         write_atomic(self.root / "index.json", json.dumps(self.index, indent=1, sort_keys=True).encode())
 
+    def fingerprint(self) -> str:
+        """Changes whenever an entry is added, updated (a new annotation or image) or removed."""
+        return hashlib.sha1(json.dumps(self.index, sort_keys=True).encode()).hexdigest()
+
     def samples(self, split: str | None = None) -> list[PolypSample]:
         """The entries as training samples (boxes from the masks' components)."""
         return [

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from polypseg.atomic import write_atomic
 from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import DatasetStore
 from polypseg.errors import PolypsegError
@@ -41,6 +42,7 @@ class RetrainSettings:
     max_steps: int | None = None
     device: str = "auto"
     seed: int = 0
+    force: bool = False  # retrain even if no label changed since the last retrain
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,6 +167,17 @@ def _retrain_once(settings: RetrainSettings) -> RetrainResult:
             "skipped",
             f"the dataset has {len(train)} training and {len(val)} validation images; need one of each",
         )
+    last_data = settings.model_dir / "last-retrain-data.txt"
+    fingerprint = data.fingerprint()
+    if not settings.force and last_data.is_file() and last_data.read_text().strip() == fingerprint:
+        return RetrainResult("skipped", "no label added, changed or removed since the last retrain (--force)")
+    result = _train_and_compare(settings, train, val)
+    if result.status in ("promoted", "kept"):
+        write_atomic(last_data, fingerprint.encode())
+    return result
+
+
+def _train_and_compare(settings: RetrainSettings, train: list[Any], val: list[Any]) -> RetrainResult:
     store = ModelStore(settings.model_dir)
     current = _registered_current(store)
     out = settings.model_dir / "runs" / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")

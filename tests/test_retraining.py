@@ -117,10 +117,16 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
         store.put(item(name))
     assert len(store.samples()) == 5 and len(store.samples("val")) == 2
     assert store.is_current(SOURCE, names[0], "1", "t1") and not store.is_current(SOURCE, names[0], "2", "t2")
+    fingerprint = store.fingerprint()
     store.put(item(names[0]))  # the same annotation again: nothing new
     reopened = DatasetStore(tmp_path)
     assert reopened.index == store.index and len(list((tmp_path / "images").iterdir())) == 5
+    assert reopened.fingerprint() == fingerprint
+    reopened.put(item(names[1], annotation="2", updated="t2"))  # a corrected annotation
+    assert reopened.fingerprint() != fingerprint
+    fingerprint = reopened.fingerprint()
     assert reopened.remove_missing(SOURCE, set(names[1:])) == [entry_key(SOURCE, names[0])]
+    assert reopened.fingerprint() != fingerprint
     assert (
         len(reopened.samples()) == 4
         and not (tmp_path / "masks" / f"{entry_key(SOURCE, names[0])}.png").exists()
@@ -198,8 +204,12 @@ def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_pat
     assert result.status == "promoted", result
     store = ModelStore(models)
     assert store.current().id == result.version and len(store.list_versions()) == 2  # shipped + new
-    wrecked = retrain(
-        RetrainSettings(models, filled_store, epochs=1, max_steps=1, lr=1e6, tolerance=0.0, device="cpu")
+    again = retrain(settings)
+    assert again.status == "skipped" and "no label added, changed or removed" in again.reason
+    wrecked = retrain(  # the same labels, so forced
+        RetrainSettings(
+            models, filled_store, epochs=1, max_steps=1, lr=1e6, tolerance=0.0, device="cpu", force=True
+        )
     )
     assert wrecked.status == "kept" and "stays" in wrecked.reason, wrecked
     assert store.current().id == result.version  # the worse model is kept aside, not served

@@ -113,7 +113,17 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
     # A model made worse on purpose is refused: the served version stays.
     command = [sys.executable, "-m", "polypseg.cli", "retrain", "--model-dir", str(tmp_path / "models")]
     command += ["--dataset", str(tmp_path / "models" / "dataset"), "--label-studio-url", ls.url]
-    command += ["--label-studio-project", str(project), "--epochs", "1", "--lr", "1e6", "--tolerance", "0"]
+    command += [
+        "--label-studio-project",
+        str(project),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e6",
+        "--tolerance",
+        "0",
+        "--force",
+    ]
     env = {**os.environ, "LABEL_STUDIO_API_KEY": ls.login.token}
     worse = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert worse.returncode == 0 and "kept" in worse.stderr, worse.stderr

@@ -118,19 +118,19 @@ class RetrainTrigger:
         project = (payload.get("project") or {}).get("id")
         if not isinstance(project, int):
             return
-        if event == "START_TRAINING":
+        if event == "START_TRAINING":  # the user asked: retrain even on unchanged labels
             self.counter.reset(project)
-            self.start(project)
+            self.start(project, "--force")
         elif self.after and self.counter.add(project, self.after):
             self.start(project)
 
-    def start(self, project: int) -> None:
+    def start(self, project: int, *flags: str) -> None:
         self.started = [p for p in self.started if p.poll() is None]
         command = [
             sys.executable, "-m", "polypseg.cli", "retrain",
             "--model-dir", str(self.model_dir), "--dataset", str(self.dataset),
             "--label-studio-url", self.label_studio_url, "--label-studio-project", str(project),
-            *self.extra_args,
+            *flags, *self.extra_args,
         ]  # fmt: skip
         env = {**os.environ, "LABEL_STUDIO_API_KEY": self.api_key}
         self.model_dir.mkdir(parents=True, exist_ok=True)
