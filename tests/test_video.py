@@ -314,3 +314,38 @@ def test_sam2_state_survives_bytes(clip, sam2_small, classical):
     with pytest.raises(TrackStateError, match="not a sam2"):
         tracker.load_state(classical.save_state(classical.start(*frames[0], POLYP_BOX)[1]))
     assert len(tracker.save_state(state)) < 8 << 20
+
+
+@pytest.mark.slow
+def test_sam2_tracker_from_the_cli_on_the_clip_and_on_sequences(tmp_path, kvasir, sam2_checkpoint):
+    """The SAM2 path end to end from the command line, with an official-format sam2.1 file
+    (random weights: what it paints means nothing, the plumbing is what is checked)."""
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.video.synthetic import write_sequences
+
+    out = tmp_path / "track"
+    run = _polypseg(
+        "track", CLIP, "--frame", 133, "--box", "360,240,450,400", "--tracker", "sam2",
+        "--checkpoint", sam2_checkpoint, "--sam2-size", 256, "--direction", "both", "--max-frames", 3,
+        "--correct", "134:350,230,440,390", "--out", out, "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    track = json.loads((out / "track.json").read_text())
+    assert [f["frame"] for f in track["frames"]] == list(range(131, 136))
+    assert all(0 <= f["score"] <= 1 for f in track["frames"])
+    assert read_mask(out / "mask_000131.png").shape == (480, 560)
+
+    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", None, ["cju0qkwl35piu0993l0dewei2"])
+    write_sequences(samples, tmp_path / "seqs", length=4, seed=1)
+    scores = tmp_path / "scores.json"
+    run = _polypseg(
+        "evaluate-video", tmp_path / "seqs", "--tracker", "sam2", "--checkpoint", sam2_checkpoint,
+        "--sam2-size", 256, "--json", scores, "--device", "cpu",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    written = json.loads(scores.read_text())
+    assert (
+        written["tracker"] == "sam2"
+        and written["frames"] == 4
+        and len(written["per_sequence"][0]["iou"]) == 4
+    )
