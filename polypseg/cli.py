@@ -19,6 +19,18 @@ if TYPE_CHECKING:
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)"
 
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 log = logging.getLogger("polypseg")
 
 
@@ -413,21 +425,23 @@ def _add_sam2_finetune_options(
     )
     parser.add_argument("--train", default=train, help="parts that learn, comma-separated")
     parser.add_argument("--loss", choices=("focal", "bce"), default="focal", help="pixel loss beside Dice")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=10)
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument(
         "--lr", type=float, default=5e-5, help="learning rate of the decoder and prompt encoder"
     )
     parser.add_argument("--encoder-lr", type=float, default=5e-6, help="learning rate of the image encoder")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=50)
-    parser.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")
+    parser.add_argument("--accumulate", type=positive_int, default=1, help="batches per optimiser step")
     parser.add_argument("--workers", type=int, default=1, help="data loader processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     parser.add_argument("--limit", type=int, help="train on the first N images or sequences only")
-    parser.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
+    parser.add_argument(
+        "--save-every", type=positive_int, default=100, help="steps between resumable snapshots"
+    )
     parser.add_argument("--device", help=DEVICE_HELP)
 
 
@@ -497,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a box on a later frame that re-anchors the track there (repeatable)",
     )
     track.add_argument("--direction", choices=("forward", "backward", "both"), default="forward")
-    track.add_argument("--max-frames", type=int, help="at most this many frames in each direction")
+    track.add_argument("--max-frames", type=positive_int, help="at most this many frames in each direction")
     track.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64; default 1024)")
     track.add_argument(
         "--out", type=Path, required=True, help="folder for mask_NNNNNN.png files and track.json"
@@ -510,8 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     sequences.add_argument("--images", type=Path, required=True)
     sequences.add_argument("--masks", type=Path, required=True)
     sequences.add_argument("--names", type=Path, help="only the images named in this file")
-    sequences.add_argument("--count", type=int, default=20, help="number of sequences (one still each)")
-    sequences.add_argument("--length", type=int, default=30, help="frames per sequence")
+    sequences.add_argument(
+        "--count", type=positive_int, default=20, help="number of sequences (one still each)"
+    )
+    sequences.add_argument("--length", type=positive_int, default=30, help="frames per sequence")
     sequences.add_argument("--seed", type=int, default=0)
     sequences.add_argument("--out", type=Path, required=True)
     sequences.set_defaults(run=cmd_make_sequences)
@@ -546,17 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="share of draws that are boxes without a polyp (empty target)",
     )
-    unet.add_argument("--epochs", type=int, default=36)
-    unet.add_argument("--batch-size", type=int, default=8)
+    unet.add_argument("--epochs", type=positive_int, default=36)
+    unet.add_argument("--batch-size", type=positive_int, default=8)
     unet.add_argument("--lr", type=float, default=2e-3)
     unet.add_argument("--weight-decay", type=float, default=1e-4)
-    unet.add_argument("--accumulate", type=int, default=1, help="batches per optimiser step")
+    unet.add_argument("--accumulate", type=positive_int, default=1, help="batches per optimiser step")
     unet.add_argument("--workers", type=int, default=1, help="data loader processes")
     unet.add_argument("--seed", type=int, default=0)
     unet.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     unet.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     unet.add_argument("--limit", type=int, help="train on the first N images only")
-    unet.add_argument("--save-every", type=int, default=100, help="steps between resumable snapshots")
+    unet.add_argument(
+        "--save-every", type=positive_int, default=100, help="steps between resumable snapshots"
+    )
     unet.add_argument("--device", help=DEVICE_HELP)
     unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     unet.add_argument(
@@ -629,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cvat-archive", type=Path, action="append", default=[], help="a CVAT for images 1.1 export"
     )
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
-    retrain_cmd.add_argument("--epochs", type=int, default=3)
+    retrain_cmd.add_argument("--epochs", type=positive_int, default=3)
     retrain_cmd.add_argument("--lr", type=float, default=5e-4)
     retrain_cmd.add_argument("--tolerance", type=float, default=0.01, help="promote if IoU >= current - this")
     retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")

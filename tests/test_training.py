@@ -6,16 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+from conftest import ONE_POLYP
 from polypseg.box_input import BoxInputGeometry
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import load_folder_dataset, polyp_targets
 from polypseg.images import read_image, read_mask
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import create_box_channel_model
+from polypseg.training.augment import training_transform
 from polypseg.training.unet import UnetTrainConfig, bce_dice_loss, train_unet
 
 SIZE = 64
@@ -152,7 +156,46 @@ def test_two_processes_under_torchrun(tmp_path, kvasir):
 
 
 def test_fewer_samples_than_a_batch_still_train(tmp_path, kvasir):
-    """A small retraining set (3 polyps, batch 8) trains in one smaller batch per epoch."""
-    train_unet(config(kvasir, tmp_path / "run", limit=3, batch_size=8, epochs=2))
+    """A small retraining set (3 polyps, batch 8, accumulating 4) trains in one smaller batch
+    per epoch, one optimiser step each."""
+    train_unet(config(kvasir, tmp_path / "run", limit=3, batch_size=8, epochs=2, accumulate=4))
     _, _, extra = load_checkpoint(tmp_path / "run" / "last.pt")
     assert extra["position"]["step"] == 2
+
+
+def test_accumulation_never_carries_gradients_into_the_next_epoch(tmp_path, kvasir):
+    """5 batches an epoch, 2 per step: each epoch is 2 whole steps (4 batches), and no step
+    mixes the gradients of two epochs."""
+    from polypseg.training.unet import UnetRun
+
+    run = UnetRun(config(kvasir, tmp_path / "run", limit=8, batch_size=2, epochs=2, accumulate=2))
+    assert len(run.data) // 2 == 5 and (run.steps_per_epoch, run.batches_per_epoch) == (2, 4)
+    run.fit()
+    assert run.step == 4 and all(p.grad is None for p in run.model.parameters())
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """One Kvasir image through the training augmentations, nothing else random."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image, self.transform = image, training_transform()
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return cv2.resize(self.transform(image=self.image)["image"], (16, 16))  # sizes vary
+
+
+def test_each_epoch_draws_new_augmentations_in_its_workers(kvasir):
+    """Data-loader workers are forked afresh every epoch from the same parent state: without
+    their own seeds they replay one sequence of augmentations epoch after epoch."""
+    from polypseg.training.common import seed_worker
+
+    data = _Augmented(read_image(kvasir / "images" / f"{ONE_POLYP}.jpg"))
+
+    def epoch(init) -> torch.Tensor:
+        return torch.cat(list(DataLoader(data, batch_size=2, num_workers=1, worker_init_fn=init)))
+
+    assert torch.equal(epoch(None), epoch(None))  # the replay this guards against
+    assert not torch.equal(epoch(seed_worker), epoch(seed_worker))

@@ -49,6 +49,22 @@ def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, 
     return metrics
 
 
+def seed_worker(worker_id: int) -> None:
+    """Give a data-loader worker its own augmentation draws. Workers are forked afresh every
+    epoch from the same parent state, so an albumentations pipeline (a dataset's `transform`)
+    would replay one sequence of flips and colours in every epoch and every worker; torch's
+    per-worker seed differs by worker and by epoch."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    dataset = info.dataset
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(info.seed % 2**32)
+
+
 def init_distributed(device_name: str) -> tuple[torch.device, int, int]:
     """This process's device, the world size and its rank; joins the process group under
     torchrun (gloo on CPU, nccl on GPU)."""
@@ -117,8 +133,19 @@ class TrainingRun(ABC):
         self.build()
         # Fewer samples than a batch (a small retraining set) train in one smaller batch, not in none.
         self.batch_size = max(1, min(config.batch_size, len(self.data) // self.world))
-        self.batches_per_epoch = max(1, len(self.data) // (self.batch_size * self.world))
-        self.steps_per_epoch = max(1, self.batches_per_epoch // config.accumulate)
+        batches = max(1, len(self.data) // (self.batch_size * self.world))
+        # An optimiser step takes `accumulate` batches, all from one epoch: an epoch is whole
+        # groups (the few batches left over are drawn in later epochs' shuffles).
+        self.accumulate = max(1, min(config.accumulate, batches))
+        if self.accumulate < config.accumulate:
+            log.warning(
+                "only %d batches an epoch: accumulating %d, not %d",
+                batches,
+                self.accumulate,
+                config.accumulate,
+            )
+        self.steps_per_epoch = batches // self.accumulate
+        self.batches_per_epoch = self.steps_per_epoch * self.accumulate
         # The schedule spans all epochs; --max-steps only stops early (a resumed run goes on).
         self.scheduler = self.make_scheduler(config.epochs * self.steps_per_epoch)
         if config.resume and (self.out / "last.pt").is_file():
@@ -188,6 +215,7 @@ class TrainingRun(ABC):
             batch_size=self.batch_size,
             num_workers=self.config.workers,
             drop_last=True,
+            worker_init_fn=seed_worker,
         )
 
     def fit(self) -> Path:
@@ -208,11 +236,11 @@ class TrainingRun(ABC):
             )
             for batch in progress:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = self.batch_loss(batch) / c.accumulate
+                    loss = self.batch_loss(batch) / self.accumulate
                 loss.backward()
-                losses.append(loss.item() * c.accumulate)
+                losses.append(loss.item() * self.accumulate)
                 self.batch_in_epoch += 1
-                if self.batch_in_epoch % c.accumulate == 0:
+                if self.batch_in_epoch % self.accumulate == 0:
                     self._average_gradients()
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
