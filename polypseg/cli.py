@@ -16,6 +16,7 @@ from polypseg.errors import PolypsegError, PromptError
 
 if TYPE_CHECKING:
     from polypseg.prompts import Prompt
+    from polypseg.video.tracking import VideoTracker
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)"
 
@@ -165,9 +166,8 @@ def _evaluate_shifts(args: argparse.Namespace, samples: list, predictor) -> None
 
 
 def cmd_track(args: argparse.Namespace) -> None:
-    from polypseg.predictors import build_predictor
     from polypseg.video.frames import open_frames
-    from polypseg.video.tracking_job import build_tracker, track_video, write_overlay
+    from polypseg.video.tracking_job import track_video, write_overlay
 
     source = open_frames(args.video)
     prompt = _prompt(args)
@@ -176,9 +176,7 @@ def cmd_track(args: argparse.Namespace) -> None:
         raise PromptError(f"--correct on the start frame {args.frame}: give that box as --box")
     for correction in (prompt, *corrections.values()):  # refuse a bad prompt before loading a model
         correction.fitted_to(source.info.width, source.info.height)
-    options = {"image_size": args.sam2_size} if args.sam2_size else {}
-    predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
-    tracker = build_tracker(args.tracker, predictor)
+    tracker = _tracker(args)
     results = track_video(
         source, tracker, args.frame, prompt, args.out, args.direction, args.max_frames, corrections
     )
@@ -187,6 +185,15 @@ def cmd_track(args: argparse.Namespace) -> None:
     if args.overlay:
         write_overlay(source, results, args.out, args.overlay)
         log.info("overlay -> %s", args.overlay)
+
+
+def _tracker(args: argparse.Namespace) -> VideoTracker:
+    """The --tracker of --model / --checkpoint (SAM2 at --sam2-size where given)."""
+    from polypseg.predictors import build_predictor
+    from polypseg.video.tracking_job import build_tracker
+
+    options = {"image_size": args.sam2_size} if args.sam2_size else {}
+    return build_tracker(args.tracker, build_predictor(args.model, args.checkpoint, args.device, **options))
 
 
 def cmd_make_sequences(args: argparse.Namespace) -> None:
@@ -203,15 +210,10 @@ def cmd_evaluate_video(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from polypseg.atomic import write_atomic
-    from polypseg.predictors import build_predictor
     from polypseg.video.evaluation import evaluate_sequence, plot_iou_over_time, sequence_folders, summarise
-    from polypseg.video.tracking_job import build_tracker
 
     folders = sequence_folders(args.sequences)
-    options = {"image_size": args.sam2_size} if args.sam2_size else {}
-    tracker = build_tracker(
-        args.tracker, build_predictor(args.model, args.checkpoint, args.device, **options)
-    )
+    tracker = _tracker(args)
     results = [evaluate_sequence(tracker, folder) for folder in folders]
     summary = summarise(results)
     columns = {

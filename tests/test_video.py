@@ -205,18 +205,17 @@ def test_track_cli_re_anchors_on_a_correction(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("correction", "message"),
+    ("flags", "message"),
     [
-        ("135:1,2,3", "box '1,2,3' is not X1,Y1,X2,Y2"),
-        ("x:1,2,30,40", "correction 'x:1,2,30,40' is not FRAME:X1,Y1,X2,Y2"),
-        ("133:1,2,30,40", "--correct on the start frame 133"),
-        ("135:600,500,700,600", "lies outside the 560x480 image"),
+        (["--correct", "135:1,2,3"], "box '1,2,3' is not X1,Y1,X2,Y2"),
+        (["--correct", "x:1,2,30,40"], "correction 'x:1,2,30,40' is not FRAME:X1,Y1,X2,Y2"),
+        (["--correct", "133:1,2,30,40"], "--correct on the start frame 133"),
+        (["--correct", "135:600,500,700,600"], "lies outside the 560x480 image"),
+        (["--sam2-size", "512"], "holds a unet model: a working size (--sam2-size) is for SAM2"),
     ],
 )
-def test_track_cli_refuses_a_bad_correction(tmp_path, correction, message):
-    result = _polypseg(
-        "track", CLIP, "--frame", 133, "--box", "360,240,450,400", "--correct", correction, "--out", tmp_path
-    )
+def test_track_cli_refuses_bad_flags(tmp_path, flags, message):
+    result = _polypseg("track", CLIP, "--frame", 133, "--box", "360,240,450,400", *flags, "--out", tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "track.json").exists()
 

@@ -29,6 +29,11 @@ def _box_channel(
     # POLYPSEG_TTA=1: test-time augmentation, off by default (docs/models.md: +0.2 to +0.9 IoU
     # points for three times the latency)
     kw.setdefault("tta", os.environ.get("POLYPSEG_TTA") == "1")
+    if kw.get("image_size"):
+        raise ModelError(
+            f"{path} holds a {metadata.get('architecture')} model: a working size (--sam2-size) is for SAM2"
+        )
+    kw.pop("image_size", None)
     return BoxChannelPredictor.from_state(state, metadata, path, **kw)
 
 
