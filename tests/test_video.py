@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import DATA
-from polypseg.errors import InputImageError
+from polypseg.errors import DatasetError, InputImageError
 from polypseg.images import read_mask
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt
@@ -44,6 +44,23 @@ def test_frame_folder_is_ordered_by_number(tmp_path, clip):
     folder = open_frames(tmp_path)
     assert folder.info.frame_count == 12
     assert all(np.array_equal(image, frames[i]) for i, image in folder.frames(11, "backward"))
+    Image.fromarray(frames[3]).save(tmp_path / "frame_3_mask.png")  # a stray file: which is frame 3?
+    with pytest.raises(InputImageError, match="both have number 3"):
+        open_frames(tmp_path)
+
+
+def test_a_video_that_over_counts_its_frames(clip):
+    """Containers may claim more frames than they hold: a start past the real end is an error
+    naming the file, never another frame quietly given the prompt."""
+    import dataclasses
+
+    video = open_frames(CLIP)
+    real = video.info.frame_count
+    video.info = dataclasses.replace(video.info, frame_count=real + 5)
+    for direction in ("forward", "backward"):
+        with pytest.raises(InputImageError, match=f"frame {real + 2} cannot be decoded"):
+            next(video.frames(real + 2, direction))
+    assert next(video.frames(real - 1, "backward"))[0] == real - 1
 
 
 def test_bad_video_inputs(tmp_path, clip):
@@ -247,6 +264,10 @@ def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
     assert sequence["iou"][0] == round(result.ious[0], 4)  # OpenCV's box tracker is not seeded alike later
     assert written["mean_iou"] == sequence["mean_iou"] == pytest.approx(np.mean(sequence["iou"]), abs=1e-3)
     assert written["lost_frames"] == sum(sequence["lost"])
+
+    (folder / "masks" / "00007.png").rename(folder / "masks" / "00009.png")  # numbered apart
+    with pytest.raises(DatasetError, match="not numbered alike.*only one of them: \\[7, 9\\]"):
+        evaluate_sequence(ClassicalTracker(build_predictor(device="cpu")), folder)
 
 
 @pytest.mark.slow

@@ -65,8 +65,17 @@ def summarise(results: list[SequenceResult]) -> dict[str, Any]:
 def evaluate_sequence(tracker: VideoTracker, folder: Path) -> SequenceResult:
     frames = FrameFolderSource(folder / "frames")
     masks = FrameFolderSource(folder / "masks")
-    if masks.info.frame_count != frames.info.frame_count:
-        raise DatasetError(f"{folder}: {frames.info.frame_count} frames but {masks.info.frame_count} masks")
+    if masks.numbers != frames.numbers:
+        missing = sorted(set(frames.numbers) ^ set(masks.numbers))[:5]
+        raise DatasetError(
+            f"{folder}: frames/ and masks/ are not numbered alike ({frames.info.frame_count} frames, "
+            f"{masks.info.frame_count} masks; numbers in only one of them: {missing})"
+        )
+    if (masks.info.width, masks.info.height) != (frames.info.width, frames.info.height):
+        raise DatasetError(
+            f"{folder}: masks of {masks.info.width}x{masks.info.height} for frames of "
+            f"{frames.info.width}x{frames.info.height}"
+        )
     first = read_mask(masks.paths[0])
     box = mask_box(first)
     if box is None:

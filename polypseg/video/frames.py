@@ -36,6 +36,7 @@ class FrameSource(ABC):
     """Numbered RGB frames (0-based) of one video."""
 
     info: VideoInfo
+    name: str  # the file or folder, for messages
 
     def frames(
         self, start: int, direction: str = "forward", max_frames: int | None = None
@@ -45,6 +46,18 @@ class FrameSource(ABC):
             raise InputImageError(f"frame {start} is outside the video's {self.info.frame_count} frames")
         if direction not in ("forward", "backward"):
             raise ValueError(f"direction {direction!r} is not forward or backward")
+        frames = self._run(start, direction, max_frames)
+        first = next(frames, None)
+        if first is None or first[0] != start:
+            # The container promised more frames than it holds: a prompt on frame `start`
+            # must not silently land on another one.
+            raise InputImageError(
+                f"{self.name}: frame {start} cannot be decoded (it claims {self.info.frame_count} frames)"
+            )
+        yield first
+        yield from frames
+
+    def _run(self, start: int, direction: str, max_frames: int | None) -> Iterator[tuple[int, np.ndarray]]:
         if direction == "forward":
             stop = (
                 self.info.frame_count
@@ -69,7 +82,7 @@ class VideoFileSource(FrameSource):
     """A video file decoded by OpenCV (FFmpeg)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path, self.name = path, str(path)
         capture = self._open()
         self.info = VideoInfo(
             frame_count=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
@@ -104,9 +117,11 @@ class VideoFileSource(FrameSource):
 
 
 class FrameFolderSource(FrameSource):
-    """A folder of frame images, ordered by the last number in each file name."""
+    """A folder of frame images, ordered by the last number in each file name; frame K is the
+    K-th of them (0-based), whatever the numbers (gaps, a start at 1)."""
 
     def __init__(self, folder: Path) -> None:
+        self.name = str(folder)
         numbered = []
         for path in folder.iterdir():
             found = re.findall(r"\d+", path.stem)
@@ -114,7 +129,12 @@ class FrameFolderSource(FrameSource):
                 numbered.append((int(found[-1]), path))
         if not numbered:
             raise InputImageError(f"{folder}: no numbered frame images in it")
-        self.paths = [path for _, path in sorted(numbered)]
+        numbered.sort()
+        for (number, path), (again, other) in zip(numbered, numbered[1:], strict=False):
+            if number == again:
+                raise InputImageError(f"{folder}: {path.name} and {other.name} both have number {number}")
+        self.numbers = [number for number, _ in numbered]
+        self.paths = [path for _, path in numbered]
         height, width = read_image(self.paths[0]).shape[:2]
         self.info = VideoInfo(frame_count=len(self.paths), fps=25.0, width=width, height=height)
 
