@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from polypseg.errors import ModelError
 from polypseg.prompts import Box
 
 # ImageNet statistics: what smp encoders are pretrained with, kept for users who have weights.
@@ -28,9 +29,9 @@ class BoxInputGeometry:
 
     def __post_init__(self) -> None:
         if self.mode not in ("crop", "whole"):
-            raise ValueError(f"input geometry {self.mode!r} is not 'crop' or 'whole'")
-        if self.size % 32:
-            raise ValueError(f"input size {self.size} is not a multiple of 32")
+            raise ModelError(f"input geometry {self.mode!r} is not 'crop' or 'whole'")
+        if self.size % 32 or self.size < 32:
+            raise ModelError(f"input size {self.size} is not a positive multiple of 32")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -356,7 +356,11 @@ def _pull(args: argparse.Namespace) -> bool:
     for archive in args.cvat_archive:
         from serverless.cvat.export import pull_cvat_archive
 
-        log.info("CVAT archive %s: %s", archive, pull_cvat_archive(archive, store))
+        try:
+            log.info("CVAT archive %s: %s", archive, pull_cvat_archive(archive, store))
+        except PolypsegError as exc:
+            log.error("CVAT archive not pulled: %s", exc)
+            ok = False
     return ok
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from polypseg.atomic import write_atomic
-from polypseg.datasets import PolypSample
+from polypseg.datasets import IMAGE_SUFFIXES, PolypSample
 from polypseg.errors import DatasetError
 from polypseg.images import read_image
 
@@ -55,6 +55,12 @@ def entry_key(source: str, task: str) -> str:
     return f"{readable}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 class DatasetStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -76,13 +82,17 @@ class DatasetStore:
         image = read_image(item.image)  # refuse what is not an image before writing anything
         if image.shape[:2] != item.mask.shape:
             size = f"{image.shape[1]}x{image.shape[0]}"
-            raise ValueError(f"{item.source} task {item.task}: the mask does not fit the {size} image")
+            raise DatasetError(f"{item.source} task {item.task}: the mask does not fit the {size} image")
         key = item.key
-        image_name = f"{key}{item.image_suffix}"
-        write_atomic(self.root / "images" / image_name, item.image)
-        png = io.BytesIO()
-        Image.fromarray(item.mask.astype(np.uint8) * 255).save(png, format="PNG")
-        write_atomic(self.root / "masks" / f"{key}.png", png.getvalue())
+        suffix, data = item.image_suffix.lower(), item.image
+        if suffix not in IMAGE_SUFFIXES:  # .webp, .gif, no suffix...: stored as PNG, which training reads
+            suffix, data = ".png", _png(image)
+        image_name = f"{key}{suffix}"
+        write_atomic(self.root / "images" / image_name, data)
+        write_atomic(self.root / "masks" / f"{key}.png", _png(item.mask.astype(np.uint8) * 255))
+        previous = self.index.get(key, {}).get("image")
+        if previous and previous != image_name:  # the same task's image came in another format
+            (self.root / "images" / previous).unlink(missing_ok=True)
         with self._lock:
             self.index[key] = {
                 "source": item.source,

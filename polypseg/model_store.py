@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polypseg.atomic import write_atomic
+from polypseg.atomic import atomic_output, write_atomic
 from polypseg.checkpoints import load_checkpoint
 from polypseg.errors import CheckpointError, PolypsegError
 from polypseg.predictors.base import ImagePredictor
@@ -100,7 +100,8 @@ class ModelStore:
         self.versions.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.versions, prefix=".staging-"))
         try:
-            shutil.copyfile(checkpoint, staging / "model.pt")
+            with open(checkpoint, "rb") as source, atomic_output(staging / "model.pt") as target:
+                shutil.copyfileobj(source, target)  # synced to disk before the folder is renamed
             info = {
                 "id": version_id,
                 "created": stamp,
@@ -152,7 +153,13 @@ class ModelStore:
             lines = (self.root / "history.jsonl").read_text().splitlines()
         except OSError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        entries = []
+        for line in lines:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a line torn by a crash while it was appended
+                log.warning("%s: skipping an unreadable history line", self.root / "history.jsonl")
+        return entries
 
 
 class CurrentModel:

@@ -63,6 +63,8 @@ def test_model_store_versions_promote_rollback(tmp_path: Path) -> None:
     assert [v.id for v in store.list_versions()] == sorted([first.id, second.id])
     store.promote(first.id, "start")
     store.promote(second.id, "better")
+    with open(tmp_path / "models" / "history.jsonl", "a") as history:
+        history.write('{"at": "2026-11-29T10:00:00", "curr')  # torn by a crash mid-append
     assert store.current().id == second.id and store.current().metrics == {"iou": 0.9}
     assert store.rollback().id == first.id
     with pytest.raises(ModelStoreError, match="no model version"):
@@ -110,6 +112,30 @@ def test_a_server_for_another_architecture_keeps_its_own_model(
         CurrentModel(None, lambda path: build_predictor("sam2", path, "cpu"), fallback=default_checkpoint())
 
 
+def test_dataset_store_keeps_every_image_trainable(tmp_path: Path) -> None:
+    """Label Studio and CVAT may hold WebP or GIF images: the store keeps them as PNG, which the
+    training reads; a mask that does not fit its image is refused with a reason."""
+    import io
+
+    from PIL import Image
+
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.images import read_image
+
+    name = names_with_validation(1)[0]
+    webp = io.BytesIO()
+    Image.open(KVASIR / "images" / f"{name}.jpg").save(webp, format="WEBP", lossless=True)
+    store = DatasetStore(tmp_path)
+    store.put(LabelledImage(SOURCE, name, "1", "t1", webp.getvalue(), ".webp", item(name).mask))
+    (sample,) = load_folder_dataset(tmp_path / "images", tmp_path / "masks")
+    assert sample.image_path.suffix == ".png"
+    assert np.array_equal(read_image(sample.image_path), read_image(KVASIR / "images" / f"{name}.jpg"))
+    store.put(item(name, "2", "t2"))  # the same task, now a JPEG: no stale PNG left behind
+    assert [p.suffix for p in (tmp_path / "images").iterdir()] == [".jpg"]
+    with pytest.raises(DatasetError, match=r"task x: the mask does not fit the \d+x\d+ image"):
+        store.put(LabelledImage(SOURCE, "x", "1", "t", item(name).image, ".jpg", np.zeros((5, 5), bool)))
+
+
 def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     names = names_with_validation(5)
     store = DatasetStore(tmp_path)
@@ -137,8 +163,9 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     assert entry_key(SOURCE, "x") not in store.index
 
 
-def cvat_archive(path: Path, names: list[str], task: int = 17) -> None:
-    """A "CVAT for images 1.1" export with images: the first image as a polygon, the rest as masks."""
+def cvat_archive(path: Path, names: list[str], task: int = 17, images: dict[str, str] | None = None) -> None:
+    """A "CVAT for images 1.1" export with images: the first image as a polygon, the rest as
+    masks; `images` puts another Kvasir image's file in the place of a name."""
     import xml.etree.ElementTree as ET
 
     root = ET.Element("annotations")
@@ -167,7 +194,7 @@ def cvat_archive(path: Path, names: list[str], task: int = 17) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("annotations.xml", ET.tostring(root, encoding="utf-8", xml_declaration=True))
         for name in names:
-            archive.write(KVASIR / "images" / f"{name}.jpg", f"images/{name}.jpg")
+            archive.write(KVASIR / "images" / f"{(images or {}).get(name, name)}.jpg", f"images/{name}.jpg")
 
 
 def test_cvat_archive_into_the_store(tmp_path: Path) -> None:
@@ -179,6 +206,7 @@ def test_cvat_archive_into_the_store(tmp_path: Path) -> None:
         "changed": 0,
         "unchanged": 0,
         "removed": 0,
+        "failed": 0,
     }
     for i, sample in enumerate(sorted(store.samples(), key=lambda s: store.index[s.name]["task"])):
         truth = read_mask(KVASIR / "masks" / f"{names[i]}.jpg")
@@ -187,6 +215,11 @@ def test_cvat_archive_into_the_store(tmp_path: Path) -> None:
     assert pull_cvat_archive(tmp_path / "export.zip", store)["unchanged"] == 3
     cvat_archive(tmp_path / "export.zip", names[:2])
     assert pull_cvat_archive(tmp_path / "export.zip", store)["removed"] == 1
+    # One image replaced by another of a different size (its mask no longer fits): that one is
+    # skipped, reported, and its earlier version kept; the rest of the archive still comes in.
+    cvat_archive(tmp_path / "export.zip", names, task=18, images={names[1]: names[2]})
+    counts = pull_cvat_archive(tmp_path / "export.zip", store)
+    assert (counts["new"], counts["failed"]) == (2, 1)
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ import torch
 from conftest import ONE_POLYP
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import load_folder_dataset
-from polypseg.errors import DatasetError
+from polypseg.errors import DatasetError, ModelError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
@@ -68,7 +68,7 @@ def test_image_finetuning_lowers_the_loss(kvasir: Path, sam2_checkpoint: Path) -
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
-    with pytest.raises(ValueError, match="--train"):
+    with pytest.raises(ModelError, match="--train"):
         trainable_parts(model, ("decoder",))
 
 

@@ -199,3 +199,12 @@ def test_each_epoch_draws_new_augmentations_in_its_workers(kvasir):
 
     assert torch.equal(epoch(None), epoch(None))  # the replay this guards against
     assert not torch.equal(epoch(seed_worker), epoch(seed_worker))
+
+
+def test_training_flags_that_cannot_work_are_clear_errors(tmp_path, kvasir, unet_checkpoint):
+    from polypseg.errors import CheckpointError, ModelError
+
+    with pytest.raises(ModelError, match="input size 100 is not a positive multiple of 32"):
+        BoxInputGeometry(size=100)
+    with pytest.raises(CheckpointError, match="do not fit a unet with a resnet34 encoder"):
+        train_unet(config(kvasir, tmp_path / "run", encoder="resnet34", init=unet_checkpoint, epochs=1))

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
-from polypseg.errors import CheckpointError, DatasetError
+from polypseg.errors import CheckpointError, DatasetError, ModelError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors.sam2 import (
@@ -210,7 +210,10 @@ def load_sam2(checkpoint: Path | None, size: str, image_size: int) -> tuple[torc
         raise CheckpointError(f"{checkpoint}: not a SAM2 checkpoint")
     config = metadata.get("config") or config_from_weights(state)
     model = create_sam2_model(config, image_size=image_size)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{checkpoint}: does not fit SAM2 config {config} ({str(exc)[:200]})") from None
     return model, {"config": config, "source": str(checkpoint), "base_version": metadata.get("version")}
 
 
@@ -220,7 +223,7 @@ def trainable_parts(
     """Freeze everything but `parts`; (image encoder parameters, other trainable parameters)."""
     unknown = set(parts) - set(PARTS)
     if unknown or not parts:
-        raise ValueError(
+        raise ModelError(
             f"--train takes some of {', '.join(PARTS)}; got {', '.join(sorted(parts)) or 'none'}"
         )
     prefixes = tuple(p for part in parts for p in PARTS[part])

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from polypseg.box_input import BoxInputGeometry
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
-from polypseg.errors import PromptError
+from polypseg.errors import CheckpointError, PromptError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
@@ -203,7 +203,13 @@ class UnetRun(TrainingRun):
         self.model = create_box_channel_model(c.architecture, c.encoder, c.encoder_weights).to(self.device)
         if c.init is not None:
             state, _, _ = load_checkpoint(c.init)
-            self.model.load_state_dict({k: v.float() for k, v in state.items()})
+            try:
+                self.model.load_state_dict({k: v.float() for k, v in state.items()})
+            except RuntimeError:
+                raise CheckpointError(
+                    f"{c.init}: its weights do not fit a {c.architecture} with a {c.encoder} encoder "
+                    "(--model and --encoder must match the checkpoint's)"
+                ) from None
         self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from polypseg.data_store import DatasetStore, LabelledImage
-from polypseg.errors import DatasetError
+from polypseg.errors import DatasetError, PolypsegError
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,10 @@ def read_cvat_archive(path: Path, label: str = "polyp", source: str | None = Non
         names = set(archive.namelist())
         if "annotations.xml" not in names:
             raise DatasetError(f"{path}: no annotations.xml (export as 'CVAT for images 1.1' with images)")
-        root = ET.fromstring(archive.read("annotations.xml"))
+        try:
+            root = ET.fromstring(archive.read("annotations.xml"))
+        except ET.ParseError as exc:
+            raise DatasetError(f"{path}: annotations.xml is not readable XML ({exc})") from None
         task_id = root.findtext("meta/task/id") or root.findtext("meta/job/id") or path.stem
         updated = root.findtext("meta/task/updated") or root.findtext("meta/dumped") or ""
         source = source or f"cvat:{task_id}"
@@ -79,7 +82,7 @@ def read_cvat_archive(path: Path, label: str = "polyp", source: str | None = Non
 
 def pull_cvat_archive(path: Path, store: DatasetStore, label: str = "polyp") -> dict[str, int]:
     """Put an archive's labelled images into the store; images gone from it are dropped."""
-    counts = {"new": 0, "changed": 0, "unchanged": 0, "removed": 0}
+    counts = {"new": 0, "changed": 0, "unchanged": 0, "removed": 0, "failed": 0}
     present: set[str] = set()
     source = None
     for item in read_cvat_archive(path, label):
@@ -89,7 +92,12 @@ def pull_cvat_archive(path: Path, store: DatasetStore, label: str = "polyp") -> 
             counts["unchanged"] += 1
             continue
         known = item.key in store.index
-        store.put(item)
+        try:
+            store.put(item)
+        except PolypsegError as exc:  # one bad image (unreadable, mask of another size) is skipped
+            log.warning("%s: %s not stored: %s", path, item.task, exc)
+            counts["failed"] += 1
+            continue
         counts["changed" if known else "new"] += 1
     if source is not None:
         counts["removed"] = len(store.remove_missing(source, present))
