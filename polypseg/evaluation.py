@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polypseg.datasets import PolypSample, jitter_box, polyp_targets, seeded_rng
-from polypseg.errors import DatasetError
+from polypseg.errors import DatasetError, PromptError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import ellipse_in_box
 from polypseg.metrics import Scores, mean_scores, score_masks
@@ -105,7 +105,10 @@ def evaluate(
         if transform is not None:
             image, truth = transform(image, truth, sample.name)
             sample = replace(sample, boxes=None)
-        prompts = polyp_prompts(sample, truth, box_noise, seed)
+        try:
+            prompts = polyp_prompts(sample, truth, box_noise, seed)
+        except PromptError as exc:  # a box from a boxes file that misses its image
+            raise PromptError(f"{sample.image_path}: {exc}") from None
         for name, segment in segmenters.items():
             predicted = np.zeros_like(truth)
             start = time.perf_counter()

@@ -149,6 +149,28 @@ def test_evaluate_bad_folders(tmp_path, unet_checkpoint):
     assert result.returncode == 2 and "nomasks: no such folder" in result.stderr
 
 
+def test_evaluate_names_the_image_whose_box_misses_it(tmp_path, kvasir, unet_checkpoint):
+    import shutil
+
+    for kind in ("images", "masks"):
+        (tmp_path / kind).mkdir()
+        shutil.copy(kvasir / kind / f"{ONE_POLYP}.jpg", tmp_path / kind)
+    boxes = {
+        ONE_POLYP: {
+            "height": 529,
+            "width": 622,
+            "bbox": [{"label": "polyp", "xmin": 900, "ymin": 900, "xmax": 990, "ymax": 990}],
+        }
+    }
+    (tmp_path / "bboxes.json").write_text(json.dumps(boxes))
+    result = polypseg(
+        "evaluate", "--images", tmp_path / "images", "--masks", tmp_path / "masks",
+        "--boxes", tmp_path / "bboxes.json", "--checkpoint", unet_checkpoint, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{ONE_POLYP}.jpg: box (900,900,990,990) lies outside the 622x529 image" in result.stderr
+
+
 def test_box_noise_is_seeded_and_moves_boxes(tmp_path, kvasir):
     from polypseg.datasets import load_folder_dataset
     from polypseg.evaluation import polyp_prompts

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from polypseg.datasets import PolypSample, polyp_targets
@@ -83,11 +84,7 @@ def write_sequences(samples: list[PolypSample], out: Path, length: int, seed: in
         # One polyp a sequence, the largest: a tracker follows one object.
         mask = max((target for _, target in polyp_targets(mask, None)), key=np.count_nonzero, default=mask)
         for t, (frame, truth) in enumerate(synthetic_sequence(image, mask, length, rng)):
-            cv2.imwrite(
-                str(folder / "frames" / f"{t:05d}.jpg"),
-                cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 92],
-            )
+            Image.fromarray(frame).save(folder / "frames" / f"{t:05d}.jpg", quality=92)  # raises if it cannot
             write_mask(folder / "masks" / f"{t:05d}.png", truth)
         folders.append(folder)
     return folders
