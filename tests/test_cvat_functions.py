@@ -75,7 +75,7 @@ def unet():
     return Platform(), load_main("unet-interactor")
 
 
-def test_unet_interactor_box_to_mask(unet, polyp) -> None:
+def test_unet_interactor_box_to_mask(unet, polyp, core_mask) -> None:
     platform, main = unet
     image, truth, box = polyp
     height, width = truth.shape
@@ -90,7 +90,7 @@ def test_unet_interactor_box_to_mask(unet, polyp) -> None:
     status, answer = call(platform, main, body)
     assert status == 200, answer
     mask = answer_mask(answer, width, height)
-    assert score_masks(mask, truth).iou > 0.8
+    assert score_masks(mask, core_mask(image, (box.x1, box.y1, box.x2, box.y2))).iou > 0.99
     outline = polygons_to_mask([Polygon(np.asarray(answer["points"]))], width, height)
     assert score_masks(outline, mask).iou > 0.9
     assert answer["bounds"][2] < width and answer["bounds"][3] < height and 0 < answer["score"] <= 1
@@ -132,9 +132,14 @@ def test_sam2_interactor_with_clicks(monkeypatch, sam2_checkpoint: Path, polyp) 
     assert status == 400 and "box or at least one positive click" in answer["error"]
 
 
+# A held-out polyp whose synthetic path (seed 5) carries it well away from where it started
+# (a shape left standing keeps mean IoU 0.40) while it stays in view.
+MOVING = "cju1erep75us208553i4ofwwe"
+
+
 @pytest.fixture(scope="module")
 def sequence(kvasir: Path, tmp_path_factory) -> tuple[list[Path], list[np.ndarray]]:
-    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", None, [ONE_POLYP])
+    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", None, [MOVING])
     folder = write_sequences(samples, tmp_path_factory.mktemp("seq"), length=8, seed=5)[0]
     frames = sorted((folder / "frames").iterdir())
     masks = [read_mask(p) for p in sorted((folder / "masks").iterdir())]
@@ -189,7 +194,10 @@ def test_tracker_follows_the_polyp(kind: str, sequence, monkeypatch) -> None:
         (shape,) = answer["shapes"]
         assert isinstance(shape, dict) == (kind != "rectangle")  # answered in the form it came
         ious.append(score_masks(shape_mask(shape, width, height), truth_in_kind(kind, truth)).iou)
-    assert np.mean(ious) > 0.6, ious
+    # A "tracker" that hands back the first shape unchanged scores this; following must beat it.
+    start = truth_in_kind(kind, masks[0])
+    standing = [score_masks(start, truth_in_kind(kind, truth)).iou for truth in masks[1:]]
+    assert np.mean(ious) > np.mean(standing) + 0.2, (ious, standing)
 
 
 def test_tracker_refuses_bad_states(sequence, monkeypatch) -> None:
@@ -273,7 +281,9 @@ def test_a_track_continues_in_another_process_through_redis(redis_server: int, s
     assert other["status"] == 200, other
     height, width = masks[1].shape
     found = shape_mask(other["body"]["shapes"][0], width, height)
-    assert score_masks(found, truth_in_kind("rectangle", masks[1])).iou > 0.6
+    truth = truth_in_kind("rectangle", masks[1])
+    standing = score_masks(truth_in_kind("rectangle", masks[0]), truth).iou
+    assert score_masks(found, truth).iou > standing + 0.2  # the box moved with the polyp
 
     monkeypatch.setenv("POLYPSEG_TRACK_TTL", "1")
     platform, main = Platform(), load_main("mask-tracker", "short")
@@ -283,7 +293,7 @@ def test_a_track_continues_in_another_process_through_redis(redis_server: int, s
     assert status == 410 and "expired" in answer["error"]
 
 
-def test_agent_functions(sequence, polyp) -> None:
+def test_agent_functions(sequence, polyp, core_mask) -> None:
     import PIL.Image
 
     from serverless.cvat import agent_interactor, agent_tracker
@@ -298,7 +308,8 @@ def test_agent_functions(sequence, polyp) -> None:
     found = tracking.track(None, tracking.preprocess_image(None, PIL.Image.open(frames[1])), state)
     assert found is not None and found.type == "mask"
     height, width = masks[1].shape
-    assert score_masks(decode_cvat_mask(found.points, width, height), masks[1]).iou > 0.6
+    standing = score_masks(masks[0], masks[1]).iou
+    assert score_masks(decode_cvat_mask(found.points, width, height), masks[1]).iou > standing + 0.2
 
     interaction = agent_interactor.create()
     assert interaction.spec.min_bounding_boxes == 1
@@ -311,7 +322,8 @@ def test_agent_functions(sequence, polyp) -> None:
     pp = interaction.preprocess_image(None, PIL.Image.fromarray(read_image(image)))
     (result,) = interaction.detect(None, pp, Prompts())
     assert result.type == "mask"
-    assert score_masks(decode_cvat_mask(result.points, *truth.shape[::-1]), truth).iou > 0.8
+    expected = core_mask(image, (box.x1, box.y1, box.x2, box.y2))
+    assert score_masks(decode_cvat_mask(result.points, *truth.shape[::-1]), expected).iou > 0.99
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -345,7 +357,7 @@ def test_function_yaml_is_what_cvat_reads(function: str) -> None:
         )
 
 
-def test_boxes_to_masks_detection_function(polyp) -> None:
+def test_boxes_to_masks_detection_function(polyp, core_mask) -> None:
     import PIL.Image
     from cvat_sdk.auto_annotation import DetectionFunctionContext
 
@@ -362,7 +374,8 @@ def test_boxes_to_masks_detection_function(polyp) -> None:
     assert [label.name for label in function.spec.labels] == ["polyp"]
     (shape,) = function.detect(Context(), PIL.Image.open(image))
     assert shape.type.value == "mask"
-    assert score_masks(decode_cvat_mask(shape.points, *truth.shape[::-1]), truth).iou > 0.8
+    expected = core_mask(image, (box.x1, box.y1, box.x2, box.y2))
+    assert score_masks(decode_cvat_mask(shape.points, *truth.shape[::-1]), expected).iou > 0.99
 
     class Other(Context):
         frame_name = "no-boxes.jpg"

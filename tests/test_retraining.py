@@ -367,5 +367,6 @@ def test_retrain_a_sam2_model(filled_store: Path, tmp_path: Path, sam2_checkpoin
         )
     )
     assert result.status == "promoted", result
-    _, promoted, _ = load_checkpoint(store.current().path)
+    trained, promoted, _ = load_checkpoint(store.current().path)
     assert promoted["architecture"] == "sam2" and promoted["image_size"] == 256
+    assert any(not torch.equal(state[k].half(), trained[k].half()) for k in state)  # it trained

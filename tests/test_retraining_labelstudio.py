@@ -14,17 +14,20 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from backends.labelstudio import launcher
 from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.export import LabelStudioProject
 from conftest import KVASIR, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
+from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import VALIDATION_SHARE, DatasetStore, entry_key
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 from polypseg.model_store import ModelStore
+from polypseg.predictors import default_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +105,9 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
         current = models.current()
         assert current is not None and current.info.get("parent"), log
         assert current.info["metrics"]["train"] + current.info["metrics"]["val"] == len(annotated)
+        # --tolerance 1.0 promotes whatever trained; what is served now is a trained model.
+        start, trained = load_checkpoint(default_checkpoint())[0], load_checkpoint(current.path)[0]
+        assert any(not torch.equal(start[k], trained[k]) for k in start)
         for _ in range(20):  # the backend notices the new current version within seconds
             if health(url)["model_version"] == current.info["model_version"]:
                 break

@@ -23,6 +23,7 @@ from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt
 from polypseg.training.sam2_finetune import (
     Sam2FinetuneConfig,
+    Sam2Run,
     correction_clicks,
     load_sam2,
     normalise,
@@ -184,15 +185,27 @@ def test_finetune_sam2_video_command(sparse_sequences: Path, sam2_checkpoint: Pa
 
 @pytest.mark.slow
 def test_sam2_finetuning_under_torchrun(kvasir: Path, sam2_checkpoint: Path, tmp_path: Path) -> None:
-    """Two CPU processes (gloo): each trains on its share, gradients averaged after each step."""
+    """Two CPU processes (gloo): each trains on its half of the data, so an epoch takes half the
+    steps it takes one process."""
     import os
 
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     assert torchrun, "torchrun comes with torch"
     data = ["--images", str(kvasir / "images"), "--masks", str(kvasir / "masks"), "--limit", "4"]
     model = ["--checkpoint", str(sam2_checkpoint), "--image-size", str(SIZE), "--device", "cpu"]
-    run = ["--batch-size", "1", "--max-steps", "2", "--clicks", "0", "--out", str(tmp_path / "ddp")]
+    run = ["--batch-size", "1", "--epochs", "1", "--clicks", "0", "--out", str(tmp_path / "ddp")]
     command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "polypseg.cli", "finetune", "sam2"]
     subprocess.run([*command, *data, *model, *run], check=True, capture_output=True, timeout=900)
     _, _, extra = load_checkpoint(tmp_path / "ddp" / "last.pt")
-    assert extra["position"]["step"] == 2
+    alone = Sam2Run(
+        Sam2FinetuneConfig(
+            out=tmp_path / "one",
+            images=kvasir / "images",
+            masks=kvasir / "masks",
+            checkpoint=sam2_checkpoint,
+            image_size=SIZE,
+            limit=4,
+            device="cpu",
+        )
+    )
+    assert len(alone.data) >= 4 and extra["position"]["step"] == len(alone.data) // 2

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DATA
+from conftest import CLIP_POLYP, DATA, box_iou
 from polypseg.errors import DatasetError, InputImageError
 from polypseg.images import read_mask
+from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt
 from polypseg.video.classical import ClassicalTracker
@@ -90,6 +91,9 @@ def test_classical_tracker_follows_the_polyp_forward(clip, classical):
     for before, after in zip(results, results[1:], strict=False):
         assert before.box is not None and after.box is not None
         assert abs(after.box.x1 - before.box.x1) < 40 and abs(after.box.y2 - before.box.y2) < 40
+    for frame, box in CLIP_POLYP.items():  # the polyp moved ~100 px left: the track went with it
+        found = results[frame - 133].box
+        assert box_iou((found.x1, found.y1, found.x2, found.y2), box) > 0.6, (frame, found)
 
 
 @pytest.mark.slow
@@ -111,8 +115,11 @@ def test_classical_tracker_re_anchors_on_a_correction(clip, classical):
             clip.frames(10, "forward", 130), Prompt(box=Box(100, 100, 200, 200)), corrections
         )
     }
-    assert not results[133].lost and results[133].mask.any()
-    assert not results[136].lost
+    polyp = np.zeros((480, 560), dtype=bool)
+    polyp[240:400, 360:450] = True
+    for frame in (133, 136):  # on the polyp from the correction on
+        mask = results[frame].mask
+        assert not results[frame].lost and (mask & polyp).sum() > 0.8 * mask.sum() > 0, frame
 
 
 def test_presence_filter_debounces():
@@ -280,7 +287,7 @@ def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
     tracked = list(Sam2MemoryTracker(sam2_small).track(clip.frames(133, "forward", 3), start))
     assert [r.index for r in tracked] == [133, 134, 135]
     # SAM2 takes a given mask as the prompted frame's answer.
-    assert not tracked[0].lost and np.mean(tracked[0].mask == mask) > 0.95
+    assert not tracked[0].lost and score_masks(tracked[0].mask, mask).iou > 0.9
 
 
 def test_classical_tracker_reports_a_box_that_left_the_frame_as_lost(clip, classical):
@@ -329,7 +336,7 @@ def test_sam2_state_survives_bytes(clip, sam2_small, classical):
     stepped = _stepped_through_bytes(tracker, frames, POLYP_BOX)
     for a, b in zip(streamed, stepped, strict=True):
         assert abs(a.score - b.score) < 0.05  # the memory bank is stored in fp16
-        assert (a.mask != b.mask).mean() < 0.01
+        assert a.mask.any() == b.mask.any() and score_masks(a.mask, b.mask).iou > 0.95
     _, state = tracker.start(*frames[0], POLYP_BOX)
     with pytest.raises(TrackStateError, match="not a sam2"):
         tracker.load_state(classical.save_state(classical.start(*frames[0], POLYP_BOX)[1]))
