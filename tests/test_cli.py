@@ -9,6 +9,8 @@ import pytest
 
 from conftest import ONE_POLYP, VAL_LIST
 from polypseg.images import read_image, read_mask
+from polypseg.predictors import build_predictor
+from polypseg.prompts import Box, Point, Prompt
 
 
 def polypseg(*args, check=True):
@@ -34,7 +36,10 @@ def test_segment_writes_mask_and_overlay(tmp_path, kvasir, unet_checkpoint):
         "--overlay",
         tmp_path / "overlay.png",
     )
-    assert read_mask(tmp_path / "mask.png").shape == (529, 622)
+    expected = build_predictor(checkpoint=unet_checkpoint, device="cpu").predict(
+        read_image(image), Prompt(box=Box(38, 5, 430, 338))
+    )
+    assert np.array_equal(read_mask(tmp_path / "mask.png"), expected.mask)  # the model's answer, as is
     assert read_image(tmp_path / "overlay.png").shape == (529, 622, 3)
 
 
@@ -54,7 +59,9 @@ def test_segment_with_sam2_clicks(tmp_path, kvasir, sam2_checkpoint):
         "--out",
         tmp_path / "mask.png",
     )
-    assert read_mask(tmp_path / "mask.png").shape == (529, 622)
+    clicks = Prompt(points=(Point(200, 150, True), Point(20, 500, False)))
+    expected = build_predictor("sam2", sam2_checkpoint, "cpu").predict(read_image(image), clicks).mask
+    assert np.array_equal(read_mask(tmp_path / "mask.png"), expected)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,8 @@ from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
+from polypseg.predictors import build_predictor
+from polypseg.prompts import Point, Prompt
 from polypseg.video.synthetic import write_sequences
 
 SERVERLESS = ROOT / "serverless"
@@ -118,7 +120,8 @@ def test_interactor_bad_input_is_refused_with_a_reason(unet, polyp) -> None:
 
 
 def test_sam2_interactor_with_clicks(monkeypatch, sam2_checkpoint: Path, polyp) -> None:
-    """Random weights in the official format: the contract, not accuracy."""
+    """Random weights in the official format: the answer must be the model's own answer to the
+    clicks where the user put them (not an accurate one)."""
     monkeypatch.setenv("POLYPSEG_CHECKPOINT", str(sam2_checkpoint))
     monkeypatch.setenv("POLYPSEG_SAM2_SIZE", "256")
     platform, main = Platform(), load_main("sam2-interactor")
@@ -128,6 +131,10 @@ def test_sam2_interactor_with_clicks(monkeypatch, sam2_checkpoint: Path, polyp) 
     status, answer = call(platform, main, body)
     assert status == 200, answer
     assert set(answer) == {"mask", "bounds", "points", "score", "model_version"}
+    sam2 = build_predictor("sam2", sam2_checkpoint, "cpu", image_size=256)
+    clicks = Prompt(points=(Point(*centre, True), Point(5, 5, False)))
+    expected = sam2.predict(read_image(image), clicks).mask
+    assert expected.any() and score_masks(answer_mask(answer, *truth.shape[::-1]), expected).iou > 0.99
     status, answer = call(platform, main, {"image": encoded(image), "pos_points": [], "neg_points": []})
     assert status == 400 and "box or at least one positive click" in answer["error"]
 
@@ -361,7 +368,6 @@ def test_boxes_to_masks_detection_function(polyp, core_mask) -> None:
     import PIL.Image
     from cvat_sdk.auto_annotation import DetectionFunctionContext
 
-    from polypseg.predictors import build_predictor
     from serverless.cvat.boxes_to_masks import BoxesToMasks
 
     class Context(DetectionFunctionContext):

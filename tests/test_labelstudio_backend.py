@@ -27,6 +27,7 @@ from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
+from polypseg.prompts import Point, Prompt
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 
@@ -107,7 +108,8 @@ def test_clicks_alone_need_sam2_with_the_default_model(client: TestClient, polyp
 
 
 def test_clicks_with_sam2(servers, sam2_checkpoint: Path, polyp) -> None:
-    """A positive and a negative click reach SAM2 as points (random weights: shape, not accuracy)."""
+    """A positive and a negative click reach SAM2 as points where the user put them (random
+    weights: the answer must be the model's own answer to those clicks, not an accurate one)."""
     _, (x1, y1, x2, y2), width, height = polyp
     sam2 = build_predictor("sam2", sam2_checkpoint, "cpu", image_size=256)
     client, _ = make_client(servers[0].url, sam2)
@@ -123,7 +125,9 @@ def test_clicks_with_sam2(servers, sam2_checkpoint: Path, polyp) -> None:
     answer = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", clicks))
     assert answer.status_code == 200, answer.text
     (region,) = answer.json()["results"][0]["result"]
-    assert brush_mask(region).shape == (height, width)
+    points = (Point((x1 + x2) / 2, (y1 + y2) / 2, True), Point(5, 5, False))
+    expected = sam2.predict(read_image(IMAGE), Prompt(points=points)).mask
+    assert expected.any() and score_masks(brush_mask(region), expected).iou > 0.99
     assert answer.json()["model_version"] == sam2_checkpoint.stem
 
 
