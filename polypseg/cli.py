@@ -431,20 +431,25 @@ def _add_sam2_finetune_options(
     )
     parser.add_argument("--train", default=train, help="parts that learn, comma-separated")
     parser.add_argument("--loss", choices=("focal", "bce"), default="focal", help="pixel loss beside Dice")
-    parser.add_argument("--epochs", type=positive_int, default=10)
-    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument(
         "--lr", type=float, default=5e-5, help="learning rate of the decoder and prompt encoder"
     )
     parser.add_argument("--encoder-lr", type=float, default=5e-6, help="learning rate of the image encoder")
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--warmup-steps", type=int, default=50)
+    _add_loop_options(parser, epochs=10, batch_size=batch_size, limit="images or sequences")
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, epochs: int, batch_size: int, limit: str) -> None:
+    """The flags of the training loop every trainer shares (polypseg.training.common)."""
+    parser.add_argument("--epochs", type=positive_int, default=epochs)
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--accumulate", type=positive_int, default=1, help="batches per optimiser step")
     parser.add_argument("--workers", type=int, default=1, help="data loader processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    parser.add_argument("--limit", type=int, help="train on the first N images or sequences only")
+    parser.add_argument("--limit", type=int, help=f"train on the first N {limit} only")
     parser.add_argument(
         "--save-every", type=positive_int, default=100, help="steps between resumable snapshots"
     )
@@ -568,20 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="share of draws that are boxes without a polyp (empty target)",
     )
-    unet.add_argument("--epochs", type=positive_int, default=36)
-    unet.add_argument("--batch-size", type=positive_int, default=8)
     unet.add_argument("--lr", type=float, default=2e-3)
-    unet.add_argument("--weight-decay", type=float, default=1e-4)
-    unet.add_argument("--accumulate", type=positive_int, default=1, help="batches per optimiser step")
-    unet.add_argument("--workers", type=int, default=1, help="data loader processes")
-    unet.add_argument("--seed", type=int, default=0)
-    unet.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    unet.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    unet.add_argument("--limit", type=int, help="train on the first N images only")
-    unet.add_argument(
-        "--save-every", type=positive_int, default=100, help="steps between resumable snapshots"
-    )
-    unet.add_argument("--device", help=DEVICE_HELP)
+    _add_loop_options(unet, epochs=36, batch_size=8, limit="images")
     unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     unet.add_argument(
         "--shift-augment",

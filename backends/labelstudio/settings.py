@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polypseg.errors import PolypsegError
+from polypseg.video.tracking_job import TRACKERS as TRACKER_KINDS
 
-TRACKERS = ("auto", "classical", "sam2")
+TRACKERS = ("auto", *TRACKER_KINDS)
 
 
 class SettingsError(PolypsegError):
