@@ -49,11 +49,26 @@ class EmbeddingCache(Generic[V]):
             with self._lock:
                 self._pending.pop(key).set()
 
+    def get(self, key: Hashable) -> V | None:
+        """The cached value, or None; computes nothing."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: Hashable, value: V) -> None:
+        self._store(key, value)
+
     def _store(self, key: Hashable, value: V) -> None:
         size = self._size_of(value)
         with self._lock:
             if size > self.max_bytes:
                 return  # larger than the whole cache: use it once, keep nothing
+            if key in self._entries:
+                self.bytes -= self._entries.pop(key)[1]
             self._entries[key] = (value, size)
             self.bytes += size
             while self.bytes > self.max_bytes:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from polypseg.errors import PolypsegError, PromptError
 
@@ -33,6 +33,18 @@ def positive_int(text: str) -> int:
 
 
 log = logging.getLogger("polypseg")
+
+
+def click_count(text: str) -> int:
+    """--clicks: 0 to 20, as the interactive-segmentation protocol counts them."""
+    from polypseg.evaluation_clicks import MAX_EVALUATION_CLICKS
+
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if not 0 <= value <= MAX_EVALUATION_CLICKS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of clicks from 0 to {MAX_EVALUATION_CLICKS}"
+        )
+    return value
 
 
 def _shift_names() -> list[str]:
@@ -109,6 +121,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.limit:
         samples = samples[: args.limit]
     predictor = build_predictor(args.model, args.checkpoint, args.device)
+    if args.clicks is not None:
+        _evaluate_clicks(args, samples, predictor)
+        return
     if args.shift:
         _evaluate_shifts(args, samples, predictor)
         return
@@ -134,6 +149,60 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         log.info("wrote %s", args.json)
     if args.report:
         write_report(args.report, results, predictor.version, samples, predictor, args)
+        log.info("report -> %s", args.report)
+
+
+def _evaluate_clicks(args: argparse.Namespace, samples: list, predictor) -> None:  # type: ignore[type-arg,no-untyped-def]
+    """IoU after 0..N simulated clicks (NoC@85/90) for the model and the ellipse baseline, or
+    the model's curve under each named shift."""
+    from polypseg.evaluation import ellipse_baseline
+    from polypseg.evaluation_clicks import (
+        click_table,
+        evaluate_click_shifts,
+        evaluate_clicks,
+        plot_click_curves,
+    )
+    from polypseg.shifts import shift_names
+
+    title = f"{len(samples)} images, box noise {args.box_noise:g}, {args.clicks} clicks"
+    if args.shift:
+        try:
+            names = shift_names(args.shift)
+        except ValueError as exc:
+            raise PolypsegError(str(exc)) from None
+        curves = evaluate_click_shifts(
+            predictor.segmenter(), samples, names, args.clicks, args.box_noise, args.seed
+        )
+        title += f", model {predictor.version}, rows: shifts"
+    else:
+        curves = evaluate_clicks(
+            {predictor.version: predictor.segmenter(), "ellipse in box": ellipse_baseline},
+            samples,
+            args.clicks,
+            args.box_noise,
+            args.seed,
+        )
+    table = click_table(curves, title)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "model": predictor.version,
+            "box_noise": args.box_noise,
+            "clicks": args.clicks,
+            **(
+                {"shifts": {name: curve.as_dict() for name, curve in curves.items()}}
+                if args.shift
+                else curves[predictor.version].as_dict()
+                | {"baseline": curves["ellipse in box"].as_dict() | {"per_image": None}}
+            ),
+        }
+        args.json.write_text(json.dumps(body, indent=1))
+        log.info("wrote %s", args.json)
+    if args.report:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "clicks.md").write_text(table + "\n")
+        plot_click_curves(curves, args.report / "clicks.png", title)
         log.info("report -> %s", args.report)
 
 
@@ -163,6 +232,110 @@ def _evaluate_shifts(args: argparse.Namespace, samples: list, predictor) -> None
         args.report.mkdir(parents=True, exist_ok=True)
         (args.report / "shifts.md").write_text(table + "\n")
         log.info("report -> %s", args.report / "shifts.md")
+
+
+def _min_score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from polypseg.detection_job import build_detector, detect_images, detect_video, image_files
+    from polypseg.predictors import build_predictor
+
+    if not args.inputs and args.video is None:
+        raise PolypsegError("name images, folders of images, or --video FILE")
+    if args.video is not None:
+        from polypseg.video.frames import open_frames
+
+        open_frames(args.video)  # refuse a video that cannot be opened before any work
+    files = image_files(args.inputs) if args.inputs else []
+    detector = build_detector(args.detector, args.device)
+    predictor = (
+        build_predictor(args.model, args.checkpoint, args.device) if args.masks or args.overlay else None
+    )
+    for folder in (args.masks, args.overlay):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    frames, skipped = [], []
+    if files:
+        run = detect_images(detector, predictor, files, args.min_score, args.masks, args.overlay)
+        frames += run.frames
+        skipped += run.skipped
+    if args.video is not None:
+        frames += detect_video(
+            detector, predictor, args.video, args.min_score, args.masks, args.overlay
+        ).frames
+    found = sum(len(f.detections) for f in frames)
+    log.info(
+        "%d polyps in %d of %d frames (detector %s)%s",
+        found,
+        sum(bool(f.detections) for f in frames),
+        len(frames),
+        detector.version,
+        f"; {len(skipped)} unreadable skipped" if skipped else "",
+    )
+    body = {
+        "detector": detector.version,
+        "min_score": detector.threshold if args.min_score is None else args.min_score,
+        "images": [f.as_dict() for f in frames],
+        "skipped": skipped,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(body, indent=1))
+    log.info("wrote %s", args.json)
+
+
+def cmd_evaluate_detection(args: argparse.Namespace) -> None:
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.detection_job import build_detector, evaluate_detection
+    from polypseg.predictors import build_predictor
+
+    samples = load_folder_dataset(args.images, args.masks, args.boxes, _names(args.names))
+    if args.limit:
+        samples = samples[: args.limit]
+    detector = build_detector(args.detector, args.device)
+    predictor = build_predictor(args.model, args.checkpoint, args.device)
+    scores = evaluate_detection(detector, predictor, samples, args.min_score)
+    body = scores.as_dict()
+    print(
+        f"{body['n']} images, {body['polyps']} polyps, detector {detector.version}, "
+        f"refined by {predictor.version}\n\n"
+        "| min score | precision@0.5 | recall@0.5 | AP50 | AP50:95 | refined mask IoU (all polyps) |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {body['min_score']:.3f} | {body['precision@0.5']:.4f} | {body['recall@0.5']:.4f} | "
+        f"{body['ap50']:.4f} | {body['ap50_95']:.4f} | {body['mean_refined_iou']:.4f} |"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body.update(detector=detector.version, model=predictor.version)
+        args.json.write_text(json.dumps(body, indent=1))
+        log.info("wrote %s", args.json)
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    from polypseg.detection_job import build_detector, image_files, rank_images
+
+    detector = build_detector(args.detector, args.device)
+    ranked, skipped = rank_images(detector, image_files(args.inputs))
+    for name, uncertainty in ranked:
+        print(f"{uncertainty:.5f}  {name}")
+    if skipped:
+        log.warning("%d unreadable images skipped", len(skipped))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "detector": detector.version,
+            "uncertainty": "mean binary entropy of the detector's probability map over undecided pixels",
+            "ranked": [{"image": name, "uncertainty": u} for name, u in ranked],
+            "skipped": skipped,
+        }
+        args.json.write_text(json.dumps(body, indent=1))
 
 
 def cmd_track(args: argparse.Namespace) -> None:
@@ -242,10 +415,60 @@ def _names(path: Path | None) -> list[str] | None:
 
 
 def cmd_train_unet(args: argparse.Namespace) -> None:
-    from polypseg.predictors.registry import resolve_device
     from polypseg.training.unet import UnetTrainConfig, train_unet
 
-    config = UnetTrainConfig(
+    log.info("best checkpoint: %s", train_unet(UnetTrainConfig(**_unet_train_options(args))))
+
+
+def cmd_train_click_unet(args: argparse.Namespace) -> None:
+    from polypseg.training.click_unet import ClickUnetTrainConfig, train_click_unet
+
+    options = _unet_train_options(args) | {
+        "architecture": "clickunet",
+        "decoder": args.model,
+        "click_rounds": args.click_rounds,
+        "presence_weight": args.presence_weight,
+    }
+    log.info("best checkpoint: %s", train_click_unet(ClickUnetTrainConfig(**options)))
+
+
+def cmd_train_detector(args: argparse.Namespace) -> None:
+    from polypseg.predictors.registry import resolve_device
+    from polypseg.training.detector import DetectorTrainConfig, train_detector
+
+    config = DetectorTrainConfig(
+        images=args.images,
+        masks=args.masks,
+        boxes=args.boxes,
+        val_list=args.val_list,
+        out=args.out,
+        encoder=args.encoder,
+        decoder=args.model,
+        size=args.size,
+        crop_fraction=args.crop_fraction,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        accumulate=args.accumulate,
+        workers=args.workers,
+        seed=args.seed,
+        resume=args.resume,
+        max_steps=args.max_steps,
+        limit=args.limit,
+        save_every=args.save_every,
+        device=resolve_device(args.device),
+        command=shlex.join(["polypseg", *sys.argv[1:]]),
+        init=args.init,
+        shift_augment=args.shift_augment,
+    )
+    log.info("best checkpoint: %s", train_detector(config))
+
+
+def _unet_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    from polypseg.predictors.registry import resolve_device
+
+    return dict(
         images=args.images,
         masks=args.masks,
         boxes=args.boxes,
@@ -275,8 +498,6 @@ def cmd_train_unet(args: argparse.Namespace) -> None:
         shift_augment=args.shift_augment,
         select=args.select,
     )
-    best = train_unet(config)
-    log.info("best checkpoint: %s", best)
 
 
 def _sam2_finetune_options(args: argparse.Namespace) -> dict[str, object]:
@@ -498,8 +719,54 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--report", type=Path, help="write a Markdown table, per-image CSV and worst cases PNG here"
     )
+    evaluate.add_argument(
+        "--clicks",
+        type=click_count,
+        help="the interactive protocol: after the box, N (0-20) simulated correction clicks; "
+        "reports IoU after each, NoC@85 and NoC@90",
+    )
     _add_model_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    detect = commands.add_parser("detect", help="find polyps without a prompt (and outline them)")
+    detect.add_argument("inputs", nargs="*", type=Path, help="images or folders of images")
+    detect.add_argument("--video", type=Path, help="a video file or folder of numbered frames: every frame")
+    detect.add_argument("--json", type=Path, required=True, help="where to write the boxes and scores")
+    detect.add_argument(
+        "--min-score", type=_min_score, help="least detection score (default: the detector's)"
+    )
+    detect.add_argument("--masks", type=Path, help="write each frame's refined polyp mask (PNG) here")
+    detect.add_argument(
+        "--overlay", type=Path, help="write each frame with boxes and masks drawn (JPEG) here"
+    )
+    detect.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    _add_model_options(detect)
+    detect.set_defaults(run=cmd_detect)
+
+    detection_eval = commands.add_parser(
+        "evaluate-detection", help="score the detector (and its refined masks) on image/mask folders"
+    )
+    detection_eval.add_argument("--images", type=Path, required=True)
+    detection_eval.add_argument("--masks", type=Path, required=True)
+    detection_eval.add_argument(
+        "--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components"
+    )
+    detection_eval.add_argument("--names", type=Path, help="only the images named in this file")
+    detection_eval.add_argument("--limit", type=int, help="only the first N images")
+    detection_eval.add_argument("--min-score", type=_min_score, help="score floor (default: the detector's)")
+    detection_eval.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
+    detection_eval.add_argument(
+        "--detector", type=Path, help="detector checkpoint (default: the shipped one)"
+    )
+    _add_model_options(detection_eval)
+    detection_eval.set_defaults(run=cmd_evaluate_detection)
+
+    rank = commands.add_parser("rank", help="order unlabelled images by the detector's uncertainty")
+    rank.add_argument("inputs", nargs="+", type=Path, help="images or folders of images")
+    rank.add_argument("--json", type=Path, help="write the ranking as JSON")
+    rank.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    rank.add_argument("--device", help=DEVICE_HELP)
+    rank.set_defaults(run=cmd_rank)
 
     track = commands.add_parser(
         "track", help="propagate a polyp mask through a video from one prompted frame"
@@ -555,40 +822,82 @@ def build_parser() -> argparse.ArgumentParser:
     video_eval.set_defaults(run=cmd_evaluate_video)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
-    unet = train.add_parser("unet", help="train a box-prompted U-Net / U-Net++")
-    unet.add_argument("--images", type=Path, required=True)
-    unet.add_argument("--masks", type=Path, required=True)
-    unet.add_argument("--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components")
-    unet.add_argument("--val-list", type=Path, help="names of the validation images, never trained on")
-    unet.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
-    unet.add_argument("--model", choices=("unet", "unetplusplus"), default="unet")
-    unet.add_argument("--encoder", default="resnet18", help="any segmentation-models-pytorch encoder")
-    unet.add_argument("--encoder-weights", help="pretrained encoder weights (e.g. imagenet) where reachable")
-    unet.add_argument("--geometry", choices=("crop", "whole"), default="crop")
-    unet.add_argument("--size", type=int, default=224, help="network input size (a multiple of 32)")
-    unet.add_argument("--margin", type=float, default=0.25, help="crop margin around the box, of its size")
-    unet.add_argument(
-        "--negative-fraction",
-        type=float,
-        default=0.1,
-        help="share of draws that are boxes without a polyp (empty target)",
+    for trainer, help_text, run in (
+        ("unet", "train a box-prompted U-Net / U-Net++", cmd_train_unet),
+        (
+            "click-unet",
+            "train the click-guided U-Net (box, clicks and its previous mask)",
+            cmd_train_click_unet,
+        ),
+    ):
+        unet = train.add_parser(trainer, help=help_text)
+        unet.add_argument("--images", type=Path, required=True)
+        unet.add_argument("--masks", type=Path, required=True)
+        unet.add_argument("--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components")
+        unet.add_argument("--val-list", type=Path, help="names of the validation images, never trained on")
+        unet.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+        unet.add_argument("--model", choices=("unet", "unetplusplus"), default="unet")
+        unet.add_argument("--encoder", default="resnet18", help="any segmentation-models-pytorch encoder")
+        unet.add_argument(
+            "--encoder-weights", help="pretrained encoder weights (e.g. imagenet) where reachable"
+        )
+        unet.add_argument("--geometry", choices=("crop", "whole"), default="crop")
+        unet.add_argument("--size", type=int, default=224, help="network input size (a multiple of 32)")
+        unet.add_argument(
+            "--margin", type=float, default=0.25, help="crop margin around the box, of its size"
+        )
+        unet.add_argument(
+            "--negative-fraction",
+            type=float,
+            default=0.1,
+            help="share of draws that are boxes without a polyp (empty target)",
+        )
+        unet.add_argument("--lr", type=float, default=2e-3)
+        _add_loop_options(unet, epochs=36, batch_size=8, limit="images")
+        unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
+        unet.add_argument(
+            "--shift-augment",
+            type=float,
+            default=0.0,
+            help="chance per draw of the other-centre degradations of the shift suite (0: off)",
+        )
+        unet.add_argument(
+            "--select",
+            choices=("clean", "worst-shift"),
+            default="clean",
+            help="keep the checkpoint best on clean validation IoU, or on the lower of clean and "
+            "worst-shift IoU",
+        )
+        unet.set_defaults(run=run)
+        if trainer == "click-unet":
+            unet.add_argument(
+                "--click-rounds", type=positive_int, default=3, help="most no-gradient click rounds a batch"
+            )
+            unet.add_argument(
+                "--presence-weight", type=float, default=0.5, help="weight of the presence loss"
+            )
+
+    detector = train.add_parser("detector", help="train the polyp detector (a whole-frame segmenter)")
+    detector.add_argument("--images", type=Path, required=True)
+    detector.add_argument("--masks", type=Path, required=True)
+    detector.add_argument("--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components")
+    detector.add_argument("--val-list", type=Path, help="names of the validation images, never trained on")
+    detector.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+    detector.add_argument("--model", choices=("unet", "unetplusplus"), default="unet")
+    detector.add_argument("--encoder", default="resnet18", help="any segmentation-models-pytorch encoder")
+    detector.add_argument("--size", type=int, default=320, help="working size of the whole frame")
+    detector.add_argument(
+        "--crop-fraction", type=float, default=0.3, help="share of draws cut to a part of the frame"
     )
-    unet.add_argument("--lr", type=float, default=2e-3)
-    _add_loop_options(unet, epochs=36, batch_size=8, limit="images")
-    unet.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
-    unet.add_argument(
-        "--shift-augment",
-        type=float,
-        default=0.0,
-        help="chance per draw of the other-centre degradations of the shift suite (0: off)",
+    detector.add_argument("--lr", type=float, default=1e-3)
+    _add_loop_options(detector, epochs=30, batch_size=8, limit="images")
+    detector.add_argument(
+        "--init", type=Path, help="a detector, or a box U-Net of the same encoder, to start from"
     )
-    unet.add_argument(
-        "--select",
-        choices=("clean", "worst-shift"),
-        default="clean",
-        help="keep the checkpoint best on clean validation IoU, or on the lower of clean and worst-shift IoU",
+    detector.add_argument(
+        "--shift-augment", type=float, default=0.0, help="chance per draw of other-centre degradations"
     )
-    unet.set_defaults(run=cmd_train_unet)
+    detector.set_defaults(run=cmd_train_detector)
 
     finetune = commands.add_parser("finetune", help="fine-tune SAM2 on polyps").add_subparsers(
         dest="finetuner", required=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ class PreparedImage:
 class Prediction:
     mask: np.ndarray  # bool, the image's height x width
     score: float  # the model's confidence in the mask, 0..1
+    # Is there a polyp in the prompted place at all (0..1)? None for models without that output.
+    presence: float | None = None
 
 
 class ImagePredictor(ABC):
@@ -76,6 +79,10 @@ class ImagePredictor(ABC):
 
     def predict(self, image: np.ndarray, prompt: Prompt) -> Prediction:
         return self.segment(self.prepare(image), prompt)
+
+    def segmenter(self) -> Callable[[np.ndarray, Prompt], np.ndarray]:
+        """(image, prompt) -> mask, as evaluation takes a model."""
+        return lambda image, prompt: self.predict(image, prompt).mask
 
     @abstractmethod
     def _encode(self, image: np.ndarray) -> tuple[Any, int]:

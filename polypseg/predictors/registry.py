@@ -37,6 +37,17 @@ def _box_channel(
     return BoxChannelPredictor.from_state(state, metadata, path, **kw)
 
 
+def _click_unet(
+    state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kw: Any
+) -> ImagePredictor:
+    from polypseg.predictors.click_unet import ClickUnetPredictor
+
+    if kw.pop("image_size", None):
+        raise ModelError(f"{path} holds a click-guided U-Net: a working size (--sam2-size) is for SAM2")
+    kw.pop("tta", None)
+    return ClickUnetPredictor.from_state(state, metadata, path, **kw)
+
+
 def _sam2(state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kw: Any) -> ImagePredictor:
     from polypseg.predictors.sam2 import Sam2Predictor
 
@@ -47,6 +58,7 @@ def _sam2(state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, *
 REGISTRY: dict[str, Callable[..., ImagePredictor]] = {
     "unet": _box_channel,
     "unetplusplus": _box_channel,
+    "clickunet": _click_unet,
     "sam2": _sam2,
 }
 MODEL_NAMES = tuple(REGISTRY)

@@ -1,0 +1,297 @@
+"""Detection jobs on folders, image lists and videos: detect (and refine into masks), score
+against true masks, rank by uncertainty. Frames stream one at a time: a folder of thousands of
+frames or a long video is never held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from polypseg.datasets import IMAGE_SUFFIXES, PolypSample, polyp_targets
+from polypseg.detection_metrics import (
+    ImageDetections,
+    average_precision,
+    box_iou,
+    coco_average_precision,
+    precision_recall,
+)
+from polypseg.detector import Detection, PolypDetector, detections_from_probability, frame_uncertainty
+from polypseg.errors import CheckpointError, InputImageError, ModelError
+from polypseg.images import read_image, read_mask, write_mask
+from polypseg.predictors.base import ImagePredictor
+from polypseg.prompts import Prompt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DETECTOR = Path(__file__).resolve().parent / "models" / "detector.pt"
+
+
+def default_detector_checkpoint() -> Path:
+    """The shipped detector, or the file named by POLYPSEG_DETECTOR."""
+    return Path(os.environ.get("POLYPSEG_DETECTOR", DEFAULT_DETECTOR))
+
+
+def build_detector(
+    checkpoint: str | os.PathLike[str] | None = None, device: str | None = None
+) -> PolypDetector:
+    from polypseg.checkpoints import load_checkpoint
+    from polypseg.predictors.registry import resolve_device
+
+    path = Path(checkpoint) if checkpoint is not None else default_detector_checkpoint()
+    state, metadata, _ = load_checkpoint(path)
+    if metadata.get("architecture") != "detector":
+        raise CheckpointError(
+            f"{path}: holds a {metadata.get('architecture', 'foreign')} model, not a polyp detector"
+        )
+    return PolypDetector.from_state(state, metadata, str(path), device=resolve_device(device))
+
+
+def check_min_score(value: float | None) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ModelError(f"--min-score {value:g} is outside 0..1")
+
+
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """Image files named directly, and those in named folders (sorted), in the given order."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputImageError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputImageError(f"{path}: no such file or folder")
+    return files
+
+
+@dataclass
+class DetectedFrame:
+    """One image's (or video frame's) detections and, refined, their union mask."""
+
+    key: dict[str, Any]  # {"image": name} or {"frame": n}
+    detections: list[Detection]
+    mask: np.ndarray | None = None
+    uncertainty: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        body = {**self.key, "detections": [d.as_dict() for d in self.detections]}
+        if self.uncertainty is not None:
+            body["uncertainty"] = self.uncertainty
+        return body
+
+
+def refine(predictor: ImagePredictor, image: np.ndarray, detections: list[Detection]) -> np.ndarray:
+    """The union of the box model's masks for the detections' boxes."""
+    prepared = predictor.prepare(image)
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    for detection in detections:
+        mask |= predictor.segment(prepared, Prompt(box=detection.box)).mask
+    return mask
+
+
+def detect_frame(
+    detector: PolypDetector,
+    predictor: ImagePredictor | None,
+    image: np.ndarray,
+    key: dict[str, Any],
+    min_score: float | None,
+) -> DetectedFrame:
+    probability = detector.probability(image)
+    floor = detector.threshold if min_score is None else min_score
+    detections = detections_from_probability(probability, image.shape[1], image.shape[0], floor)
+    mask = refine(predictor, image, detections) if predictor is not None else None
+    return DetectedFrame(key, detections, mask, frame_uncertainty(probability))
+
+
+@dataclass
+class DetectionRun:
+    frames: list[DetectedFrame] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def detect_images(
+    detector: PolypDetector,
+    predictor: ImagePredictor | None,
+    files: Sequence[Path],
+    min_score: float | None = None,
+    masks: Path | None = None,
+    overlays: Path | None = None,
+) -> DetectionRun:
+    """Detect in each file; an unreadable one is skipped, logged and counted."""
+    run = DetectionRun()
+    for path in tqdm(files, desc="detecting", unit="image"):
+        try:
+            image = read_image(path)
+        except InputImageError as exc:
+            log.warning("skipped %s", exc)
+            run.skipped.append(path.name)
+            continue
+        frame = detect_frame(detector, predictor, image, {"image": path.name}, min_score)
+        _write(frame, image, path.stem, masks, overlays)
+        frame.mask = None  # written; a long run keeps only the boxes
+        run.frames.append(frame)
+    return run
+
+
+def detect_video(
+    detector: PolypDetector,
+    predictor: ImagePredictor | None,
+    video: Path,
+    min_score: float | None = None,
+    masks: Path | None = None,
+    overlays: Path | None = None,
+) -> DetectionRun:
+    from polypseg.video.frames import open_frames
+
+    source = open_frames(video)
+    run = DetectionRun()
+    for index, image in tqdm(source.frames(0), total=source.info.frame_count, desc="detecting", unit="frame"):
+        frame = detect_frame(detector, predictor, image, {"frame": index}, min_score)
+        _write(frame, image, f"{index:06d}", masks, overlays)
+        frame.mask = None
+        run.frames.append(frame)
+    return run
+
+
+def _write(
+    frame: DetectedFrame, image: np.ndarray, stem: str, masks: Path | None, overlays: Path | None
+) -> None:
+    if masks is not None and frame.mask is not None:
+        write_mask(masks / f"{stem}.png", frame.mask)
+    if overlays is not None:
+        import cv2
+        from PIL import Image
+
+        from polypseg.masks import draw_overlay
+
+        shown = draw_overlay(image, frame.mask if frame.mask is not None else np.zeros(image.shape[:2], bool))
+        for d in frame.detections:
+            b = d.box
+            cv2.rectangle(shown, (int(b.x1), int(b.y1)), (int(b.x2) - 1, int(b.y2) - 1), (255, 255, 0), 2)
+            cv2.putText(
+                shown,
+                f"{d.score:.2f}",
+                (int(b.x1), max(12, int(b.y1) - 4)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.5,
+                (255, 255, 0),
+                1,
+            )
+        overlays.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(shown).save(overlays / f"{stem}.jpg", quality=90)
+
+
+@dataclass
+class DetectionScores:
+    """Detection and detect-then-refine scores on a labelled dataset."""
+
+    images: list[ImageDetections]
+    polyp_ious: list[list[float]]  # per image, per true polyp: refined-mask IoU (0 if missed)
+    min_score: float
+    uncertainties: list[float]
+
+    @property
+    def mean_polyp_iou(self) -> float:
+        return float(np.mean([iou for image in self.polyp_ious for iou in image]))
+
+    def as_dict(self) -> dict[str, Any]:
+        precision, recall = precision_recall(self.images, self.min_score)
+        return {
+            "n": len(self.images),
+            "polyps": sum(len(i.truths) for i in self.images),
+            "min_score": self.min_score,
+            "precision@0.5": precision,
+            "recall@0.5": recall,
+            "ap50": average_precision(self.images, 0.5),
+            "ap50_95": coco_average_precision(self.images),
+            "mean_refined_iou": self.mean_polyp_iou,
+            "per_image": [
+                {
+                    "name": image.name,
+                    "truths": [_box(b) for b in image.truths],
+                    "detections": [{"box": _box(b), "score": s} for b, s in image.detections],
+                    "refined_iou": ious,
+                    "uncertainty": u,
+                }
+                for image, ious, u in zip(self.images, self.polyp_ious, self.uncertainties, strict=True)
+            ],
+        }
+
+
+def _box(box: Any) -> list[float]:
+    return [round(box.x1, 1), round(box.y1, 1), round(box.x2, 1), round(box.y2, 1)]
+
+
+def evaluate_detection(
+    detector: PolypDetector,
+    predictor: ImagePredictor,
+    samples: Sequence[PolypSample],
+    min_score: float | None = None,
+    progress: bool = True,
+) -> DetectionScores:
+    """Detections down to a low floor (for AP); precision and recall at `min_score` (default:
+    the detector's own threshold); each true polyp's IoU with the refined mask of the detection
+    that matched it at box IoU 0.5 (0 if none did)."""
+    floor = detector.threshold if min_score is None else min_score
+    images, polyp_ious, uncertainties = [], [], []
+    for sample in tqdm(samples, desc="detecting", unit="image", disable=not progress):
+        image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
+        frame = detect_frame(detector, None, image, {"image": sample.name}, min(floor, 0.05))
+        targets = polyp_targets(truth, sample.boxes)
+        images.append(
+            ImageDetections(
+                sample.name, tuple((d.box, d.score) for d in frame.detections), tuple(b for b, _ in targets)
+            )
+        )
+        uncertainties.append(frame.uncertainty or 0.0)
+        kept = [d for d in frame.detections if d.score >= floor]
+        polyp_ious.append(_refined_ious(predictor, image, kept, targets))
+    return DetectionScores(images, polyp_ious, floor, uncertainties)
+
+
+def _refined_ious(
+    predictor: ImagePredictor,
+    image: np.ndarray,
+    detections: list[Detection],
+    targets: list[tuple[Any, np.ndarray]],
+) -> list[float]:
+    from polypseg.metrics import score_masks
+
+    prepared = predictor.prepare(image)
+    taken: set[int] = set()
+    ious = []
+    for box, target in targets:
+        overlaps = [0.0 if i in taken else box_iou(d.box, box) for i, d in enumerate(detections)]
+        best = int(np.argmax(overlaps)) if overlaps else -1
+        if best < 0 or overlaps[best] < 0.5:
+            ious.append(0.0)
+            continue
+        taken.add(best)
+        mask = predictor.segment(prepared, Prompt(box=detections[best].box)).mask
+        ious.append(score_masks(mask, target).iou)
+    return ious
+
+
+def rank_images(detector: PolypDetector, files: Sequence[Path]) -> tuple[list[tuple[str, float]], list[str]]:
+    """Images by the detector's uncertainty, most uncertain first; and the unreadable ones."""
+    ranked, skipped = [], []
+    for path in tqdm(files, desc="ranking", unit="image"):
+        try:
+            image = read_image(path)
+        except InputImageError as exc:
+            log.warning("skipped %s", exc)
+            skipped.append(path.name)
+            continue
+        ranked.append((path.name, detector.uncertainty(image)))
+    return sorted(ranked, key=lambda item: -item[1]), skipped

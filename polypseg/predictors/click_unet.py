@@ -1,0 +1,222 @@
+"""A click-guided U-Net: RGB, the box, positive and negative clicks and its own previous mask.
+
+The design of RITM (Sofiiuk et al., "Reviving Iterative Training with Mask Guidance for
+Interactive Segmentation", 2022) on the box-channel U-Net: seven input channels in the crop
+around the box (RGB, box, positive-click disks, negative-click disks, previous probability),
+one mask output and one presence output (is there a polyp in this box at all?, from the
+encoder's deepest features).
+
+Requests are stateless, as Label Studio and CVAT send them: each carries the box and every
+click so far. The answer to k clicks is the model's answer to the k-th click given its own
+answer to the first k-1 as the previous mask, so the clicks are replayed in order (k+1
+forward passes), starting from the longest prefix found in a small cache: in an annotation
+session the previous request left its answer there, and each new click costs one pass.
+
+A box is always answered with a mask (an annotator who drew one never wants "nothing"): where
+the model is unsure, the best mask it has, with a low score. Whether a polyp is there at all
+is `Prediction.presence`, which trackers read to say "lost".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+
+from polypseg.box_input import BoxInputGeometry
+from polypseg.cache import EmbeddingCache
+from polypseg.clicks import MAX_CLICKS, click_channels
+from polypseg.errors import CheckpointError, PromptError
+from polypseg.images import image_digest
+from polypseg.masks import clean_mask, ellipse_in_box
+from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
+from polypseg.prompts import Box, Point, Prompt
+
+IN_CHANNELS = 7  # RGB, box, positive clicks, negative clicks, previous probability
+DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
+# Previous answers kept for replay: a crop-sized float map each (224 px: 200 kB).
+REPLAY_CACHE_BYTES = int(os.environ.get("POLYPSEG_CLICK_CACHE_BYTES", 64 << 20))
+
+
+def create_click_model(encoder: str = "resnet18", decoder: str = "unet") -> torch.nn.Module:
+    """An untrained click-guided smp model: 7 channels in; mask logits and a presence logit out."""
+    return smp.create_model(
+        DECODERS[decoder],
+        encoder_name=encoder,
+        encoder_weights=None,
+        in_channels=IN_CHANNELS,
+        classes=1,
+        aux_params={"classes": 1, "dropout": 0.2},
+    )
+
+
+def widen_box_channel_state(
+    state: dict[str, torch.Tensor], model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """A box-channel model's weights (4 input channels) fitted to a click model: the first
+    convolution gets zero weights for the click and previous-mask channels, so the widened
+    model starts out answering exactly as the box model did; the presence head keeps its
+    fresh initialisation."""
+    target = model.state_dict()
+    widened = {}
+    for key, value in state.items():
+        value = value.float()
+        if key in target and value.dim() == 4 and target[key].shape[1] == IN_CHANNELS and value.shape[1] == 4:
+            grown = torch.zeros(target[key].shape, dtype=value.dtype)
+            grown[:, :4] = value
+            value = grown
+        widened[key] = value
+    for key, value in target.items():
+        if key.startswith("classification_head."):
+            widened[key] = value
+    return widened
+
+
+def click_window(geometry: BoxInputGeometry, prompt: Prompt, width: int, height: int) -> Box:
+    """The crop the network sees: around the box, grown to hold every positive click."""
+    assert prompt.box is not None
+    box = prompt.box
+    xs = [box.x1, box.x2, *(p.x for p in prompt.positive_points)]
+    ys = [box.y1, box.y2, *(p.y for p in prompt.positive_points)]
+    covering = Box(min(xs), min(ys), max(max(xs), min(xs) + 1), max(max(ys), min(ys) + 1))
+    return geometry.window(covering, width, height)
+
+
+def add_click_channels(
+    base: np.ndarray, window: Box, points: tuple[Point, ...] | list[Point], previous: np.ndarray
+) -> np.ndarray:
+    """The 7 x size x size network input: the box model's 4 channels (`BoxInputGeometry.
+    make_input`), the clicks, and `previous`, the size x size previous probability."""
+    size = base.shape[-1]
+    scale = (size / window.width, size / window.height)
+    clicks = click_channels(points, (window.x1, window.y1), scale, size)
+    return np.concatenate([base, clicks, previous[None].astype(np.float32)], axis=0)
+
+
+def crop_previous(mask: np.ndarray, window: Box, size: int) -> np.ndarray:
+    """An image-sized previous mask (bool or probability) as the network's size x size channel."""
+    import cv2
+
+    crop = mask[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)].astype(np.float32)
+    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+class ClickUnetPredictor(ImagePredictor):
+    has_prompt_free_part = False
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        metadata: dict[str, Any],
+        device: str = "cpu",
+        threshold: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model = model.to(device).eval()
+        self.metadata = metadata
+        self.name = metadata["architecture"]
+        self.version = str(metadata.get("version", "unversioned"))
+        self.geometry = BoxInputGeometry(**metadata.get("input", {}))
+        self.device = torch.device(device)
+        self.threshold = threshold
+        # (image digest, box, window, clicks) -> (previous probability, presence)
+        self.answers: EmbeddingCache[tuple[np.ndarray, float]] = EmbeddingCache(
+            REPLAY_CACHE_BYTES, lambda answer: answer[0].nbytes
+        )
+        self.forward_passes = 0
+
+    @classmethod
+    def from_state(
+        cls, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
+    ) -> ClickUnetPredictor:
+        model = create_click_model(metadata.get("encoder", "resnet18"), metadata.get("decoder", "unet"))
+        try:
+            model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{path}: weights do not fit a click-guided {metadata.get('decoder', 'unet')} with encoder "
+                f"{metadata.get('encoder')} ({str(exc).splitlines()[0]})"
+            ) from None
+        return cls(model, metadata, **kwargs)
+
+    def _encode(self, image: np.ndarray) -> tuple[Any, int]:
+        return None, 0
+
+    def _check(self, prompt: Prompt) -> None:
+        if prompt.box is None:
+            raise PromptError(
+                f"model {self.name} needs a box around the polyp first (clicks then correct its mask); "
+                "clicks alone work with sam2"
+            )
+        if len(prompt.points) > MAX_CLICKS:
+            raise PromptError(f"{len(prompt.points)} clicks in one request; at most {MAX_CLICKS}")
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        """One pass: the crop's polyp probability and the presence probability."""
+        self.forward_passes += 1
+        with torch.inference_mode():
+            logits, presence = self.model(torch.from_numpy(x)[None].to(self.device))
+        return (
+            torch.sigmoid(logits[0, 0].float()).cpu().numpy(),
+            float(torch.sigmoid(presence[0, 0].float())),
+        )
+
+    def answer(self, image: np.ndarray, prompt: Prompt, digest: str = "") -> tuple[np.ndarray, float, Box]:
+        """The crop probability after the last click, the presence, and the crop's window."""
+        self._check(prompt)
+        assert prompt.box is not None
+        height, width = image.shape[:2]
+        window = click_window(self.geometry, prompt, width, height)
+        points = prompt.points
+        size = self.geometry.size
+        digest = digest or image_digest(image)
+        key = (self.version, digest, prompt.box, window)
+        # The longest replayed prefix in the cache; a caller's own previous mask starts a fresh replay.
+        start, previous, presence = 0, None, 0.0
+        if prompt.previous_mask is None:
+            for k in range(len(points), -1, -1):
+                cached = self.answers.get((*key, points[:k]))
+                if cached is not None:
+                    start, (previous, presence) = k + 1, cached
+                    break
+        if previous is None:
+            previous = (
+                crop_previous(prompt.previous_mask, window, size)
+                if prompt.previous_mask is not None
+                else np.zeros((size, size), dtype=np.float32)
+            )
+        base = self.geometry.make_input(image, prompt.box, window)
+        for k in range(start, len(points) + 1):
+            previous, presence = self.forward(add_click_channels(base, window, points[:k], previous))
+            self.answers.put((*key, points[:k]), (previous, presence))
+        return previous, presence, window
+
+    def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:
+        image = prepared.image
+        height, width = image.shape[:2]
+        crop, presence, window = self.answer(image, prompt, prepared.digest)
+        probability = self.geometry.paste(crop, window, width, height)
+        mask = self._mask(probability, prompt)
+        inside = probability[mask]
+        confidence = float(inside.mean()) if inside.size else 0.0
+        return Prediction(mask=mask, score=confidence * presence, presence=presence)
+
+    def _mask(self, probability: np.ndarray, prompt: Prompt) -> np.ndarray:
+        """The polyp at the threshold; where that is empty, the model's best guess (its most
+        likely pixels in the box, or the ellipse in the box where it has none): never empty."""
+        assert prompt.box is not None
+        mask = clean_mask(probability > self.threshold, prompt)
+        if mask.any():
+            return mask
+        b = prompt.box
+        in_box = probability[int(b.y1) : int(np.ceil(b.y2)), int(b.x1) : int(np.ceil(b.x2))]
+        peak = float(in_box.max()) if in_box.size else 0.0
+        if peak > 0.01:
+            mask = clean_mask(probability > peak / 2, prompt)
+            if mask.any():
+                return mask
+        return ellipse_in_box(b, probability.shape[1], probability.shape[0])

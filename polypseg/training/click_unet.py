@@ -1,0 +1,192 @@
+"""Training of the click-guided U-Net: `polypseg train click-unet`.
+
+RITM's iterative training (Sofiiuk et al. 2022) on the box U-Net's data: each batch starts
+from the box (and, for some samples, a few random clicks on the polyp or beside it); then, for
+a random number of rounds, the model answers without gradients and the next click is placed on
+its largest error, exactly as the evaluation protocol places it (`polypseg.clicks.next_click`),
+its answer becoming the previous-mask channel; the last input is trained on. So the model
+learns to fix its own mistakes, not random ones.
+
+The mask is trained only on boxes around a polyp (BCE + Dice); boxes without one (the
+`--negative-fraction` draws) train only the presence output (BCE). A box is thus always
+answered with the model's best mask, and presence says whether a polyp is there.
+
+`--init` takes a box-channel U-Net (its first convolution is widened with zero weights for the
+new channels, so training starts from that model's answers) or a click model to go on from.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polypseg.box_input import BoxInputGeometry
+from polypseg.checkpoints import load_checkpoint
+from polypseg.clicks import click_channels, next_click
+from polypseg.datasets import load_folder_dataset
+from polypseg.errors import CheckpointError
+from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
+from polypseg.prompts import Point
+from polypseg.training.common import split_names, validation_metrics
+from polypseg.training.unet import PolypRegions, UnetRun, UnetTrainConfig, bce_dice_loss
+
+
+@dataclass
+class ClickUnetTrainConfig(UnetTrainConfig):
+    architecture: str = "clickunet"
+    decoder: str = "unet"
+    click_rounds: int = 3  # at most this many no-gradient click rounds before the trained pass
+    no_click_fraction: float = 0.4  # share of batches trained on the box alone (round 0)
+    random_click_fraction: float = 0.3  # share of samples that start with random clicks
+    presence_weight: float = 0.5
+    val_clicks: int = 3  # validation reports IoU after this many simulated clicks
+
+
+def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:
+    """One or two positive clicks on the polyp and maybe a negative one off it, anywhere
+    (RITM's initial clicks): annotators do not always click where the protocol would."""
+    points = []
+    ys, xs = np.nonzero(truth)
+    for _ in range(rng.integers(1, 3)):
+        i = rng.integers(len(xs))
+        points.append(Point(xs[i] + 0.5, ys[i] + 0.5, True))
+    if rng.random() < 0.5:
+        ys, xs = np.nonzero(~truth)
+        if len(xs):
+            i = rng.integers(len(xs))
+            points.append(Point(xs[i] + 0.5, ys[i] + 0.5, False))
+    return points
+
+
+class ClickUnetRun(UnetRun):
+    """A click-guided U-Net run: the U-Net run's data, iterative click rounds in each batch."""
+
+    loss_name = "BCE + Dice (mask) + presence BCE"
+    selection = "iou@0.1"
+
+    def build(self) -> None:
+        c = self.config
+        self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
+        samples = load_folder_dataset(c.images, c.masks, c.boxes)
+        self.train_samples, self.val_samples = split_names(samples, c.val_list)
+        if c.limit:
+            self.train_samples = self.train_samples[: c.limit]
+        self.model = create_click_model(c.encoder, c.decoder)
+        if c.init is not None:
+            state, metadata, _ = load_checkpoint(c.init)
+            if metadata.get("architecture") in ("unet", "unetplusplus"):
+                state = widen_box_channel_state(state, self.model)
+            try:
+                self.model.load_state_dict({k: v.float() for k, v in state.items()})
+            except RuntimeError:
+                raise CheckpointError(
+                    f"{c.init}: its weights do not fit a click-guided {c.decoder} with a {c.encoder} encoder "
+                    "(--encoder must match the checkpoint's)"
+                ) from None
+        self.model.to(self.device)
+        self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.rng = np.random.default_rng([c.seed, self.rank])
+
+    def batch_loss(self, batch: Any) -> torch.Tensor:
+        c = self.config
+        base, target = batch
+        truths = target[:, 0].numpy() > 0.5
+        present = truths.reshape(len(truths), -1).any(axis=1)
+        size = base.shape[-1]
+        clicks: list[list[Point]] = [
+            random_clicks(truth, self.rng) if has and self.rng.random() < c.random_click_fraction else []
+            for truth, has in zip(truths, present, strict=True)
+        ]
+        previous = np.zeros((len(truths), 1, size, size), dtype=np.float32)
+        no_clicks = self.rng.random() < c.no_click_fraction
+        rounds = 0 if no_clicks else int(self.rng.integers(1, c.click_rounds + 1))
+        if rounds:
+            self.model.eval()  # as RITM: the model answers as it would for an annotator
+            with torch.no_grad():
+                for _ in range(rounds):
+                    logits, _ = self.model(self._inputs(base, clicks, previous).to(self.device))
+                    previous = torch.sigmoid(logits.float()).cpu().numpy()
+                    for i in np.flatnonzero(present):
+                        click = next_click(previous[i, 0] > 0.5, truths[i])
+                        if click is not None:
+                            clicks[i].append(click)
+            self.model.train()
+        logits, presence = self.model(self._inputs(base, clicks, previous).to(self.device))
+        presence_loss = F.binary_cross_entropy_with_logits(
+            presence[:, 0].float(), torch.from_numpy(present.astype(np.float32)).to(self.device)
+        )
+        if not present.any():
+            return c.presence_weight * presence_loss
+        keep = torch.from_numpy(present).to(self.device)
+        mask_loss = bce_dice_loss(logits[keep].float(), target.to(self.device)[keep])
+        return mask_loss + c.presence_weight * presence_loss
+
+    @staticmethod
+    def _inputs(base: torch.Tensor, clicks: list[list[Point]], previous: np.ndarray) -> torch.Tensor:
+        """The 7-channel batch: the box model's 4 channels, click disks (network pixels),
+        previous probability."""
+        size = base.shape[-1]
+        maps = np.stack([click_channels(points, (0.0, 0.0), (1.0, 1.0), size) for points in clicks])
+        return torch.cat([base, torch.from_numpy(maps), torch.from_numpy(previous)], dim=1)
+
+    def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        c = self.config
+        return {
+            "architecture": "clickunet",
+            "decoder": c.decoder,
+            "encoder": c.encoder,
+            "input": self.geometry.as_dict(),
+            "version": f"clickunet-{c.encoder}-{self.geometry.mode}{c.size}"
+            f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "training": {
+                "images": str(c.images),
+                "train_images": len(self.train_samples),
+                "val_images": len(self.val_samples),
+                "val_list": str(c.val_list) if c.val_list else None,
+                "epochs": c.epochs,
+                "init": str(c.init) if c.init else None,
+                **self.training_record(),
+            },
+            "metrics": metrics or {},
+        }
+
+    def predictor(self) -> ClickUnetPredictor:
+        return ClickUnetPredictor(self.model, self.metadata(), device=str(self.device))
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_samples:
+            return {}
+        from polypseg.evaluation_clicks import evaluate_clicks
+
+        predictor = self.predictor()
+        metrics = validation_metrics(predictor, self.val_samples)
+        curve = evaluate_clicks(
+            {"model": predictor.segmenter()},
+            self.val_samples,
+            clicks=self.config.val_clicks,
+            box_noise=0.1,
+            progress=False,
+        )["model"]
+        for k, iou in enumerate(curve.mean_iou_at_click):
+            metrics[f"iou@0.1+{k}clicks"] = iou
+        metrics["noc90@0.1"] = curve.noc(0.90)
+        self.model.train()
+        return metrics
+
+    def selection_score(self, metrics: dict[str, float], train_loss: float) -> float:
+        """The box alone and the box with clicks weigh the same."""
+        if not metrics:
+            return -train_loss
+        return (metrics["iou@0.1"] + metrics[f"iou@0.1+{self.config.val_clicks}clicks"]) / 2
+
+
+def train_click_unet(config: ClickUnetTrainConfig) -> Path:
+    return ClickUnetRun(config).fit()

@@ -1,0 +1,206 @@
+"""Training of the polyp detector (a whole-frame segmenter): `polypseg train detector`.
+
+Whole frames, resized to the working size, with the augmentations of the box models (geometry,
+colour, and with `--shift-augment` the other-centre degradations), plus random crops that
+often leave the polyp out, so that the network also sees frames without one. BCE + Dice on
+the frame's whole polyp mask. Validation after each epoch: detection AP at box IoU 0.5 on the
+validation images; the best epoch is kept, with the score floor that gives the most recall at
+precision >= 0.85 written into its metadata (`threshold`).
+
+`--init` takes a detector to go on from, or a box-channel U-Net of the same encoder whose
+weights start the network (its box channel dropped): its features already know polyps.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from polypseg.checkpoints import load_checkpoint
+from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
+from polypseg.detection_metrics import ImageDetections, average_precision, best_threshold, precision_recall
+from polypseg.detector import PolypDetector, create_detector_model, detector_input
+from polypseg.errors import CheckpointError
+from polypseg.images import read_image, read_mask
+from polypseg.training.augment import frame_shift, training_transform
+from polypseg.training.common import TrainingRun, split_names
+from polypseg.training.unet import bce_dice_loss
+
+
+@dataclass
+class DetectorTrainConfig:
+    images: Path
+    masks: Path
+    out: Path
+    boxes: Path | None = None
+    val_list: Path | None = None
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    size: int = 320
+    crop_fraction: float = 0.3  # share of draws cut to a random part of the frame
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    accumulate: int = 1
+    workers: int = 1
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None
+    limit: int | None = None
+    save_every: int = 100
+    device: str = "auto"
+    command: str = ""
+    init: Path | None = None
+    shift_augment: float = 0.0
+
+
+class WholeFrames(Dataset):
+    """Whole frames and their polyp masks, cached at twice the working size, augmented per draw."""
+
+    def __init__(
+        self, samples: list[PolypSample], size: int, crop_fraction: float, shift_augment: float
+    ) -> None:
+        self.size = size
+        self.shift_augment = shift_augment
+        self.transform = training_transform(robust=shift_augment > 0)
+        self.crop = A.RandomResizedCrop(
+            size=(size, size), scale=(0.15, 0.6), ratio=(0.6, 1.6), p=crop_fraction
+        )
+        self.frames = []
+        for sample in tqdm(samples, desc="caching frames", unit="image", leave=False):
+            image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
+            scale = min(1.0, 2 * size / max(image.shape[:2]))
+            if scale < 1:
+                shape = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+                image = cv2.resize(image, shape, interpolation=cv2.INTER_AREA)
+                mask = cv2.resize(mask.astype(np.uint8), shape, interpolation=cv2.INTER_NEAREST) > 0
+            self.frames.append((image, mask))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.frames[index]
+        image, mask = frame_shift(image, mask, np.random.default_rng(), self.shift_augment)
+        out = self.transform(image=image, mask=mask.astype(np.uint8))
+        out = self.crop(image=out["image"], mask=out["mask"])
+        image, mask = out["image"], out["mask"]
+        x = detector_input(image, self.size)
+        y = cv2.resize(mask.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(x), torch.from_numpy(y)[None]
+
+
+def detector_state_from(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A box-channel U-Net's weights for the detector: the box channel of the first
+    convolution dropped, every other weight of the same shape kept."""
+    target = model.state_dict()
+    fitted = {}
+    for key, value in state.items():
+        value = value.float()
+        if key in target and value.dim() == 4 and value.shape[1] == 4 and target[key].shape[1] == 3:
+            value = value[:, :3].contiguous()
+        fitted[key] = value
+    return fitted
+
+
+def detections_on(
+    detector: PolypDetector, samples: list[PolypSample], min_score: float = 0.05
+) -> list[ImageDetections]:
+    """The detector's boxes (down to `min_score`) and the true polyp boxes of each sample."""
+    out = []
+    for sample in samples:
+        image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
+        found = detector.detect(image, min_score=min_score)
+        truths = tuple(box for box, _ in polyp_targets(truth, sample.boxes))
+        out.append(ImageDetections(sample.name, tuple((d.box, d.score) for d in found), truths))
+    return out
+
+
+class DetectorRun(TrainingRun):
+    loss_name = "BCE + Dice"
+    selection = "ap50"
+
+    def build(self) -> None:
+        c = self.config
+        samples = load_folder_dataset(c.images, c.masks, c.boxes)
+        self.train_samples, self.val_samples = split_names(samples, c.val_list)
+        if c.limit:
+            self.train_samples = self.train_samples[: c.limit]
+        self.model = create_detector_model(c.encoder, c.decoder)
+        if c.init is not None:
+            state, metadata, _ = load_checkpoint(c.init)
+            if metadata.get("architecture") in ("unet", "unetplusplus"):
+                state = detector_state_from(state, self.model)
+            try:
+                self.model.load_state_dict({k: v.float() for k, v in state.items()})
+            except RuntimeError:
+                raise CheckpointError(
+                    f"{c.init}: its weights do not fit a detector with a {c.encoder} encoder "
+                    "(--encoder must match the checkpoint's)"
+                ) from None
+        self.model.to(self.device)
+        self.data = WholeFrames(self.train_samples, c.size, c.crop_fraction, c.shift_augment)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.threshold = 0.5
+
+    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=self.config.lr, total_steps=total_steps, pct_start=0.1
+        )
+
+    def batch_loss(self, batch: Any) -> torch.Tensor:
+        x, y = (t.to(self.device) for t in batch)
+        return bce_dice_loss(self.model(x).float(), y)
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_samples:
+            return {}
+        detector = PolypDetector(self.model, self.metadata(), device=str(self.device))
+        images = detections_on(detector, self.val_samples)
+        self.threshold, precision, recall = best_threshold(images, min_precision=0.85)
+        self.model.train()
+        return {
+            "ap50": average_precision(images, 0.5),
+            "threshold": self.threshold,
+            "precision": precision,
+            "recall": recall,
+            "precision@0.5": precision_recall(images, 0.5)[0],
+            "recall@0.5": precision_recall(images, 0.5)[1],
+        }
+
+    def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        c = self.config
+        return {
+            "architecture": "detector",
+            "encoder": c.encoder,
+            "decoder": c.decoder,
+            "input": {"mode": "whole", "size": c.size},
+            "threshold": round(float(getattr(self, "threshold", 0.5)), 3),
+            "version": f"detector-{c.encoder}-whole{c.size}"
+            f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "training": {
+                "images": str(c.images),
+                "train_images": len(self.train_samples),
+                "val_images": len(self.val_samples),
+                "val_list": str(c.val_list) if c.val_list else None,
+                "init": str(c.init) if c.init else None,
+                "epochs": c.epochs,
+                **self.training_record(),
+            },
+            "metrics": metrics or {},
+        }
+
+
+def train_detector(config: DetectorTrainConfig) -> Path:
+    return DetectorRun(config).fit()
