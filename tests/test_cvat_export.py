@@ -1,14 +1,17 @@
 """CVAT exports into the dataset store: task, job and project exports, image and video tasks,
 "CVAT for images 1.1" and "CVAT for video 1.1", polygons filled as CVAT fills them.
 
-The archives are laid out as CVAT's exporter writes them (cvat-ai/cvat, the 2.x server code
-that cvat-sdk 2.80 talks to): `cvat/apps/dataset_manager/formats/cvat.py` (the XML writer
+The archives are laid out as CVAT's exporter writes them (cvat-ai/cvat read at commit
+a01a8a8ff5aa, the 2.x server code that cvat-sdk 2.80 talks to):
+`cvat/apps/dataset_manager/formats/cvat.py` (the XML writer
 `create_xml_dumper`, `dump_as_cvat_annotation` for images, `dump_as_cvat_interpolation` for
 video, `_export_task_or_job` / `_export_project` / `dump_media_files` for the archive) and
 `bindings.py` (the meta blocks `TaskData.meta_for_task`, `JobData._init_meta`,
 `ProjectData._init_meta`; video frame names `frame_{:06d}` and the project's frame offsets).
-Video frames are stored with the frame provider's `VIDEO_FRAME_EXT`, ".PNG". Images and masks
-are real Kvasir-SEG ones.
+Video frames are stored with the frame provider's `VIDEO_FRAME_EXT`, ".PNG"
+(`cvat/apps/engine/frame_provider.py`). Polygon fills are checked against pycocotools 2.0.11
+(`common/maskApi.c`, `rleFrPoly`), which CVAT's mask export calls through Datumaro. Images and
+masks are real Kvasir-SEG ones.
 """
 
 from __future__ import annotations
@@ -546,6 +549,48 @@ def test_project_export_with_an_image_task_and_a_video_task(tmp_path: Path) -> N
     for name in stills:
         assert np.array_equal(stored_mask(store, "cvat:21", f"{name}.jpg"), truth(name))
     assert {e["source"] for e in store.index.values()} == {"cvat:21", "cvat:22"}
+
+
+def test_project_export_in_video_format(tmp_path: Path) -> None:
+    """Two video tasks in one subset: the second one's frames are numbered on from the first's
+    six (frame_000006...) in the tracks, and the outside shape that closes a single shape is
+    left out where CVAT compares the project-wide frame with the task's stop_frame."""
+    first_names, first = video_frames(6, subset="Validation", task_id=22)
+    second_names, second = video_frames(6, offset=6, subset="Validation", task_id=23)
+    project: Meta = [
+        ("id", "4"),
+        ("name", "polyp videos"),
+        ("bugtracker", ""),
+        ("created", "2026-11-01 08:00:00+00:00"),
+        ("updated", "2026-11-29 12:00:00+00:00"),
+        (
+            "tasks",
+            [
+                ("task", task_meta(22, 6, SIZE, "2026-11-29 10:00:00+00:00", "Validation")),
+                ("task", task_meta(23, 6, SIZE, "2026-11-29 10:00:00+00:00", "Validation")),
+            ],
+        ),
+        ("subsets", "Validation"),
+        ("owner", [("username", "annotator"), ("email", "annotator@example.org")]),
+        ("assignee", ""),
+        ("labels", LABELS),
+    ]
+    xml = CvatXml()
+    xml.meta([("project", project), ("dumped", "2026-12-01 08:00:00+00:00")])
+    video_body(xml, first, stop_frame=5, task_id=22)
+    video_body(xml, second, stop_frame=5, task_id=23)
+    images = {f"Validation/{f.name}.PNG": png_of(n) for f, n in zip(first, first_names, strict=True)}
+    images |= {f"Validation/{f.name}.PNG": png_of(n) for f, n in zip(second, second_names, strict=True)}
+    write_archive(tmp_path / "project.zip", xml.finish(), images)
+
+    store = DatasetStore(tmp_path / "store")
+    video_task_archive(tmp_path / "task.zip", video_format=True, task_id=23)  # task 23 on its own first
+    assert pull_cvat_archive(tmp_path / "task.zip", store)["new"] == 4
+    counts = pull_cvat_archive(tmp_path / "project.zip", store)
+    assert (counts["new"], counts["unchanged"], counts["skipped"], counts["sequences"]) == (4, 4, 0, 1)
+    names = {e["task"] for e in store.index.values() if e["source"] == "cvat:23"}
+    assert names == {f"frame_{k:06d}" for k in (0, 2, 3, 5)}  # the task's own frame numbers
+    assert len(store.sequences) == 2
 
 
 # ---------------------------------------------------------------- what goes wrong

@@ -1,7 +1,8 @@
 """The `annotations.xml` of a CVAT export, read into frames and their shapes.
 
-Checked against CVAT's exporter (cvat-ai/cvat, `cvat/apps/dataset_manager/formats/cvat.py`
-and `bindings.py`; the same code as the CVAT 2.x servers that cvat-sdk 2.80 talks to):
+Checked against CVAT's exporter: cvat-ai/cvat `cvat/apps/dataset_manager/formats/cvat.py` and
+`bindings.py` read at commit a01a8a8ff5aa (the newest stored version; the export code of the
+CVAT 2.x servers that cvat-sdk 2.80 talks to), `formats/transformations.py` at 03501ddb9b75:
 
 - "CVAT for images 1.1" (`dump_as_cvat_annotation`) writes one `<image id name width height>`
   per frame, empty ones included, holding its shapes sorted by `z_order` (tracks already
@@ -112,7 +113,9 @@ class Frame:
 
     def polyp_mask(self, label: str) -> np.ndarray:
         """The polyp's pixels as CVAT paints the frame: shapes in z_order, a later (higher)
-        shape over an earlier one; another label's shape on top takes its pixels away."""
+        shape over an earlier one (Datumaro's CompiledMask.from_instance_masks, which CVAT's
+        mask export uses, sorts by z_order and lets each mask overwrite the ones before it);
+        another label's shape on top takes its pixels away."""
         mask = np.zeros((self.height, self.width), dtype=bool)
         for shape in self.shapes:
             if shape.label == label and shape.kind in POLYP_SHAPES:

@@ -310,8 +310,3 @@ def pull_cvat_server(
             host, kind, resource_id, Path(folder), access_token=access_token, credentials=credentials
         )
         return pull_cvat_archive(archive, store, label)
-
-
-def export_cvat_task(host: str, credentials: tuple[str, str], task_id: int, folder: Path) -> Path:
-    """A task exported through cvat-sdk (user name and password)."""
-    return export_from_cvat(host, "task", task_id, folder, credentials=credentials)

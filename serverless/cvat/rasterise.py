@@ -1,13 +1,16 @@
 """Shapes filled as CVAT fills them when it turns annotations into masks.
 
-CVAT's "Segmentation mask" export (cvat/apps/dataset_manager/formats/mask.py) converts
-polygons and boxes through Datumaro's `polygons_to_masks` / `boxes_to_masks`, which call
-pycocotools' `frPyObjects` (the C function `rleFrPoly`); masks come from the CVAT RLE as they
-are (`MaskConverter.cvat_rle_to_dm_rle`) and ellipses through `cv2.ellipse`
-(`EllipsesToMasks`). `fill_polygon` reproduces `rleFrPoly` pixel for pixel without
-pycocotools: the outline is walked on a grid five times finer than the pixels, the points
-where it crosses a pixel column's centre are kept, and every column is filled between its
-crossings. A pixel belongs to the polygon when its centre lies inside, so an axis-aligned
+CVAT's "Segmentation mask" export (cvat-ai/cvat `cvat/apps/dataset_manager/formats/mask.py`
+and `transformations.py`) turns polygons and boxes into masks through Datumaro's
+`polygons_to_masks` / `boxes_to_masks`, which call pycocotools' `frPyObjects` (the C function
+`rleFrPoly`); rotated boxes become polygons first (`RotatedBoxesToPolygons`), masks come from
+the CVAT RLE as they are (`MaskConverter.cvat_rle_to_dm_rle`) and ellipses go through
+`cv2.ellipse` (`EllipsesToMasks`).
+
+`fill_polygon` reproduces `rleFrPoly` (pycocotools 2.0.11, `common/maskApi.c`) pixel for pixel
+without pycocotools: the outline is walked on a grid five times finer than the pixels, the
+points where it crosses a pixel column's centre are kept, and every column is filled between
+its crossings. A pixel belongs to the polygon when its centre lies inside, so an axis-aligned
 30x30 square covers 900 pixels, not the 961 that filling its edges too would give.
 """
 
