@@ -364,8 +364,6 @@ def _pull(args: argparse.Namespace) -> bool:
     if args.cvat_task:
         from serverless.cvat.export import cvat_credentials_from_env, pull_cvat_server
 
-        if not args.cvat_url:
-            raise PolypsegError("--cvat-url (or CVAT_URL) is needed to pull CVAT tasks")
         token, credentials = cvat_credentials_from_env()
         for task_id in args.cvat_task:
             try:
@@ -392,6 +390,12 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         force=args.force,
     )
     every = parse_interval(args.every) if args.every else None
+    if args.cvat_task:  # settings a schedule would trip over every round: refused before the first
+        from serverless.cvat.export import cvat_credentials_from_env
+
+        if not args.cvat_url:
+            raise PolypsegError("--cvat-url (or CVAT_URL) is needed to pull CVAT tasks")
+        cvat_credentials_from_env()
     retrain_every(settings, every, lambda: _pull(args), args.train_anyway)
 
 
