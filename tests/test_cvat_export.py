@@ -615,6 +615,23 @@ def test_a_bad_shape_or_a_missing_frame_is_skipped_and_counted(tmp_path: Path) -
     assert set(store.index) == {entry_key("cvat:17", f"{names[i]}.jpg") for i in (0, 4)}
 
 
+def test_shapes_that_cannot_be_drawn_say_why() -> None:
+    from serverless.cvat.annotations import Shape as XmlShape
+
+    cases = {
+        "polygon": ({"points": "1,1;5,1"}, "2 points"),
+        "mask": ({"rle": "5, 10", "left": "60", "top": "0", "width": "5", "height": "3"}, "leaves the 64x48"),
+        "box": ({"xtl": "0", "ytl": "0", "xbr": "1e12", "ybr": "5"}, "far outside"),
+        "ellipse": ({"cx": "nan", "cy": "3", "rx": "2", "ry": "2"}, "cannot be drawn"),
+    }
+    far_away = XmlShape("polygon", "polyp", 0, {"points": "0,0;1e9,0;0,1e9"})
+    with pytest.raises(DatasetError, match="far outside"):
+        far_away.fill(64, 48)
+    for kind, (attributes, reason) in cases.items():
+        with pytest.raises(DatasetError, match=reason):
+            XmlShape(kind, "polyp", 0, attributes).fill(64, 48)
+
+
 def test_archives_that_are_not_cvat_exports(tmp_path: Path) -> None:
     (tmp_path / "a.zip").write_bytes(b"not a zip")
     with zipfile.ZipFile(tmp_path / "b.zip", "w") as archive:

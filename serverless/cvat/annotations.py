@@ -35,6 +35,8 @@ from serverless.cvat.rasterise import fill_box, fill_ellipse, fill_polygon
 
 FILLED_SHAPES = ("polygon", "mask", "box", "ellipse")  # what CVAT's mask export paints
 POLYP_SHAPES = ("polygon", "mask")  # a polyp's outline; its boxes are prompts, not outlines
+GEOMETRY = ("points", "rle", "left", "top", "width", "height", "xtl", "ytl", "xbr", "ybr")
+GEOMETRY += ("cx", "cy", "rx", "ry", "rotation")
 VIDEO_FORMAT = "CVAT for video 1.1"
 IMAGES_FORMAT = "CVAT for images 1.1"
 
@@ -48,12 +50,7 @@ class Shape:
 
     def canonical(self) -> str:
         """What the shape draws, the same whichever format it came in (no frame, keyframe...)."""
-        keys = ("points", "rle", "left", "top", "width", "height", "xtl", "ytl", "xbr", "ybr")
-        geometry = ",".join(
-            f"{k}={self.attributes[k]}"
-            for k in keys + ("cx", "cy", "rx", "ry", "rotation")
-            if k in self.attributes
-        )
+        geometry = ",".join(f"{k}={self.attributes[k]}" for k in GEOMETRY if k in self.attributes)
         return f"{self.kind}|{self.label}|{self.z_order}|{geometry}"
 
     def fill(self, width: int, height: int) -> np.ndarray:
@@ -61,16 +58,23 @@ class Shape:
         a = self.attributes
         try:
             rotation = float(a.get("rotation", 0))
+            if not np.isfinite(rotation):
+                raise ValueError("a rotation that is not a number")
             if self.kind == "polygon":
                 pairs = [pair.split(",") for pair in a["points"].split(";") if pair.strip()]
                 points = np.array([(float(x), float(y)) for x, y in pairs])
                 if len(points) < 3:
                     raise ValueError(f"{len(points)} points")
+                # Far-off points would make the fine outline walk allocate without bound.
+                if not np.isfinite(points).all() or np.abs(points).max() > 4 * (width + height):
+                    raise ValueError(f"points far outside the {width}x{height} frame")
                 return fill_polygon(points, width, height)
             if self.kind == "mask":
                 return _fill_rle(a, width, height)
             if self.kind == "box":
                 box = (float(a["xtl"]), float(a["ytl"]), float(a["xbr"]), float(a["ybr"]))
+                if not np.isfinite(box).all() or max(map(abs, box)) > 4 * (width + height):
+                    raise ValueError(f"a box far outside the {width}x{height} frame")
                 return fill_box(*box, rotation, width, height)
             cx, cy, rx, ry = (float(a[k]) for k in ("cx", "cy", "rx", "ry"))
             return fill_ellipse(cx, cy, rx, ry, rotation, width, height)
