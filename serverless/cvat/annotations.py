@@ -35,23 +35,8 @@ from serverless.cvat.rasterise import fill_box, fill_ellipse, fill_polygon
 
 FILLED_SHAPES = ("polygon", "mask", "box", "ellipse")  # what CVAT's mask export paints
 POLYP_SHAPES = ("polygon", "mask")  # a polyp's outline; its boxes are prompts, not outlines
-GEOMETRY = [
-    "points",
-    "rle",
-    "left",
-    "top",
-    "width",
-    "height",
-    "xtl",
-    "ytl",
-    "xbr",
-    "ybr",
-    "cx",
-    "cy",
-    "rx",
-    "ry",
-    "rotation",
-]
+_OUTLINES = ("points", "rle", "left", "top", "width", "height")  # polygons, masks
+GEOMETRY = _OUTLINES + ("xtl", "ytl", "xbr", "ybr", "cx", "cy", "rx", "ry", "rotation")  # + boxes, ellipses
 VIDEO_FORMAT = "CVAT for video 1.1"
 IMAGES_FORMAT = "CVAT for images 1.1"
 
