@@ -6,9 +6,12 @@ archive, its mask painted as CVAT paints it: see annotations.py and rasterise.py
 task's labelled frames also become one sequence (frames from the first labelled one to the
 last, masks for the labelled ones), the layout that `polypseg finetune sam2-video` reads.
 
-Pulls are incremental: a frame whose shapes, size and update time are those the store holds is
-left alone, and so is one whose shapes and image are the same under a newer update time (an
-edit elsewhere in the task); frames no longer labelled in what the export covers are removed.
+Pulls are incremental: a frame whose shapes, size and image (the zip's own CRC) are those the
+store holds is left alone, whatever update time the export gives (an edit elsewhere in the task
+moves it); each entry records the update time of its export kind (`meta/task/updated`,
+`meta/job/updated`, or the project's task's). Frames no longer labelled within what the export
+covers (a job covers its frames only) are removed.
+
 A frame whose shape cannot be drawn, or whose image is missing from the archive, is skipped and
 counted, its earlier version kept; the rest of the archive still comes in.
 """
