@@ -582,6 +582,17 @@ def _pull(args: argparse.Namespace) -> bool:
         except PolypsegError as exc:
             log.error("CVAT archive not pulled: %s", exc)
             ok = False
+    if args.cvat_task:
+        from serverless.cvat.export import cvat_credentials_from_env, pull_cvat_server
+
+        token, credentials = cvat_credentials_from_env()
+        for task_id in args.cvat_task:
+            try:
+                counts = pull_cvat_server(args.cvat_url, "task", task_id, store, token, credentials)
+                log.info("CVAT task %s: %s", task_id, counts)
+            except PolypsegError as exc:  # unreachable, refused, not an export we can read
+                log.error("CVAT task %s not pulled: %s", task_id, exc)
+                ok = False
     return ok
 
 
@@ -600,6 +611,12 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         force=args.force,
     )
     every = parse_interval(args.every) if args.every else None
+    if args.cvat_task:  # settings a schedule would trip over every round: refused before the first
+        from serverless.cvat.export import cvat_credentials_from_env
+
+        if not args.cvat_url:
+            raise PolypsegError("--cvat-url (or CVAT_URL) is needed to pull CVAT tasks")
+        cvat_credentials_from_env()
     retrain_every(settings, every, lambda: _pull(args), args.train_anyway)
 
 
@@ -952,7 +969,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retrain_cmd.add_argument("--label-studio-project", type=int, help="pull this project's labelled images")
     retrain_cmd.add_argument(
-        "--cvat-archive", type=Path, action="append", default=[], help="a CVAT for images 1.1 export"
+        "--cvat-archive", type=Path, action="append", default=[], help="a CVAT export (task, job, project)"
+    )
+    retrain_cmd.add_argument("--cvat-url", default=os.environ.get("CVAT_URL"), help="default: $CVAT_URL")
+    retrain_cmd.add_argument(
+        "--cvat-task",
+        type=int,
+        action="append",
+        default=[],
+        help="pull this CVAT task through cvat-sdk ($CVAT_ACCESS_TOKEN or $CVAT_USERNAME, $CVAT_PASSWORD)",
     )
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
     retrain_cmd.add_argument("--epochs", type=positive_int, default=3)

@@ -3,12 +3,20 @@
     STORE/images/<key><ext>    the image as downloaded
     STORE/masks/<key>.png      its polyp mask (every polyp of the image)
     STORE/index.json           per key: source, task, annotation id, update time, image digest, split
+    STORE/sequences/<split>/<key>/frames/000012.png ...   a video's frames, in order
+    STORE/sequences/<split>/<key>/masks/000012.png ...    masks of its labelled frames only
+    STORE/sequences.json       per sequence key: source, fingerprint, update time, frame counts, split
 
 Each entry is written file by file (temporary file, then rename) and the index last, after
 its files: a pull interrupted half-way leaves complete entries and no half-written file, and
 the next pull redoes what is missing. A key is stable (source and task), so pulling the same
 annotation twice changes nothing. The split is fixed by the key (one in ten is validation),
 so validation images stay validation images as the dataset grows.
+
+A sequence (one per video source) is the folder layout that `polypseg finetune sam2-video`
+reads (`--sequences STORE/sequences/train --val-sequences STORE/sequences/val`): it is written
+whole in STORE/.partial/ and then renamed into place, so a reader sees the old sequence or the
+new one, never a mix; STORE/.partial/ is cleared of leftovers by the next write.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +60,26 @@ class LabelledImage:
         return entry_key(self.source, self.task)
 
 
+@dataclass(frozen=True)
+class SequenceFrame:
+    number: int  # orders the frames; names them frames/<number:06d><suffix>
+    image_suffix: str
+    image: Callable[[], bytes]  # read when written, so a long video is never held in memory
+    mask: Callable[[], np.ndarray] | None  # None: an unlabelled frame
+
+
+@dataclass(frozen=True)
+class LabelledSequence:
+    source: str  # one sequence per source (a video task or job)
+    fingerprint: str  # changes whenever a frame, a mask or the frame range changes
+    updated: str
+    frames: list[SequenceFrame]  # in order
+
+
+def _split(key: str) -> str:
+    return "val" if int(hashlib.sha1(key.encode()).hexdigest(), 16) % VALIDATION_SHARE == 0 else "train"
+
+
 def entry_key(source: str, task: str) -> str:
     raw = f"{source}/{task}"
     readable = re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-")[-60:]
@@ -72,11 +103,27 @@ class DatasetStore:
             self.index = {}
         except (ValueError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{path}: not a readable dataset index ({exc})") from None
+        path = self.root / "sequences.json"
+        try:
+            self.sequences: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        except FileNotFoundError:
+            self.sequences = {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"{path}: not a readable sequence index ({exc})") from None
 
     def is_current(self, source: str, task: str, annotation: str, updated: str) -> bool:
         """Whether the store already holds this version of this annotation (skip the download)."""
         entry = self.index.get(entry_key(source, task))
         return entry is not None and entry["annotation"] == annotation and entry["updated"] == updated
+
+    def has(self, source: str, task: str) -> bool:
+        return entry_key(source, task) in self.index
+
+    def holds(self, source: str, task: str, annotation: str) -> bool:
+        """Whether the store holds this annotation id, whatever its update time (for sources
+        whose annotation id is a digest of the label and the image themselves)."""
+        entry = self.index.get(entry_key(source, task))
+        return entry is not None and entry["annotation"] == annotation
 
     def put(self, item: LabelledImage) -> None:
         image = read_image(item.image)  # refuse what is not an image before writing anything
@@ -102,17 +149,22 @@ class DatasetStore:
                 "digest": hashlib.sha256(item.image).hexdigest(),
                 "image": image_name,
                 "mask": f"{key}.png",
-                "split": "val"
-                if int(hashlib.sha1(key.encode()).hexdigest(), 16) % VALIDATION_SHARE == 0
-                else "train",
+                "split": _split(key),
             }
             self._save_index()
 
-    def remove_missing(self, source: str, present_tasks: set[str]) -> list[str]:
-        """Drop the entries of `source` whose task is no longer labelled there (deleted annotations)."""
+    def remove_missing(
+        self, source: str, present_tasks: set[str], within: set[str] | None = None
+    ) -> list[str]:
+        """Drop the entries of `source` whose task is no longer labelled there (deleted
+        annotations); with `within`, only among those tasks (what a partial export covers)."""
         with self._lock:
             gone = [
-                k for k, e in self.index.items() if e["source"] == source and e["task"] not in present_tasks
+                k
+                for k, e in self.index.items()
+                if e["source"] == source
+                and e["task"] not in present_tasks
+                and (within is None or e["task"] in within)
             ]
             for key in gone:
                 entry = self.index.pop(key)
@@ -121,6 +173,83 @@ class DatasetStore:
             if gone:
                 self._save_index()
         return gone
+
+    def sequence_is_current(self, source: str, fingerprint: str) -> bool:
+        entry = self.sequences.get(entry_key(source, "sequence"))
+        return entry is not None and entry["fingerprint"] == fingerprint
+
+    def put_sequence(self, sequence: LabelledSequence) -> None:
+        """Write a sequence whole beside the store, then rename it into place."""
+        if len(sequence.frames) < 2 or sequence.frames[0].mask is None or sequence.frames[-1].mask is None:
+            raise DatasetError(
+                f"{sequence.source}: a sequence needs 2 frames or more, labelled on the first and the last"
+            )
+        key = entry_key(sequence.source, "sequence")
+        split = _split(key)
+        partial_root = self.root / ".partial"
+        shutil.rmtree(partial_root, ignore_errors=True)  # leftovers of an interrupted write
+        partial_root.mkdir(parents=True)
+        partial = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=partial_root))
+        annotated = 0
+        for frame in sequence.frames:
+            data = frame.image()
+            image = read_image(data)  # refuse what is not an image before anything moves
+            suffix = frame.image_suffix.lower()
+            if suffix not in IMAGE_SUFFIXES:
+                suffix, data = ".png", _png(image)
+            (partial / "frames").mkdir(exist_ok=True)
+            (partial / "frames" / f"{frame.number:06d}{suffix}").write_bytes(data)
+            if frame.mask is not None:
+                mask = frame.mask()
+                if mask.shape != image.shape[:2]:
+                    raise DatasetError(
+                        f"{sequence.source} frame {frame.number}: the mask does not fit its image"
+                    )
+                (partial / "masks").mkdir(exist_ok=True)
+                (partial / "masks" / f"{frame.number:06d}.png").write_bytes(_png(mask.astype(np.uint8) * 255))
+                annotated += 1
+        with self._lock:
+            self._drop_sequence_folder(key)
+            target = self.root / "sequences" / split / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, target)
+            self.sequences[key] = {
+                "source": sequence.source,
+                "fingerprint": sequence.fingerprint,
+                "updated": sequence.updated,
+                "frames": len(sequence.frames),
+                "annotated": annotated,
+                "folder": f"sequences/{split}/{key}",
+                "split": split,
+            }
+            self._save_sequences()
+        shutil.rmtree(partial_root, ignore_errors=True)
+
+    def remove_sequence(self, source: str) -> bool:
+        """Drop the sequence of `source` (its video has no labelled frame any more)."""
+        key = entry_key(source, "sequence")
+        with self._lock:
+            if key not in self.sequences:
+                return False
+            self._drop_sequence_folder(key)
+            del self.sequences[key]
+            self._save_sequences()
+        return True
+
+    def _drop_sequence_folder(self, key: str) -> None:
+        # Renamed out of sequences/ first, so that no reader finds it half-deleted.
+        folder = self.root / self.sequences.get(key, {}).get("folder", f"sequences/-/{key}")
+        if folder.is_dir():
+            trash = self.root / ".partial" / f"{key}.old"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(folder, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def _save_sequences(self) -> None:
+        write_atomic(
+            self.root / "sequences.json", json.dumps(self.sequences, indent=1, sort_keys=True).encode()
+        )
 
     def _save_index(self) -> None:
         write_atomic(self.root / "index.json", json.dumps(self.index, indent=1, sort_keys=True).encode())

@@ -1,4 +1,4 @@
-"""Retraining: the model store and its current pointer, the dataset store, CVAT archives, the
+"""Retraining: the model store and its current pointer, the dataset store, the
 retrain run (promote, refuse a worse model, one at a time, killed half-way)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,10 @@ import pytest
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, LabelledImage, entry_key
 from polypseg.errors import CheckpointError, DatasetError, PolypsegError
-from polypseg.formats.cvat_mask import encode_cvat_mask
-from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_mask
-from polypseg.metrics import score_masks
 from polypseg.model_store import CurrentModel, ModelStore, ModelStoreError
 from polypseg.predictors import default_checkpoint
 from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain, retrain_every
-from serverless.cvat.export import pull_cvat_archive
 
 SOURCE = "test:kvasir"
 
@@ -161,65 +156,6 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="not a readable image"):
         store.put(broken)
     assert entry_key(SOURCE, "x") not in store.index
-
-
-def cvat_archive(path: Path, names: list[str], task: int = 17, images: dict[str, str] | None = None) -> None:
-    """A "CVAT for images 1.1" export with images: the first image as a polygon, the rest as
-    masks; `images` puts another Kvasir image's file in the place of a name."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.Element("annotations")
-    ET.SubElement(root, "version").text = "1.1"
-    meta = ET.SubElement(ET.SubElement(root, "meta"), "task")
-    ET.SubElement(meta, "id").text = str(task)
-    ET.SubElement(meta, "updated").text = "2026-11-29 10:00:00"
-    for i, name in enumerate(names):
-        mask = read_mask(KVASIR / "masks" / f"{name}.jpg")
-        height, width = mask.shape
-        image = ET.SubElement(
-            root, "image", id=str(i), name=f"{name}.jpg", width=str(width), height=str(height)
-        )
-        if i == 0:
-            outline = mask_to_polygons(mask, tolerance=0.5)[0].outer
-            points = ";".join(f"{x:.2f},{y:.2f}" for x, y in outline)
-            ET.SubElement(image, "polygon", label="polyp", occluded="0", points=points)
-        else:
-            *runs, x1, y1, x2, y2 = encode_cvat_mask(mask)
-            box = {"left": x1, "top": y1, "width": x2 - x1 + 1, "height": y2 - y1 + 1}
-            rle = ", ".join(str(r) for r in runs)
-            ET.SubElement(
-                image, "mask", label="polyp", occluded="0", rle=rle, **{k: str(v) for k, v in box.items()}
-            )
-        ET.SubElement(image, "box", label="polyp", xtl="1", ytl="1", xbr="5", ybr="5", occluded="0")
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("annotations.xml", ET.tostring(root, encoding="utf-8", xml_declaration=True))
-        for name in names:
-            archive.write(KVASIR / "images" / f"{(images or {}).get(name, name)}.jpg", f"images/{name}.jpg")
-
-
-def test_cvat_archive_into_the_store(tmp_path: Path) -> None:
-    names = sorted(p.stem for p in (KVASIR / "images").iterdir())[:3]
-    cvat_archive(tmp_path / "export.zip", names)
-    store = DatasetStore(tmp_path / "store")
-    assert pull_cvat_archive(tmp_path / "export.zip", store) == {
-        "new": 3,
-        "changed": 0,
-        "unchanged": 0,
-        "removed": 0,
-        "failed": 0,
-    }
-    for i, sample in enumerate(sorted(store.samples(), key=lambda s: store.index[s.name]["task"])):
-        truth = read_mask(KVASIR / "masks" / f"{names[i]}.jpg")
-        iou = score_masks(read_mask(sample.mask_path), truth).iou
-        assert iou > (0.95 if i == 0 else 0.9999), (names[i], iou)  # polygon: traced; mask: exact
-    assert pull_cvat_archive(tmp_path / "export.zip", store)["unchanged"] == 3
-    cvat_archive(tmp_path / "export.zip", names[:2])
-    assert pull_cvat_archive(tmp_path / "export.zip", store)["removed"] == 1
-    # One image replaced by another of a different size (its mask no longer fits): that one is
-    # skipped, reported, and its earlier version kept; the rest of the archive still comes in.
-    cvat_archive(tmp_path / "export.zip", names, task=18, images={names[1]: names[2]})
-    counts = pull_cvat_archive(tmp_path / "export.zip", store)
-    assert (counts["new"], counts["failed"]) == (2, 1)
 
 
 @pytest.fixture()
