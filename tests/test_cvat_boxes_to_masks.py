@@ -1,14 +1,24 @@
 """Per-frame polyp masks from a CVAT task's rectangles (serverless/cvat/boxes_to_masks.py), on
 the real colonoscopy clip as a video task: the task's annotations as CVAT's API answers
 `GET /api/tasks/{id}/annotations`, turned into cvat_sdk 2.80 models by cvat_sdk's own
-deserializer; frames fetched one at a time by index, as the runner fetches them with
-`TaskDataset(..., media_download_policy=FETCH_FRAMES_ON_DEMAND)`. Which frames a track covers
-follows CVAT's `TrackManager.get_interpolated_shapes` (cvat/apps/dataset_manager/
-annotation.py, develop): linear interpolation of rectangles from every visible keyframe to the
-next, none from an outside one, the last visible keyframe carried to the task's end.
-A live CVAT cannot run here: uploading (`partial_update_annotations`) is not exercised."""
+deserializer. Which frames a track covers follows CVAT's `TrackManager.get_interpolated_shapes`
+(cvat/apps/dataset_manager/annotation.py, develop): linear interpolation of rectangles from
+every visible keyframe to the next, none from an outside one, the last visible keyframe
+carried to the task's end.
+
+A live CVAT cannot run here. The whole run (`annotate`) goes through cvat_sdk's real client and
+`TaskDataset` against a small stand-in for the few REST endpoints they call (task, labels, data
+meta, one frame by number, annotations, the PATCH that adds shapes): it serves the clip's
+frames by index as CVAT serves a video task's frames, and records what it is sent."""
 
 from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import PIL.Image
@@ -17,6 +27,7 @@ from cvat_sdk import models
 from cvat_sdk.api_client import Configuration
 from cvat_sdk.api_client.model_utils import validate_and_convert_types
 from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl
+from cvat_sdk.core.client import Client, Config
 
 from conftest import CLIP_POLYP, DATA, box_iou
 from polypseg.errors import PolypsegError
@@ -27,7 +38,7 @@ from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box
 from polypseg.video.frames import VideoFileSource
-from serverless.cvat.boxes_to_masks import BoxesToMasks, FrameContext, mask_shapes, task_boxes
+from serverless.cvat.boxes_to_masks import BoxesToMasks, FrameContext, annotate, task_boxes
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 POLYP, OTHER = 7, 8  # label ids in the task
@@ -49,7 +60,7 @@ def rectangle(frame: int, points, outside: bool = False) -> dict:
     }
 
 
-def task_annotations() -> models.LabeledData:
+def annotations_json() -> dict:
     """A polyp track over the clip, a standalone polyp box, and things that must be left alone
     (a polygon, another label's track), as CVAT's API answers them."""
     polyp_track = [
@@ -84,8 +95,13 @@ def task_annotations() -> models.LabeledData:
             },
         ],
     }
+    return data
+
+
+def task_annotations() -> models.LabeledData:
+    """The same, as cvat_sdk reads CVAT's answer."""
     return validate_and_convert_types(
-        data, (models.LabeledData,), ["received_data"], True, True, Configuration()
+        annotations_json(), (models.LabeledData,), ["received_data"], True, True, Configuration()
     )
 
 
@@ -108,32 +124,123 @@ def test_track_boxes_cover_the_frames_cvat_shows(clip: VideoFileSource) -> None:
     assert boxes[frames - 1][0] == Box(*last)  # the last keyframe carried to the end
 
 
-def test_a_mask_on_every_boxed_frame_of_a_video_task(clip: VideoFileSource, core_mask) -> None:
-    frames = clip.info.frame_count
-    boxes = task_boxes(task_annotations(), {POLYP}, frames)
-    wanted = sorted(f for f in boxes if FIRST <= f <= LAST)  # the frames the hand boxes span
-    fetched: list[int] = []
+class StandInCvat(BaseHTTPRequestHandler):
+    """Task 42: the clip as a video task (chunks of video, every frame named after the file)."""
 
-    def fetch(index: int) -> PIL.Image.Image:  # one frame on demand, as the runner fetches it
-        fetched.append(index)
-        (_, pixels), *_ = clip.frames(index, max_frames=1)
-        return PIL.Image.fromarray(pixels)
+    clip: VideoFileSource
+    frames_served: list[int]
+    added: list[dict]
 
-    function = BoxesToMasks(build_predictor(device="cpu"), boxes)
-    shapes = [s for batch in mask_shapes(function, wanted, fetch, POLYP) for s in batch]
-    assert fetched == wanted
-    assert [s.frame for s in shapes] == wanted  # one mask per boxed frame, keyed by its index
-    assert all(s.type.value == "mask" and s.label_id == POLYP and s.source == "auto" for s in shapes)
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        url = urlparse(self.path)
+        path, query = url.path.rstrip("/"), parse_qs(url.query)
+        info = self.clip.info
+        answers = {
+            "/api/tasks/42": {
+                "id": 42,
+                "name": "clip",
+                "size": info.frame_count,
+                "mode": "interpolation",
+                "data_chunk_size": 36,
+                "data_original_chunk_type": "video",
+                "data_compressed_chunk_type": "video",
+                "dimension": "2d",
+                "organization": None,
+                "jobs": {"count": 1, "completed": 0, "validation": 0, "url": "/api/jobs?task_id=42"},
+                "labels": {"url": "/api/labels?task_id=42"},
+                "updated_date": "2026-01-01T00:00:00Z",
+            },
+            "/api/labels": {
+                "count": 2,
+                "next": None,
+                "previous": None,
+                "results": [
+                    {"id": POLYP, "name": "polyp", "type": "any", "attributes": [], "sublabels": []},
+                    {"id": OTHER, "name": "tool", "type": "any", "attributes": [], "sublabels": []},
+                ],
+            },
+            "/api/tasks/42/data/meta": {
+                "chunks_updated_date": "2026-01-01T00:00:00Z",
+                "deleted_frames": [],
+                "frames": [
+                    {"name": CLIP.name, "width": info.width, "height": info.height, "related_files": 0}
+                ],
+            },
+            "/api/tasks/42/annotations": annotations_json(),
+        }
+        if path == "/api/tasks/42/data" and query.get("type") == ["frame"]:
+            index = int(query["number"][0])
+            self.frames_served.append(index)
+            (_, pixels), *_ = self.clip.frames(index, max_frames=1)
+            image = io.BytesIO()
+            PIL.Image.fromarray(pixels).save(image, "PNG")
+            return self._send(image.getvalue(), "image/png")
+        self._send(json.dumps(answers[path]).encode())
+
+    def do_PATCH(self) -> None:
+        assert urlparse(self.path).path.rstrip("/") == "/api/tasks/42/annotations"
+        assert parse_qs(urlparse(self.path).query)["action"] == ["create"]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.added.append(body)
+        self._send(json.dumps(body).encode())
+
+
+@pytest.fixture()
+def cvat(clip: VideoFileSource, tmp_path) -> Iterator[tuple[Client, type[StandInCvat]]]:
+    handler = type("Task42", (StandInCvat,), {"clip": clip, "frames_served": [], "added": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    yield Client(url, config=Config(cache_dir=tmp_path / "cache"), check_server_version=False), handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_a_mask_on_every_boxed_frame_of_a_video_task(cvat, clip: VideoFileSource, core_mask) -> None:
+    client, server = cvat
+    boxes = task_boxes(task_annotations(), {POLYP}, clip.info.frame_count)
+    added = annotate(client, 42, build_predictor(device="cpu"), "polyp", "polyp")
+    shapes = [shape for body in server.added for shape in body["shapes"]]
+    assert added == len(shapes)
+    # Only the boxed frames were fetched, one each; each got the mask the model gives its box,
+    # keyed by the frame's index (none where the model finds nothing in the box).
+    assert server.frames_served == sorted(boxes)
+    assert all(s["type"] == "mask" and s["label_id"] == POLYP and s["source"] == "auto" for s in shapes)
     width, height = clip.info.width, clip.info.height
-    for shape in shapes:
-        mask = decode_cvat_mask(shape.points, width, height)
-        box = boxes[shape.frame][0]
-        frame_pixels = np.asarray(fetch(shape.frame))
-        expected = core_mask(frame_pixels, (box.x1, box.y1, box.x2, box.y2))
-        assert score_masks(mask, expected).iou > 0.99, shape.frame
+    by_frame = {s["frame"]: s for s in shapes}
+    assert len(by_frame) == len(shapes)
+    for frame in sorted(boxes):
+        box = boxes[frame][0]
+        (_, pixels), *_ = clip.frames(frame, max_frames=1)
+        expected = core_mask(pixels, (box.x1, box.y1, box.x2, box.y2))
+        if not expected.any():
+            assert frame not in by_frame
+            continue
+        mask = decode_cvat_mask(by_frame[frame]["points"], width, height)
+        assert score_masks(mask, expected).iou > 0.99, frame
+    assert set(range(FIRST, LAST + 1)) <= set(by_frame)  # the polyp is in view on these
+    masks = {s["frame"]: decode_cvat_mask(s["points"], width, height) for s in shapes}
     for frame in (FIRST, LAST):  # placed on the polyp the hand box holds
-        found = mask_box(decode_cvat_mask(shapes[wanted.index(frame)].points, width, height))
+        found = mask_box(masks[frame])
         assert box_iou((found.x1, found.y1, found.x2, found.y2), CLIP_POLYP[frame]) > 0.5
+
+
+def test_a_task_without_the_label_is_refused_with_its_labels(cvat) -> None:
+    client, server = cvat
+    with pytest.raises(PolypsegError, match=r"no label 'lesion' .*its labels: polyp, tool"):
+        annotate(client, 42, build_predictor(device="cpu"), "lesion", "lesion")
+    assert server.added == [] and server.frames_served == []
 
 
 def test_the_function_needs_the_frame_index_and_honours_polygon_requests(clip: VideoFileSource) -> None:
