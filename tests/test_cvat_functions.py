@@ -182,6 +182,10 @@ def test_interactor_bad_input_is_refused_with_a_reason(unet, polyp) -> None:
         (good | {"image": base64.b64encode(b"not an image").decode()}, "not a readable image"),
         (good | {"obj_bbox": [[10, 10], [10, 80]]}, "no area"),
         (good | {"obj_bbox": [[1, 2, 3, 4]]}, "'obj_bbox' must be"),
+        (
+            good | {"obj_bbox": [[width + 10, 5], [width + 90, 60]]},
+            f"lies outside the {width}x{height} frame",
+        ),
         (good | {"obj_bbox": [], "pos_points": [[50, 50]]}, "needs a box around the polyp first"),
         (good | {"pos_points": [["a", 1]]}, "not an [x, y] pair"),
         (good | {"pos_points": [[width + 5, 10]]}, f"lies outside the {width}x{height} frame"),
