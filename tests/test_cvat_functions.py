@@ -1,6 +1,26 @@
-"""The CVAT functions' handlers, called through nuclio_sdk's own test platform with events built as
-CVAT's lambda manager builds them, on real Kvasir-SEG frames and a synthetic polyp sequence;
-tracker states in a real Redis server (Debian's redis-server) started here on loopback."""
+"""The CVAT functions replayed as CVAT itself calls them: the payloads CVAT's lambda manager
+builds, sent through nuclio_sdk's own test platform to each function's `main.handler`, and the
+answers decoded as CVAT's UI decodes them, on real Kvasir-SEG frames and a synthetic polyp
+sequence; tracker states in a real Redis server (Debian's redis-server) started on loopback.
+
+The contract comes from CVAT's source, develop branch, newest files of the public code index
+(a whole snapshot of cvat-ai/cvat could not be fetched here: it is over the size limit):
+- `cvat/apps/lambda_manager/views.py` (commit e4c12a27): `LambdaFunction.invoke` sends an
+  interactor `{"image", "pos_points", "neg_points", "obj_bbox"}` as the UI gave them, and a
+  tracker `{"image", "shapes": data.get("shapes", []), "states": [...]}`: the start call has
+  shapes and `states: []`, a continue call states and `shapes: []` (older servers pad it with
+  nulls); the server signs the states it hands the UI and refuses ones older than 8 hours.
+- `cvat-ui/src/components/annotation-page/standard-workspace/controls-side-bar/tools-control.tsx`
+  (the version with SAM3 concept prompts): `obj_bbox` is the drawn box as corner pairs, `[]`
+  without one; from an interactor answer only `shapes` of type mask are kept, `points` being
+  the RLE of the mask's box followed by that box, the confidence read from the attribute with
+  spec_id 0; trackers get `init_tracking` with `shapes: [{type: "rectangle", points}]` and
+  `track` with the states only, and every answered shape is reduced to the bounding box of
+  its `points`.
+- `cvat-core/src/ml-model.ts` (commit 03b737b6): the UI's interactor settings are the served
+  `min_pos_points`, `startswith_box`, `startswith_box_optional`; `tools-control.tsx` disables
+  interactors below version 2 and switches to clicks after the box only with the optional flag.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +43,14 @@ from nuclio_sdk.test import Platform
 from conftest import ONE_POLYP, ROOT, _free_port
 from polypseg.datasets import load_folder_dataset
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
-from polypseg.formats.polygons import Polygon, polygons_to_mask
+from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
-from polypseg.prompts import Point, Prompt
+from polypseg.prompts import Box, Point, Prompt
 from polypseg.video.synthetic import write_sequences
+from serverless.cvat.protocol import MAX_CLICKS, interaction_answer
 
 SERVERLESS = ROOT / "serverless"
 FUNCTIONS = ("unet-interactor", "sam2-interactor", "mask-tracker")
@@ -56,13 +77,33 @@ def call(platform: Platform, main, body) -> tuple[int, dict]:
     return response.status_code, json.loads(response.body)
 
 
-def answer_mask(answer: dict, width: int, height: int) -> np.ndarray:
-    """The mask CVAT's UI builds from an interactor's answer (crop rows placed at `bounds`)."""
-    mask = np.zeros((height, width), dtype=bool)
-    if answer["mask"]:
-        x1, y1, x2, y2 = answer["bounds"]
-        mask[y1 : y2 + 1, x1 : x2 + 1] = np.asarray(answer["mask"]) > 0
-    return mask
+def interactor_payload(image: Path, box: Box | None = None, pos=(), neg=()) -> dict:
+    """What views.py sends an interactor for the UI's request: the frame, the clicks, and
+    `obj_bbox` as the UI drew it (corner pairs, or [] without a box)."""
+    return {
+        "image": encoded(image),
+        "pos_points": [list(p) for p in pos],
+        "neg_points": [list(p) for p in neg],
+        "obj_bbox": [[box.x1, box.y1], [box.x2, box.y2]] if box else [],
+    }
+
+
+def ui_masks(answer: dict, width: int, height: int) -> list[tuple[np.ndarray, float]]:
+    """The masks CVAT's UI takes from an interactor answer, decoded on their own here: mask
+    shapes only; runs alternate background/foreground over the inclusive box the last four
+    numbers give, and the crop is placed at that box on the full frame; the confidence is the
+    attribute with spec_id 0 (1 without one)."""
+    found = []
+    for shape in answer["shapes"]:
+        if shape["type"] != "mask":
+            continue
+        *runs, x1, y1, x2, y2 = (int(v) for v in shape["points"])
+        flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+        mask = np.zeros((height, width), dtype=bool)
+        mask[y1 : y2 + 1, x1 : x2 + 1] = flat.reshape(y2 - y1 + 1, x2 - x1 + 1)
+        confidence = [float(a["value"]) for a in shape.get("attributes", []) if a["spec_id"] == 0]
+        found.append((mask, confidence[0] if confidence else 1.0))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -73,70 +114,119 @@ def polyp(kvasir: Path, boxes):
 
 
 @pytest.fixture(scope="module")
+def far_polyp(kvasir: Path, boxes):
+    """A polyp farther from the frame's top-left corner than its own size: its mask moved to
+    (0, 0) cannot touch it."""
+    name = next(
+        n
+        for n, b in sorted(boxes.items())
+        if len(b) == 1 and b[0].x1 > b[0].width + 20 and b[0].y1 > b[0].height + 20
+    )
+    return kvasir / "images" / f"{name}.jpg", read_mask(kvasir / "masks" / f"{name}.jpg"), boxes[name][0]
+
+
+@pytest.fixture(scope="module")
 def unet():
     return Platform(), load_main("unet-interactor")
 
 
-def test_unet_interactor_box_to_mask(unet, polyp, core_mask) -> None:
+@pytest.fixture(scope="module")
+def shipped():
+    return build_predictor(device="cpu")
+
+
+def test_unet_interactor_box_to_a_mask_shape_cvat_places_at_its_box(unet, far_polyp, shipped) -> None:
     platform, main = unet
-    image, truth, box = polyp
+    image, truth, box = far_polyp
     height, width = truth.shape
-    # startswith_box: the lambda manager has moved the first two positive points to obj_bbox.
-    body = {
-        "image": encoded(image),
-        "pos_points": [],
-        "neg_points": [],
-        "obj_bbox": [[box.x1, box.y1], [box.x2, box.y2]],
-        "threshold": 0.5,
-    }
-    status, answer = call(platform, main, body)
+    status, answer = call(platform, main, interactor_payload(image, box))
     assert status == 200, answer
-    mask = answer_mask(answer, width, height)
-    assert score_masks(mask, core_mask(image, (box.x1, box.y1, box.x2, box.y2))).iou > 0.99
-    outline = polygons_to_mask([Polygon(np.asarray(answer["points"]))], width, height)
-    assert score_masks(outline, mask).iou > 0.9
-    assert answer["bounds"][2] < width and answer["bounds"][3] < height and 0 < answer["score"] <= 1
+    ((mask, confidence),) = ui_masks(answer, width, height)
+    expected = shipped.predict(read_image(image), Prompt(box=box))
+    assert score_masks(mask, expected.mask).iou > 0.99
+    assert abs(confidence - expected.score) < 1e-3
+    # Placed where the polyp is: the crop drawn at (0, 0), as CVAT draws the old `mask` answer,
+    # would not even touch it on this frame.
+    placed = mask_box(mask)
+    assert placed == mask_box(expected.mask) and score_masks(mask, truth).iou > 0.7
+    crop = mask[int(placed.y1) : int(placed.y2), int(placed.x1) : int(placed.x2)]
+    at_origin = np.zeros_like(mask)
+    at_origin[: crop.shape[0], : crop.shape[1]] = crop
+    assert not (at_origin & truth).any()
+
+
+def test_unet_interactor_passes_every_click_with_the_box(unet, far_polyp, shipped) -> None:
+    """The U-Net gets the box and each click as a positive or negative Point, as the core API
+    takes them: its answer must be the core's answer to that very prompt."""
+    platform, main = unet
+    image, truth, box = far_polyp
+    height, width = truth.shape
+    inside = ((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
+    corner = (box.x1 + 3, box.y1 + 3)
+    status, answer = call(platform, main, interactor_payload(image, box, pos=[inside], neg=[corner]))
+    assert status == 200, answer
+    ((mask, _),) = ui_masks(answer, width, height)
+    prompt = Prompt(box=box, points=(Point(*inside, True), Point(*corner, False)))
+    assert score_masks(mask, shipped.predict(read_image(image), prompt).mask).iou > 0.99
 
 
 def test_interactor_bad_input_is_refused_with_a_reason(unet, polyp) -> None:
     platform, main = unet
-    image, _, box = polyp
-    good_box = [[box.x1, box.y1], [box.x2, box.y2]]
+    image, truth, box = polyp
+    height, width = truth.shape
+    good = interactor_payload(image, box)
     cases = [
         (b"{not json", "not JSON"),
-        ({"pos_points": [], "neg_points": [], "obj_bbox": good_box}, "no image"),
-        ({"image": "%%%", "obj_bbox": good_box}, "not valid base64"),
-        ({"image": base64.b64encode(b"not an image").decode(), "obj_bbox": good_box}, "not a readable image"),
-        ({"image": encoded(image), "obj_bbox": [[10, 10], [10, 80]]}, "no area"),
-        ({"image": encoded(image), "pos_points": [[50, 50]], "obj_bbox": None}, "needs a box"),
-        ({"image": encoded(image), "obj_bbox": good_box, "pos_points": [["a", 1]]}, "not an [x, y] pair"),
-        ({"image": encoded(image), "obj_bbox": good_box, "pos_points": [[5, 5]] * 200}, "too many points"),
+        ({k: v for k, v in good.items() if k != "image"}, "no image"),
+        (good | {"image": "%%%"}, "not valid base64"),
+        (good | {"image": base64.b64encode(b"not an image").decode()}, "not a readable image"),
+        (good | {"obj_bbox": [[10, 10], [10, 80]]}, "no area"),
+        (good | {"obj_bbox": [[1, 2, 3, 4]]}, "'obj_bbox' must be"),
+        (
+            good | {"obj_bbox": [[width + 10, 5], [width + 90, 60]]},
+            f"lies outside the {width}x{height} frame",
+        ),
+        (good | {"obj_bbox": [], "pos_points": [[50, 50]]}, "needs a box around the polyp first"),
+        (good | {"pos_points": [["a", 1]]}, "not an [x, y] pair"),
+        (good | {"pos_points": [[width + 5, 10]]}, f"lies outside the {width}x{height} frame"),
+        (good | {"neg_points": [[-1, 10]]}, "negative click (-1, 10) lies outside"),
+        (good | {"pos_points": [[5, 5]] * 30, "neg_points": [[6, 6]] * 30}, f"at most {MAX_CLICKS}"),
+        (good | {"pos_points": [[5, 5]] * 5000}, "too many clicks"),
     ]
     for body, reason in cases:
         status, answer = call(platform, main, body)
         assert status == 400 and reason in answer["error"], (reason, answer)
-    status, _ = call(platform, main, {"image": encoded(image), "obj_bbox": good_box})
+    status, _ = call(platform, main, good)
     assert status == 200  # the worker goes on
 
 
-def test_sam2_interactor_with_clicks(monkeypatch, sam2_checkpoint: Path, polyp) -> None:
+def test_nothing_found_is_no_shape() -> None:
+    """CVAT's UI reads `shapes`; an empty list is "nothing here" (the old `"mask": []` broke it)."""
+    assert interaction_answer(np.zeros((40, 50), dtype=bool), 0.2) == {"shapes": []}
+
+
+def test_sam2_interactor_with_clicks_and_no_box(monkeypatch, sam2_checkpoint: Path, polyp) -> None:
     """Random weights in the official format: the answer must be the model's own answer to the
     clicks where the user put them (not an accurate one)."""
     monkeypatch.setenv("POLYPSEG_CHECKPOINT", str(sam2_checkpoint))
     monkeypatch.setenv("POLYPSEG_SAM2_SIZE", "256")
     platform, main = Platform(), load_main("sam2-interactor")
     image, truth, box = polyp
-    centre = [(box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2]
-    body = {"image": encoded(image), "pos_points": [centre], "neg_points": [[5, 5]], "obj_bbox": None}
-    status, answer = call(platform, main, body)
+    height, width = truth.shape
+    centre = ((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2)
+    status, answer = call(platform, main, interactor_payload(image, pos=[centre], neg=[(5, 5)]))
     assert status == 200, answer
-    assert set(answer) == {"mask", "bounds", "points", "score", "model_version"}
     sam2 = build_predictor("sam2", sam2_checkpoint, "cpu", image_size=256)
     clicks = Prompt(points=(Point(*centre, True), Point(5, 5, False)))
     expected = sam2.predict(read_image(image), clicks).mask
-    assert expected.any() and score_masks(answer_mask(answer, *truth.shape[::-1]), expected).iou > 0.99
-    status, answer = call(platform, main, {"image": encoded(image), "pos_points": [], "neg_points": []})
-    assert status == 400 and "box or at least one positive click" in answer["error"]
+    ((mask, _),) = ui_masks(answer, width, height)
+    assert expected.any() and score_masks(mask, expected).iou > 0.99
+    for body, reason in [
+        (interactor_payload(image), "box or at least one positive click"),
+        (interactor_payload(image, neg=[(5, 5)]), "negative click needs a box or a positive click"),
+    ]:
+        status, answer = call(platform, main, body)
+        assert status == 400 and reason in answer["error"], answer
 
 
 # A held-out polyp whose synthetic path (seed 5) carries it well away from where it started
@@ -153,80 +243,159 @@ def sequence(kvasir: Path, tmp_path_factory) -> tuple[list[Path], list[np.ndarra
     return frames, masks
 
 
-def shape_of(kind: str, mask: np.ndarray):
-    box = mask_box(mask)
+def shape_of(kind: str, mask: np.ndarray) -> dict:
     if kind == "rectangle":
-        return [box.x1, box.y1, box.x2, box.y2]  # CVAT's UI sends bare rectangle points
+        box = mask_box(mask)
+        return {"type": "rectangle", "points": [box.x1, box.y1, box.x2, box.y2]}
     if kind == "mask":
         return {"type": "mask", "points": encode_cvat_mask(mask)}
-    from polypseg.formats.polygons import mask_to_polygons
-
     return {"type": "polygon", "points": mask_to_polygons(mask)[0].outer.reshape(-1).tolist()}
 
 
-def shape_mask(shape, width: int, height: int) -> np.ndarray:
-    points = shape["points"] if isinstance(shape, dict) else shape
-    kind = shape["type"] if isinstance(shape, dict) else "rectangle"
-    if kind == "mask":
-        return decode_cvat_mask(points, width, height)
-    if kind == "polygon":
-        return polygons_to_mask([Polygon(np.asarray(points).reshape(-1, 2))], width, height)
+def ui_rectangle(shape: dict) -> list[float]:
+    """What CVAT's UI makes of a tracker's answered shape: the bounding box of its `points`."""
+    xs, ys = shape["points"][0::2], shape["points"][1::2]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def box_mask(points: list[float], width: int, height: int) -> np.ndarray:
     x1, y1, x2, y2 = (int(round(v)) for v in points)
     mask = np.zeros((height, width), dtype=bool)
     mask[y1:y2, x1:x2] = True
     return mask
 
 
-def truth_in_kind(kind: str, mask: np.ndarray) -> np.ndarray:
-    return shape_mask(shape_of(kind, mask), mask.shape[1], mask.shape[0])
+def shape_mask(shape: dict, width: int, height: int) -> np.ndarray:
+    if shape["type"] == "mask":
+        ((mask, _),) = ui_masks({"shapes": [shape]}, width, height)
+        return mask
+    if shape["type"] == "polygon":
+        return polygons_to_mask([Polygon(np.asarray(shape["points"]).reshape(-1, 2))], width, height)
+    return box_mask(shape["points"], width, height)
 
 
-@pytest.mark.parametrize("kind", ["rectangle", "polygon", "mask"])
-def test_tracker_follows_the_polyp(kind: str, sequence, monkeypatch) -> None:
+def through_cvat(states: list) -> list:
+    """States as the server hands them back: JSON it signed, unsigned and parsed again."""
+    return [json.loads(json.dumps(state, separators=(",", ":"))) for state in states]
+
+
+@pytest.mark.parametrize("padding", ["empty", "nulls"])
+def test_tracker_follows_rectangles_through_cvats_calls(padding: str, sequence, monkeypatch) -> None:
+    monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
+    frames, masks = sequence
+    platform, main = Platform(), load_main("mask-tracker", padding)
+    height, width = masks[0].shape
+    start = {"image": encoded(frames[0]), "shapes": [shape_of("rectangle", masks[0])], "states": []}
+    status, answer = call(platform, main, start)
+    assert status == 200, answer
+    assert len(answer["shapes"]) == len(answer["states"]) == 1 and answer["states"][0] is not None
+    states = through_cvat(answer["states"])
+    ious = []
+    for frame, truth in zip(frames[1:], masks[1:], strict=True):
+        shapes = [] if padding == "empty" else [None]
+        status, answer = call(platform, main, {"image": encoded(frame), "shapes": shapes, "states": states})
+        assert status == 200, answer
+        (shape,), states = answer["shapes"], through_cvat(answer["states"])
+        assert shape["type"] == "rectangle" and states[0] is not None
+        found = box_mask(ui_rectangle(shape), width, height)
+        ious.append(
+            score_masks(found, box_mask(ui_rectangle(shape_of("rectangle", truth)), width, height)).iou
+        )
+    # A "tracker" that hands back the first box unchanged scores this; following must beat it.
+    first = box_mask(ui_rectangle(shape_of("rectangle", masks[0])), width, height)
+    standing = [
+        score_masks(first, box_mask(ui_rectangle(shape_of("rectangle", t)), width, height)).iou
+        for t in masks[1:]
+    ]
+    assert np.mean(ious) > np.mean(standing) + 0.2, (ious, standing)
+
+
+@pytest.mark.parametrize("kind", ["polygon", "mask"])
+def test_tracker_keeps_polygons_and_masks_for_callers_that_send_them(
+    kind: str, sequence, monkeypatch
+) -> None:
+    """CVAT's open-source UI tracks rectangles only; SDK and Enterprise callers may send these."""
     monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
     frames, masks = sequence
     platform, main = Platform(), load_main("mask-tracker", kind)
     height, width = masks[0].shape
-    shapes = [shape_of(kind, masks[0])]
-    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes, "states": None})
+    status, answer = call(
+        platform, main, {"image": encoded(frames[0]), "shapes": [shape_of(kind, masks[0])], "states": []}
+    )
     assert status == 200, answer
-    states = json.loads(json.dumps(answer["states"]))  # CVAT keeps them as JSON
-    ious = []
+    states, ious = through_cvat(answer["states"]), []
     for frame, truth in zip(frames[1:], masks[1:], strict=True):
-        status, answer = call(
-            platform, main, {"image": encoded(frame), "shapes": answer["shapes"], "states": states}
-        )
+        status, answer = call(platform, main, {"image": encoded(frame), "shapes": [], "states": states})
         assert status == 200, answer
-        states = json.loads(json.dumps(answer["states"]))
-        (shape,) = answer["shapes"]
-        assert isinstance(shape, dict) == (kind != "rectangle")  # answered in the form it came
-        ious.append(score_masks(shape_mask(shape, width, height), truth_in_kind(kind, truth)).iou)
-    # A "tracker" that hands back the first shape unchanged scores this; following must beat it.
-    start = truth_in_kind(kind, masks[0])
-    standing = [score_masks(start, truth_in_kind(kind, truth)).iou for truth in masks[1:]]
+        (shape,), states = answer["shapes"], through_cvat(answer["states"])
+        assert shape["type"] == kind  # answered in the kind it came
+        ious.append(score_masks(shape_mask(shape, width, height), truth).iou)
+    standing = [score_masks(masks[0], truth).iou for truth in masks[1:]]
     assert np.mean(ious) > np.mean(standing) + 0.2, (ious, standing)
 
 
-def test_tracker_refuses_bad_states(sequence, monkeypatch) -> None:
+def test_a_lost_polyp_keeps_its_last_box_and_says_so(sequence, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
     frames, masks = sequence
-    platform, main = Platform(), load_main("mask-tracker", "bad")
-    shapes = [shape_of("rectangle", masks[0])]
-    body = {"image": encoded(frames[1]), "shapes": shapes, "states": [{"token": "unknown", "step": 3}]}
-    status, answer = call(platform, main, body)
-    assert status == 410 and "expired or is unknown" in answer["error"]
-    status, answer = call(platform, main, body | {"states": [None, None]})
-    assert status == 400 and "one per shape" in answer["error"]
-    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": [[10, 10, 10, 40]]})
-    assert status == 400 and "no area" in answer["error"]
+    platform, main = Platform(), load_main("mask-tracker", "lost")
+    start = {"image": encoded(frames[0]), "shapes": [shape_of("rectangle", masks[0])], "states": []}
+    status, answer = call(platform, main, start)
     status, answer = call(
-        platform, main, {"image": encoded(frames[0]), "shapes": [{"type": "ellipse", "points": [1, 2, 3, 4]}]}
+        platform, main, {"image": encoded(frames[1]), "states": through_cvat(answer["states"])}
     )
-    assert status == 400 and "cannot be tracked" in answer["error"]
-    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes})
-    assert status == 200  # a real state, then a garbled step in it
+    assert status == 200 and answer["states"][0]["lost"] is False
+    last = answer["shapes"][0]
+    import PIL.Image
+
+    blank = tmp_path / "blank.png"  # the camera turned away: a frame with no polyp
+    PIL.Image.fromarray(np.full((*masks[0].shape, 3), 128, dtype=np.uint8)).save(blank)
+    status, answer = call(platform, main, {"image": encoded(blank), "states": through_cvat(answer["states"])})
+    assert status == 200, answer
+    assert answer["shapes"] == [last] and answer["states"][0]["lost"] is True and answer["lost"] == [True]
+
+
+def test_tracker_refuses_bad_input_with_a_reason(sequence, monkeypatch) -> None:
+    monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
+    monkeypatch.setenv("POLYPSEG_TRACK_SHAPES", "rectangle")  # a rectangle-only deployment
+    frames, masks = sequence
+    platform, main = Platform(), load_main("mask-tracker", "bad")
+    image = encoded(frames[1])
+    rectangle = shape_of("rectangle", masks[0])
+    cases = [
+        (
+            {"image": image, "shapes": [], "states": [{"token": "unknown", "step": 3}]},
+            410,
+            "expired or is unknown",
+        ),
+        ({"image": image, "states": ["not a state"]}, 400, "must be the object this function answered"),
+        ({"image": image, "shapes": [rectangle, rectangle], "states": [None]}, 400, "one state per shape"),
+        ({"image": image, "shapes": [], "states": []}, 400, "no shapes to start tracking and no states"),
+        ({"image": image, "shapes": [None], "states": [None]}, 400, "neither a shape"),
+        ({"image": image, "shapes": [{"type": "rectangle", "points": [10, 10, 10, 40]}]}, 400, "no area"),
+        (
+            {"image": image, "shapes": [{"type": "rectangle", "points": [1, 2, 3, 4, 5, 6]}]},
+            400,
+            "not 6 numbers",
+        ),
+        (
+            {"image": image, "shapes": [shape_of("polygon", masks[0])]},
+            400,
+            "follows rectangles only; a polygon",
+        ),
+        ({"image": image, "shapes": [{"type": "ellipse", "points": [1, 2, 3, 4]}]}, 400, "cannot be tracked"),
+        (
+            {"image": base64.b64encode(b"GIF89a-not").decode(), "shapes": [rectangle]},
+            400,
+            "not a readable image",
+        ),
+    ]
+    for body, code, reason in cases:
+        status, answer = call(platform, main, body)
+        assert status == code and reason in answer["error"], (reason, answer)
+    status, answer = call(platform, main, {"image": image, "shapes": [rectangle], "states": []})
+    assert status == 200  # the worker goes on; then a garbled step in a real state
     garbled = [answer["states"][0] | {"step": "three"}]
-    status, answer = call(platform, main, body | {"states": garbled})
+    status, answer = call(platform, main, {"image": image, "shapes": [], "states": garbled})
     assert status == 400 and "'step' must be a whole number" in answer["error"]
 
 
@@ -276,27 +445,29 @@ def test_a_track_continues_in_another_process_through_redis(redis_server: int, s
     monkeypatch.setenv("CVAT_REDIS_PORT", str(redis_server))
     platform, main = Platform(), load_main("mask-tracker", "redis")
     shapes = [shape_of("rectangle", masks[0])]
-    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes, "states": None})
+    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes, "states": []})
     assert status == 200
 
     script = CONTINUE.format(tests=str(Path(__file__).parent))
-    request = json.dumps({"frame": str(frames[1]), "shapes": answer["shapes"], "states": answer["states"]})
+    request = json.dumps({"frame": str(frames[1]), "shapes": [], "states": answer["states"]})
     run = subprocess.run(
         [sys.executable, "-c", script], input=request, capture_output=True, text=True, timeout=300, check=True
     )
     other = json.loads(run.stdout.strip().splitlines()[-1])
     assert other["status"] == 200, other
     height, width = masks[1].shape
-    found = shape_mask(other["body"]["shapes"][0], width, height)
-    truth = truth_in_kind("rectangle", masks[1])
-    standing = score_masks(truth_in_kind("rectangle", masks[0]), truth).iou
+    found = box_mask(ui_rectangle(other["body"]["shapes"][0]), width, height)
+    truth = box_mask(ui_rectangle(shape_of("rectangle", masks[1])), width, height)
+    standing = score_masks(box_mask(ui_rectangle(shapes[0]), width, height), truth).iou
     assert score_masks(found, truth).iou > standing + 0.2  # the box moved with the polyp
 
     monkeypatch.setenv("POLYPSEG_TRACK_TTL", "1")
     platform, main = Platform(), load_main("mask-tracker", "short")
-    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes, "states": None})
+    status, answer = call(platform, main, {"image": encoded(frames[0]), "shapes": shapes, "states": []})
     time.sleep(1.5)  # past the time-to-live: the state is gone, and the error says so
-    status, answer = call(platform, main, {"image": encoded(frames[1]), **answer})
+    status, answer = call(
+        platform, main, {"image": encoded(frames[1]), "shapes": [], "states": answer["states"]}
+    )
     assert status == 410 and "expired" in answer["error"]
 
 
@@ -328,7 +499,7 @@ def test_agent_functions(sequence, polyp, core_mask) -> None:
 
     pp = interaction.preprocess_image(None, PIL.Image.fromarray(read_image(image)))
     (result,) = interaction.detect(None, pp, Prompts())
-    assert result.type == "mask"
+    assert result.type == "mask" and [a.spec_id for a in result.attributes] == [0]
     expected = core_mask(image, (box.x1, box.y1, box.x2, box.y2))
     assert score_masks(decode_cvat_mask(result.points, *truth.shape[::-1]), expected).iou > 0.99
 
@@ -344,9 +515,15 @@ def test_function_yaml_is_what_cvat_reads(function: str) -> None:
         assert annotations["type"] == ("tracker" if function == "mask-tracker" else "interactor")
         assert {"name", "version", "help_message", "spec"} <= set(annotations)
         assert json.loads(annotations["spec"]) == [{"id": 1, "name": "polyp", "type": "mask"}]
+        # CVAT reads each annotation as a string and makes flags of them with bool(): a
+        # "false" would read as true, so flags are only ever set, never set false.
+        assert all(value is not False and value not in ("false", "False") for value in annotations.values())
         if annotations["type"] == "interactor":
+            assert int(annotations["version"]) >= 2  # the UI disables interactors below 2
             assert annotations["min_pos_points"] == 0 and annotations["min_neg_points"] == 0
-            assert annotations.get("startswith_box") or annotations.get("startswith_box_optional")
+            # Clicks after the box need the optional flag (tools-control.tsx).
+            assert annotations["startswith_box_optional"] is True
+            assert annotations.get("startswith_box", False) == (function == "unet-interactor")
         module, handler = spec["handler"].split(":")
         assert (
             module == "main"
@@ -362,28 +539,3 @@ def test_function_yaml_is_what_cvat_reads(function: str) -> None:
         assert ("nvidia.com/gpu" in spec.get("resources", {}).get("limits", {})) == (
             name == "function-gpu.yaml"
         )
-
-
-def test_boxes_to_masks_detection_function(polyp, core_mask) -> None:
-    import PIL.Image
-    from cvat_sdk.auto_annotation import DetectionFunctionContext
-
-    from serverless.cvat.boxes_to_masks import BoxesToMasks
-
-    class Context(DetectionFunctionContext):
-        frame_name = f"{ONE_POLYP}.jpg"
-        conf_threshold = None
-        conv_mask_to_poly = False
-
-    image, truth, box = polyp
-    function = BoxesToMasks(build_predictor(), {f"{ONE_POLYP}.jpg": [box]})
-    assert [label.name for label in function.spec.labels] == ["polyp"]
-    (shape,) = function.detect(Context(), PIL.Image.open(image))
-    assert shape.type.value == "mask"
-    expected = core_mask(image, (box.x1, box.y1, box.x2, box.y2))
-    assert score_masks(decode_cvat_mask(shape.points, *truth.shape[::-1]), expected).iou > 0.99
-
-    class Other(Context):
-        frame_name = "no-boxes.jpg"
-
-    assert function.detect(Other(), PIL.Image.open(image)) == []

@@ -1,11 +1,13 @@
-"""The same interactor and tracker as `cvat_sdk.auto_annotation` functions, for CVAT users
-without nuclio: register and run them as an agent,
+"""The same interactor and tracker as `cvat_sdk.auto_annotation` functions, for CVAT Online and
+Enterprise (agent-based functions are not part of open-source CVAT): register and run them as
+an agent,
 
     cvat-cli function create-native "polypseg tracker" --function-module serverless.cvat.agent_tracker
     cvat-cli function run-agent FUNCTION_ID --function-module serverless.cvat.agent_tracker
 
 (`-p checkpoint=str:FILE`, `-p tracker=str:sam2` choose the model and tracker). Tracking states
-stay in the agent's process, which CVAT's agent protocol expects.
+stay in the agent's process, which CVAT's agent protocol expects. The tracker declares
+rectangles, polygons and masks; which of them a CVAT edition's UI offers to track is its own.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+from cvat_sdk import models
 from cvat_sdk.auto_annotation import (
     InteractionFunctionSpec,
+    InteractionResultAttributes,
     InteractionResultShape,
     TrackableShape,
     TrackingFunctionSpec,
@@ -47,10 +51,17 @@ class PolypInteraction:
         points = [Point(x, y, True) for x, y in prompts.pos_points]
         points += [Point(x, y, False) for x, y in prompts.neg_points]
         prompt = Prompt(box=Box(*box[0], *box[1]) if box else None, points=tuple(points))
-        mask = self.predictor.segment(pp_image, prompt).mask
-        if not mask.any():
+        prediction = self.predictor.segment(pp_image, prompt)
+        if not prediction.mask.any():
             return []
-        return [InteractionResultShape(type="mask", points=encode_cvat_mask(mask))]
+        confidence = models.AttributeValRequest(
+            spec_id=InteractionResultAttributes.CONFIDENCE, value=f"{prediction.score:.4f}"
+        )
+        return [
+            InteractionResultShape(
+                type="mask", points=encode_cvat_mask(prediction.mask), attributes=[confidence]
+            )
+        ]
 
 
 class PolypTracking:
@@ -75,7 +86,7 @@ class PolypTracking:
     def track(self, context: Any, pp_image: np.ndarray, state: dict[str, Any]) -> TrackableShape | None:
         state["step"] += 1
         result, state["state"] = self.tracker.step(state["state"], state["step"], pp_image)
-        answer = state["shape"].answer(result.mask, result.box)
-        if result.lost or answer is None:
-            return None
-        return TrackableShape(type=answer["type"], points=answer["points"])
+        found = state["shape"].followed(result.mask, result.box)
+        if result.lost or found is None:
+            return None  # the agent protocol's "not found on this frame"
+        return TrackableShape(type=found.kind, points=found.points)

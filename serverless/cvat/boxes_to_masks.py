@@ -1,11 +1,22 @@
-"""Every polyp rectangle of a CVAT task to a polyp mask, as a `cvat_sdk.auto_annotation`
-detection function: annotators draw quick boxes on all frames, then one command outlines them.
+"""A polyp mask on every frame of a CVAT task where a polyp rectangle is, for any CVAT
+(open-source included): annotators box the polyp (a tracked or interpolated rectangle track
+covers a whole video), then one command outlines it on every frame.
 
     python -m serverless.cvat.boxes_to_masks --server-host https://cvat.example.org --task 42 \\
-        --user annotator [--label polyp] [--checkpoint FILE]
+        --user annotator [--label polyp] [--mask-label polyp] [--checkpoint FILE]
 
-(the password is read from CVAT_PASSWORD, else asked for). Masks are added beside the boxes,
-labelled like them; nothing is deleted.
+(the password is read from CVAT_PASSWORD, else asked for). The task's rectangles with
+`--label` are read as CVAT itself expands them: standalone shapes, and tracks on every frame
+they cover (keyframes, the frames CVAT interpolates between them, and the frames after the last
+keyframe up to the task's end, none where the track is outside). Only the frames that have a
+box are fetched, one at a time, so video tasks work too. Masks are added beside the boxes
+(source "auto"); nothing is deleted.
+
+`BoxesToMasks` is a `cvat_sdk.auto_annotation` detection function, but it is driven here rather
+than by `cvat-cli task auto-annotate`: cvat_sdk 2.80's `annotate_task` hands a function only the
+frame's file name, which is the same for every frame of a video task, and downloads every
+chunk first, refusing tasks stored as video chunks (cvat_sdk/auto_annotation/driver.py,
+cvat_sdk/datasets/task_dataset.py). Here the context also carries the frame's index.
 """
 
 from __future__ import annotations
@@ -16,83 +27,248 @@ import logging
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import PIL.Image
-from cvat_sdk.auto_annotation import DetectionFunctionSpec, label_spec, mask
+from cvat_sdk import models
+from cvat_sdk.auto_annotation import (
+    DetectionFunctionContext,
+    DetectionFunctionSpec,
+    label_spec,
+    mask,
+    polygon,
+)
 
+from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
+from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import as_rgb
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Box, Prompt
 
 log = logging.getLogger("polypseg.cvat")
 
+UPLOAD_EVERY = 100  # frames of masks per request, as CVAT's own auto-annotation batches them
+
+
+class FrameContext(DetectionFunctionContext):
+    """What a detection function is told about a frame, with the frame's index in the task."""
+
+    def __init__(
+        self,
+        frame_index: int,
+        frame_name: str,
+        conf_threshold: float | None = None,
+        conv_mask_to_poly: bool = False,
+    ) -> None:
+        self._frame_index, self._frame_name = frame_index, frame_name
+        self._conf_threshold, self._conv_mask_to_poly = conf_threshold, conv_mask_to_poly
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame_index
+
+    @property
+    def frame_name(self) -> str:
+        return self._frame_name
+
+    @property
+    def conf_threshold(self) -> float | None:
+        return self._conf_threshold
+
+    @property
+    def conv_mask_to_poly(self) -> bool:
+        return self._conv_mask_to_poly
+
 
 class BoxesToMasks:
-    """A detection function that knows the task's rectangles by frame name and answers each
-    frame with one mask per rectangle."""
+    """A detection function that knows the task's polyp rectangles by frame index and answers
+    each frame with one mask (or polygon, where the caller asks) per rectangle."""
 
-    def __init__(self, predictor: ImagePredictor, boxes: dict[str, list[Box]], label: str = "polyp") -> None:
+    def __init__(
+        self, predictor: ImagePredictor, boxes: Mapping[int, list[Box]], label: str = "polyp"
+    ) -> None:
         self.predictor = predictor
         self.boxes = boxes
         self.spec = DetectionFunctionSpec(labels=[label_spec(label, 0, type="mask")])
 
-    def detect(self, context: Any, image: PIL.Image.Image) -> list[Any]:
-        boxes = self.boxes.get(context.frame_name, [])
+    def detect(
+        self, context: DetectionFunctionContext, image: PIL.Image.Image
+    ) -> list[models.LabeledShapeRequest]:
+        index = getattr(context, "frame_index", None)
+        if not isinstance(index, int):
+            # A bare frame name cannot tell the frames of a video task apart (see module doc).
+            raise PolypsegError("boxes_to_masks needs the frame's index: run it with FrameContext")
+        boxes = self.boxes.get(index, [])
         if not boxes:
             return []
         prepared = self.predictor.prepare(as_rgb(np.asarray(image)))
         shapes = []
         for box in boxes:
             found = self.predictor.segment(prepared, Prompt(box=box)).mask
-            if found.any():
+            if not found.any():
+                continue
+            if context.conv_mask_to_poly:
+                shapes += [
+                    polygon(0, outline.outer.reshape(-1).tolist()) for outline in mask_to_polygons(found)
+                ]
+            else:
                 shapes.append(mask(0, encode_cvat_mask(found)))
         return shapes
 
 
-def task_boxes(task: Any, label: str) -> dict[str, list[Box]]:
-    """The task's rectangles with `label` (shapes, and track keyframes not marked outside), by frame name."""
-    label_ids = {lb.id for lb in task.get_labels() if lb.name == label}
-    names = {index: frame.name for index, frame in enumerate(task.get_frames_info())}
-    annotations = task.get_annotations()
-    rectangles = [(s.frame, s.points) for s in annotations.shapes if s.label_id in label_ids]
-    rectangles = [(f, p) for f, p in rectangles if len(p) == 4]
+def _rectangle(points: Iterable[float]) -> Box | None:
+    x1, y1, x2, y2 = (float(v) for v in points)
+    box = Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    return box if box.width > 0 and box.height > 0 else None
+
+
+def track_boxes(track: models.LabeledTrack, frame_count: int) -> dict[int, Box]:
+    """A rectangle track's box on every frame where CVAT shows it: keyframes not outside, the
+    frames between a visible keyframe and the next (points interpolated linearly, as CVAT's
+    dataset manager does), and after the last keyframe, if visible, up to the task's end."""
+    keyframes = sorted((s for s in track.shapes if s.type.value == "rectangle"), key=lambda s: s.frame)
+    boxes: dict[int, Box] = {}
+    for current, following in zip(keyframes, [*keyframes[1:], None], strict=True):
+        if current.outside:
+            continue
+        start = np.asarray(current.points, dtype=np.float64)
+        if following is None:
+            stop_frame, change = frame_count, np.zeros(4)
+        else:
+            stop_frame = following.frame
+            change = (np.asarray(following.points, dtype=np.float64) - start) / (
+                following.frame - current.frame
+            )
+        for frame in range(current.frame, min(stop_frame, frame_count)):
+            box = _rectangle(start + change * (frame - current.frame))
+            if box is not None and frame >= track.frame:
+                boxes[frame] = box
+    return boxes
+
+
+def task_boxes(
+    annotations: models.LabeledData, label_ids: set[int], frame_count: int
+) -> dict[int, list[Box]]:
+    """The polyp rectangles on each frame of a task: its rectangle shapes and rectangle tracks
+    with one of `label_ids`, keyed by frame index."""
+    boxes: dict[int, list[Box]] = defaultdict(list)
+    for shape in annotations.shapes:
+        if shape.label_id in label_ids and shape.type.value == "rectangle" and 0 <= shape.frame < frame_count:
+            box = _rectangle(shape.points)
+            if box is not None:
+                boxes[shape.frame].append(box)
     for track in annotations.tracks:
         if track.label_id in label_ids:
-            rectangles += [
-                (s.frame, s.points) for s in track.shapes if not s.outside and s.type.value == "rectangle"
-            ]
-    boxes: dict[str, list[Box]] = defaultdict(list)
-    for frame, (x1, y1, x2, y2) in rectangles:
-        if x2 > x1 and y2 > y1 and frame in names:
-            boxes[names[frame]].append(Box(x1, y1, x2, y2))
+            for frame, box in track_boxes(track, frame_count).items():
+                boxes[frame].append(box)
     return dict(boxes)
 
 
+def mask_shapes(
+    function: BoxesToMasks,
+    frames: Iterable[int],
+    load_frame: Callable[[int], PIL.Image.Image],
+    label_id: int,
+    frame_name: Callable[[int], str] = str,
+) -> Iterable[list[models.LabeledShapeRequest]]:
+    """Run the function on each of `frames` (fetched one at a time), yielding each frame's
+    shapes labelled with `label_id`, ready to upload."""
+    for frame in frames:
+        context = FrameContext(frame, frame_name(frame))
+        found = function.detect(context, load_frame(frame))
+        yield [
+            models.LabeledShapeRequest(
+                type=shape.type,
+                frame=frame,
+                label_id=label_id,
+                points=shape.points,
+                source="auto",
+                occluded=False,
+                z_order=0,
+                attributes=[],
+            )
+            for shape in found
+        ]
+
+
+def annotate(client: Any, task_id: int, predictor: ImagePredictor, label: str, mask_label: str) -> int:
+    """Add a mask for every `label` rectangle of a task; the number of masks added."""
+    from cvat_sdk.datasets import MediaDownloadPolicy, TaskDataset
+
+    dataset = TaskDataset(
+        client,
+        task_id,
+        load_annotations=False,
+        media_download_policy=MediaDownloadPolicy.FETCH_FRAMES_ON_DEMAND,
+    )
+    samples = {sample.frame_index: sample for sample in dataset.samples}  # deleted frames are left out
+    box_labels = {lb.id for lb in dataset.labels if lb.name == label}
+    mask_labels = [lb.id for lb in dataset.labels if lb.name == mask_label]
+    if not box_labels or not mask_labels:
+        names = ", ".join(sorted(lb.name for lb in dataset.labels))
+        raise PolypsegError(f"task {task_id} has no label {label!r} or {mask_label!r} (its labels: {names})")
+    task = client.tasks.retrieve(task_id)
+    boxes = task_boxes(task.get_annotations(), box_labels, task.size)
+    frames = sorted(frame for frame in boxes if frame in samples)
+    log.info("task %d: %d frames with %s boxes", task_id, len(frames), label)
+    function = BoxesToMasks(predictor, boxes, mask_label)
+    batch: list[models.LabeledShapeRequest] = []
+    added = 0
+    shapes_by_frame = mask_shapes(
+        function,
+        frames,
+        lambda frame: samples[frame].media.load_image(),
+        mask_labels[0],
+        lambda frame: samples[frame].frame_name,
+    )
+    for done, shapes in enumerate(shapes_by_frame, start=1):
+        batch += shapes
+        if done % UPLOAD_EVERY == 0 or done == len(frames):
+            if batch:
+                client.tasks.api.partial_update_annotations(
+                    "create",
+                    task_id,
+                    patched_labeled_data_request=models.PatchedLabeledDataRequest(shapes=batch),
+                )
+            added += len(batch)
+            log.info("%d/%d frames done, %d masks added", done, len(frames), added)
+            batch = []
+    return added
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--server-host", required=True)
     parser.add_argument("--task", type=int, required=True)
     parser.add_argument("--user", required=True)
-    parser.add_argument("--label", default="polyp", help="label of the boxes, given to the masks too")
-    parser.add_argument("--checkpoint", help="model (default: the shipped U-Net)")
+    parser.add_argument("--label", default="polyp", help="label of the boxes (default polyp)")
+    parser.add_argument("--mask-label", help="label given to the masks (default: --label)")
+    parser.add_argument("--checkpoint", help="box model (default: the shipped U-Net)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from cvat_sdk import make_client
-    from cvat_sdk.auto_annotation import annotate_task
+    from cvat_sdk.datasets import UnsupportedDatasetError
+    from cvat_sdk.exceptions import ApiException
 
     from polypseg.predictors import build_predictor
 
     password = os.environ.get("CVAT_PASSWORD") or getpass.getpass(f"CVAT password for {args.user}: ")
-    with make_client(args.server_host, credentials=(args.user, password)) as client:
-        task = client.tasks.retrieve(args.task)
-        boxes = task_boxes(task, args.label)
-        log.info("task %d: %d frames with %s boxes", args.task, len(boxes), args.label)
-        function = BoxesToMasks(build_predictor(None, args.checkpoint), boxes, args.label)
-        annotate_task(client, args.task, function, allow_unmatched_labels=False)
-    log.info("masks added to task %d", args.task)
+    try:
+        with make_client(args.server_host, credentials=(args.user, password)) as client:
+            added = annotate(
+                client,
+                args.task,
+                build_predictor(None, args.checkpoint),
+                args.label,
+                args.mask_label or args.label,
+            )
+    except (PolypsegError, ApiException, UnsupportedDatasetError) as exc:
+        log.error("boxes_to_masks: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 1
+    log.info("%d masks added to task %d", added, args.task)
     return 0
 
 

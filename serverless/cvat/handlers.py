@@ -15,11 +15,14 @@ from polypseg.predictors.base import ImagePredictor
 from polypseg.video.tracking import TrackStateError, VideoTracker
 from polypseg.video.tracking_job import build_tracker
 from serverless.cvat.protocol import (
+    SHAPE_KINDS,
     RequestError,
+    Shape,
     decode_image,
     interaction_answer,
     interaction_prompt,
-    parse_shapes,
+    parse_shape,
+    tracking_objects,
 )
 from serverless.cvat.state_store import StateStore
 
@@ -37,7 +40,7 @@ def served_model(load: Callable[[Path | None], ImagePredictor]) -> CurrentModel:
 
 
 class InteractorFunction:
-    """A box and/or clicks on a frame to the polyp's mask."""
+    """A box and/or clicks on a frame to the polyp's mask, as one CVAT mask shape."""
 
     def __init__(self, model: CurrentModel, needs_box: bool) -> None:
         self.model = model
@@ -45,70 +48,106 @@ class InteractorFunction:
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         image = decode_image(body)
-        prompt = interaction_prompt(body, needs_box=self.needs_box)
+        height, width = image.shape[:2]
+        prompt = interaction_prompt(body, width, height, needs_box=self.needs_box)
         predictor = self.model.get()
         prediction = predictor.predict(image, prompt)
-        answer = interaction_answer(prediction.mask)
-        return {**answer, "score": round(prediction.score, 4), "model_version": predictor.version}
+        return {**interaction_answer(prediction.mask, prediction.score), "model_version": predictor.version}
+
+
+def tracked_shape_kinds(setting: str | None) -> tuple[str, ...]:
+    """The shape kinds a tracker deployment follows, from a comma list (POLYPSEG_TRACK_SHAPES)."""
+    if not setting:
+        return SHAPE_KINDS
+    kinds = tuple(k.strip() for k in setting.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in SHAPE_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"POLYPSEG_TRACK_SHAPES={setting!r}: choose from {', '.join(SHAPE_KINDS)}")
+    return kinds
 
 
 class TrackerFunction:
-    """Shapes on one frame followed onto the next; each shape's state is kept in `store` and
-    CVAT carries only `{"token", "step"}` for it."""
+    """Shapes on one frame followed onto the next. Each object's tracker state, its shape kind
+    and its last shape are kept in `store`; CVAT carries only `{"token", "step", "lost"}`."""
 
-    def __init__(self, model: CurrentModel, kind: str, store: StateStore) -> None:
-        self.model, self.kind, self.store = model, kind, store
+    def __init__(
+        self, model: CurrentModel, kind: str, store: StateStore, shape_kinds: tuple[str, ...] = SHAPE_KINDS
+    ) -> None:
+        self.model, self.kind, self.store, self.shape_kinds = model, kind, store, shape_kinds
 
     @property
     def tracker(self) -> VideoTracker:
         return build_tracker(self.kind, self.model.get())
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
-        tracker = self.tracker
+        objects = tracking_objects(body)
+        # Every shape and state is checked before any tracking runs: one bad object fails the
+        # call without leaving new states behind for the others.
+        starts = [parse_shape(shape, self.shape_kinds) if state is None else None for shape, state in objects]
+        carried = [self._carried(state) if state is not None else None for _, state in objects]
         image = decode_image(body)
         height, width = image.shape[:2]
-        shapes = parse_shapes(body)
-        states = body.get("states")
-        if states is not None and (not isinstance(states, list) or len(states) != len(shapes)):
-            raise RequestError(f"'states' must be null or a list of {len(shapes)} states, one per shape")
-        answers: list[Any] = []
-        new_states: list[dict[str, Any]] = []
-        lost: list[bool] = []
-        for position, shape in enumerate(shapes):
-            if states is None or states[position] is None:
-                step = 0
-                result, state = tracker.start(step, image, shape.prompt(width, height))
+        tracker = self.tracker
+        shapes: list[dict[str, Any]] = []
+        states: list[dict[str, Any]] = []
+        for start, previous in zip(starts, carried, strict=True):
+            if start is not None:
+                step, last = 0, start
+                result, state = tracker.start(step, image, start.prompt(width, height))
             else:
-                step, state = self._load(tracker, states[position])
+                assert previous is not None
+                token, step, last, state = self._load(tracker, previous)
                 step += 1
                 result, state = tracker.step(state, step, image)
-                self.store.supersede(states[position]["token"])
-            token = self.store.put(tracker.save_state(state))
-            # Where the polyp is lost, the shape stays where it was: CVAT's UI needs a shape.
-            answer = shape.answer(result.mask, result.box)
-            if answer is None:
-                answer = {"type": shape.kind, "points": shape.points} if shape.typed else shape.points
-            answers.append(answer)
-            new_states.append({"token": token, "step": step})
-            lost.append(result.lost)
-        return {"shapes": answers, "states": new_states, "lost": lost}
+                self.store.supersede(token)
+            found = last.followed(result.mask, result.box)
+            # Where the polyp is lost, the object keeps its last shape (CVAT needs one) and the
+            # state says "lost"; the tracker keeps looking on the next frames.
+            shape = found if found is not None and not result.lost else last
+            lost = found is None or result.lost
+            new_token = self.store.put(_pack(shape, tracker.save_state(state)))
+            shapes.append(shape.as_json())
+            states.append({"token": new_token, "step": step, "lost": lost})
+        return {"shapes": shapes, "states": states, "lost": [s["lost"] for s in states]}
 
-    def _load(self, tracker: VideoTracker, state: Any) -> tuple[int, Any]:
+    def _carried(self, state: Any) -> tuple[str, int]:
         if not isinstance(state, dict) or not isinstance(state.get("token"), str):
-            raise RequestError("a tracker state must be the object this function answered")
-        data = self.store.get(state["token"])
+            raise RequestError(
+                "a tracker state must be the object this function answered ({'token', 'step'})"
+            )
+        step = state.get("step", 0)
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise RequestError("a tracker state's 'step' must be a whole number")
+        return state["token"], step
+
+    def _load(self, tracker: VideoTracker, carried: tuple[str, int]) -> tuple[str, int, Shape, Any]:
+        token, step = carried
+        data = self.store.get(token)
         if data is None:
             raise RequestError(
                 "the track's state has expired or is unknown here: turn tracking off and on for the shape",
                 410,
             )
-        step = state.get("step", 0)
-        if not isinstance(step, int) or isinstance(step, bool):
-            raise RequestError("a tracker state's 'step' must be a whole number")
         try:
-            return step, tracker.load_state(data)
+            last, tracker_state = _unpack(data, self.shape_kinds)
+            return token, step, last, tracker.load_state(tracker_state)
         except TrackStateError as exc:
             raise RequestError(str(exc), 410) from None
+
+
+def _pack(shape: Shape, tracker_state: bytes) -> bytes:
+    """A stored state: the object's last shape as one JSON line, then the tracker's bytes."""
+    return json.dumps(shape.as_json()).encode() + b"\n" + tracker_state
+
+
+def _unpack(data: bytes, kinds: tuple[str, ...]) -> tuple[Shape, bytes]:
+    header, separator, tracker_state = data.partition(b"\n")
+    try:
+        if not separator:
+            raise ValueError("no shape line")
+        return parse_shape(json.loads(header), kinds), tracker_state
+    except (ValueError, RequestError) as exc:
+        raise TrackStateError(f"the stored track state is not this function's ({exc})") from None
 
 
 def _body(event: Any) -> dict[str, Any]:

@@ -1,16 +1,20 @@
-"""CVAT's function wire formats, in and out.
+"""CVAT's function wire formats, in and out, as CVAT's own code sends and reads them.
 
-Interactor request (CVAT's lambda manager): `{"image": base64 frame, "pos_points": [[x, y],
-...], "neg_points": [...], "obj_bbox": [[x1, y1], [x2, y2]] or null, "threshold": ...}`; with
-`startswith_box` the lambda manager has already split the first two positive points off as
-`obj_bbox`. Answer, as CVAT's UI reads it: `mask` (rows of 0/255 over the crop `bounds` =
-`[x1, y1, x2, y2]`, inclusive), `bounds`, and `points` (the outline as [x, y] pairs).
+Verified against CVAT's source (develop, late 2026: `cvat/apps/lambda_manager/views.py`,
+`cvat-ui/.../controls-side-bar/tools-control.tsx`, `cvat-core/src/ml-model.ts`):
 
-Tracker request: `{"image", "shapes", "states"}`: `shapes` one per tracked object, `states`
-absent or null on the first call (start tracking on this frame), else the states this
-function answered last time (follow onto this frame). A shape is CVAT's flat `points`
-([x1, y1, x2, y2] for a rectangle, [x, y, x, y, ...] for a polygon) or `{"type", "points"}`
-with `type` rectangle, polygon or mask (CVAT's mask encoding). Answers keep each shape's kind.
+Interactor request: `{"image": base64 frame, "pos_points": [[x, y], ...], "neg_points": [...],
+"obj_bbox": [[x1, y1], [x2, y2]] or [] or absent}` in pixels, x before y. Answer (interactor API
+version 2): `{"shapes": [{"type": "mask", "points": <CVAT mask encoding: runs over the mask's
+box, then the inclusive box x1, y1, x2, y2>, "attributes": [{"spec_id": 0, "value": "<confidence
+0..1>"}]}]}`; the UI keeps only mask shapes, places each at its own box, and reads spec_id 0 as
+the confidence its threshold slider filters on. `{"shapes": []}` is "nothing found".
+
+Tracker requests: the start call carries `shapes` (one per object, `{"type": "rectangle",
+"points": [x1, y1, x2, y2]}` from the UI) and `states: []` (the server's default); a continue
+call carries only `states` (the server sends `shapes` empty, or padded with nulls). The answer
+has one shape and one state per object, never null; the UI reduces every shape to its bounding
+box. Bare point lists and polygon/mask shapes are accepted too, for callers that send them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
 from polypseg.images import read_image
-from polypseg.masks import mask_box
 from polypseg.prompts import Box, Point, Prompt
 
-MAX_POINTS = 100  # clicks per request; more is a runaway client, not an annotator
+MAX_CLICKS = 50  # per request; more is a runaway client, not an annotator
+SHAPE_KINDS = ("rectangle", "polygon", "mask")
 
 
 class RequestError(Exception):
@@ -57,6 +61,8 @@ def decode_image(body: dict[str, Any]) -> np.ndarray:
 
 
 def _xy(value: Any, what: str) -> tuple[float, float]:
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise RequestError(f"{what} {value!r} is not an [x, y] pair")
     try:
         x, y = (float(v) for v in value)
     except (TypeError, ValueError):
@@ -66,55 +72,71 @@ def _xy(value: Any, what: str) -> tuple[float, float]:
     return x, y
 
 
-def _points(body: dict[str, Any], key: str) -> list[tuple[float, float]]:
-    raw = body.get(key) or []
+def _clicks(body: dict[str, Any], key: str, what: str, width: int, height: int) -> list[tuple[float, float]]:
+    raw = body.get(key)
+    if raw is None:
+        return []
     if not isinstance(raw, list):
         raise RequestError(f"'{key}' must be a list of [x, y] points")
-    return [_xy(p, f"{key} point") for p in raw]
+    if len(raw) > MAX_CLICKS:  # checked before parsing: a huge list is refused cheaply
+        raise RequestError(f"too many clicks ({len(raw)} {what}; at most {MAX_CLICKS} in all)")
+    clicks = [_xy(p, f"{what} click") for p in raw]
+    for x, y in clicks:
+        if not (0 <= x < width and 0 <= y < height):
+            raise RequestError(f"the {what} click ({x:g}, {y:g}) lies outside the {width}x{height} frame")
+    return clicks
 
 
-def interaction_prompt(body: dict[str, Any], needs_box: bool = False) -> Prompt:
-    """The prompt of an interactor request: box from `obj_bbox`, positive and negative clicks."""
-    positive, negative = _points(body, "pos_points"), _points(body, "neg_points")
-    if len(positive) + len(negative) > MAX_POINTS:
-        raise RequestError(f"too many points ({len(positive) + len(negative)} > {MAX_POINTS})")
-    box = None
-    raw_box = body.get("obj_bbox")
-    if raw_box:
-        if not isinstance(raw_box, list) or len(raw_box) != 2:
-            raise RequestError("'obj_bbox' must be [[x1, y1], [x2, y2]]")
-        (x1, y1), (x2, y2) = (_xy(p, "obj_bbox corner") for p in raw_box)
-        box = Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
-        if box.width <= 0 or box.height <= 0:
-            raise RequestError(f"the box {box.describe()} has no area: draw it around the polyp")
-    if needs_box and box is None:
-        raise RequestError("this interactor needs a box around the polyp first")
+def _box(raw: Any) -> Box | None:
+    if raw is None or (isinstance(raw, list) and not raw):
+        return None
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise RequestError("'obj_bbox' must be [[x1, y1], [x2, y2]] (or [] for no box)")
+    (x1, y1), (x2, y2) = (_xy(p, "obj_bbox corner") for p in raw)
+    box = Box(min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+    if box.width <= 0 or box.height <= 0:
+        raise RequestError(f"the box {box.describe()} has no area: draw it around the polyp")
+    return box
+
+
+def interaction_prompt(body: dict[str, Any], width: int, height: int, needs_box: bool = False) -> Prompt:
+    """The prompt of an interactor request on a width x height frame: the box from `obj_bbox`
+    and every click, positive and negative, in the order given."""
+    positive = _clicks(body, "pos_points", "positive", width, height)
+    negative = _clicks(body, "neg_points", "negative", width, height)
+    if len(positive) + len(negative) > MAX_CLICKS:
+        raise RequestError(f"too many clicks ({len(positive) + len(negative)}; at most {MAX_CLICKS} in all)")
+    box = _box(body.get("obj_bbox"))
+    if box is not None and not (box.x1 < width and box.y1 < height and box.x2 > 0 and box.y2 > 0):
+        raise RequestError(f"the box {box.describe()} lies outside the {width}x{height} frame")
+    if box is None and needs_box:
+        raise RequestError(
+            "this interactor needs a box around the polyp first: draw the box, then click to correct"
+        )
     if box is None and not positive:
+        if negative:
+            raise RequestError("a negative click needs a box or a positive click on the polyp first")
         raise RequestError("give a box or at least one positive click on the polyp")
     points = [Point(x, y, True) for x, y in positive] + [Point(x, y, False) for x, y in negative]
     return Prompt(box=box, points=tuple(points))
 
 
-def interaction_answer(mask: np.ndarray) -> dict[str, Any]:
-    """The mask cropped to its box (0/255 rows), the box as `bounds`, the largest outline."""
-    box = mask_box(mask)
-    if box is None:
-        return {"mask": [], "bounds": [0, 0, 0, 0], "points": []}
-    x1, y1, x2, y2 = int(box.x1), int(box.y1), int(box.x2) - 1, int(box.y2) - 1
-    crop = mask[y1 : y2 + 1, x1 : x2 + 1].astype(np.uint8) * 255
-    outlines = mask_to_polygons(mask)
-    points = outlines[0].outer.round(1).tolist() if outlines else []
-    return {"mask": crop.tolist(), "bounds": [x1, y1, x2, y2], "points": points}
+def interaction_answer(mask: np.ndarray, confidence: float) -> dict[str, Any]:
+    """The mask as one CVAT mask shape (placed by its own box) with its confidence; no shape
+    where the mask is empty."""
+    if not mask.any():
+        return {"shapes": []}
+    value = f"{min(max(confidence, 0.0), 1.0):.4f}"
+    shape = {"type": "mask", "points": encode_cvat_mask(mask), "attributes": [{"spec_id": 0, "value": value}]}
+    return {"shapes": [shape]}
 
 
 @dataclass(frozen=True)
 class Shape:
-    """One tracked object's shape as CVAT sent it: kind, pixel points, and how it came (a bare
-    points list or a typed object), so that the answer takes the same form."""
+    """One tracked object's shape: kind and pixel points."""
 
     kind: str  # rectangle, polygon, mask
     points: list[float]
-    typed: bool
 
     def prompt(self, width: int, height: int) -> Prompt:
         """The shape as a prompt on a width x height frame: a box, or a mask for outlines."""
@@ -136,45 +158,70 @@ class Shape:
             raise RequestError(f"the {self.kind} covers no pixel of the frame")
         return Prompt(previous_mask=mask)
 
-    def answer(self, mask: np.ndarray, box: Box | None) -> Any:
-        """The tracked result in this shape's kind and form (None where the polyp is lost)."""
-        if box is None:
+    def followed(self, mask: np.ndarray, box: Box | None) -> Shape | None:
+        """The tracked result as a shape of this kind; None where the polyp is lost."""
+        if box is None or not mask.any():
             return None
         if self.kind == "rectangle":
-            points: list[float] = [box.x1, box.y1, box.x2, box.y2]
-        elif self.kind == "polygon":
+            return Shape("rectangle", [box.x1, box.y1, box.x2, box.y2])
+        if self.kind == "polygon":
             outlines = mask_to_polygons(mask)
             if not outlines:
                 return None
-            points = outlines[0].outer.reshape(-1).round(1).tolist()
-        else:
-            points = [float(v) for v in encode_cvat_mask(mask)]
-        return {"type": self.kind, "points": points} if self.typed else points
+            return Shape("polygon", outlines[0].outer.reshape(-1).round(1).tolist())
+        return Shape("mask", [float(v) for v in encode_cvat_mask(mask)])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.kind, "points": self.points}
 
 
-def parse_shape(raw: Any) -> Shape:
+def parse_shape(raw: Any, kinds: tuple[str, ...] = SHAPE_KINDS) -> Shape:
+    """A shape as CVAT sends it (`{"type", "points"}`, or bare points: 4 numbers a rectangle,
+    more a polygon); `kinds` are the kinds this caller may track."""
     typed = isinstance(raw, dict)
     kind = raw.get("type") if typed else None
     points = raw.get("points") if typed else raw
-    if not isinstance(points, list) or not all(isinstance(v, int | float) for v in points):
-        raise RequestError("a shape is a flat list of numbers, or {'type', 'points'}")
+    if not isinstance(points, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in points
+    ):
+        raise RequestError("a shape is {'type', 'points'} with a flat list of numbers, or that list alone")
     if not all(math.isfinite(v) for v in points):
         raise RequestError("a shape's points must be finite numbers")
     if kind is None:
         kind = "rectangle" if len(points) == 4 else "polygon"
-    if kind not in ("rectangle", "polygon", "mask"):
+    if kind not in SHAPE_KINDS:
         raise RequestError(f"shape type {kind!r} cannot be tracked: rectangle, polygon or mask")
+    if kind not in kinds:
+        raise RequestError(
+            f"this tracker follows {' and '.join(k + 's' for k in kinds)} only; a {kind} was sent"
+        )
     if kind == "rectangle" and len(points) != 4:
-        raise RequestError("a rectangle is [x1, y1, x2, y2]")
+        raise RequestError(f"a rectangle is [x1, y1, x2, y2], not {len(points)} numbers")
     if kind == "polygon" and (len(points) < 6 or len(points) % 2):
         raise RequestError("a polygon needs at least 3 [x, y] points")
     if kind == "mask" and len(points) < 5:
         raise RequestError("a mask shape is CVAT's run lengths followed by its box")
-    return Shape(kind, [float(v) for v in points], typed)
+    return Shape(kind, [float(v) for v in points])
 
 
-def parse_shapes(body: dict[str, Any]) -> list[Shape]:
-    raw = body.get("shapes")
-    if not isinstance(raw, list) or not raw:
-        raise RequestError("the request has no shapes to track")
-    return [parse_shape(s) for s in raw]
+def tracking_objects(body: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """Per tracked object, its (shape, state) as sent; either may be None. Start calls carry
+    shapes and `states` [] or null; continue calls carry states and `shapes` [], absent or nulls."""
+    shapes, states = body.get("shapes"), body.get("states")
+    shapes = [] if shapes is None else shapes
+    states = [] if states is None else states
+    if not isinstance(shapes, list) or not isinstance(states, list):
+        raise RequestError("'shapes' and 'states' must be lists (one entry per tracked object)")
+    if shapes and states and len(shapes) != len(states):
+        raise RequestError(
+            f"{len(shapes)} shapes and {len(states)} states: give one state per shape, or only one of the two"
+        )
+    count = max(len(shapes), len(states))
+    if count == 0:
+        raise RequestError("the request has no shapes to start tracking and no states to continue")
+    shapes = shapes or [None] * count
+    states = states or [None] * count
+    for position, (shape, state) in enumerate(zip(shapes, states, strict=True)):
+        if shape is None and state is None:
+            raise RequestError(f"object {position} has neither a shape to start from nor a state to continue")
+    return list(zip(shapes, states, strict=True))
