@@ -54,11 +54,11 @@ def _shift_names() -> list[str]:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    from polypseg.predictors import MODEL_NAMES
+    from polypseg.families import segmenter_names
 
     parser.add_argument(
         "--model",
-        choices=MODEL_NAMES,
+        choices=segmenter_names(),
         help="model kind; default: the one the checkpoint holds (the shipped default model)",
     )
     parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shipped model)")
@@ -366,7 +366,13 @@ def _tracker(args: argparse.Namespace) -> VideoTracker:
     from polypseg.video.tracking_job import build_tracker
 
     options = {"image_size": args.sam2_size} if args.sam2_size else {}
-    return build_tracker(args.tracker, build_predictor(args.model, args.checkpoint, args.device, **options))
+    predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
+    detector = None
+    if args.tracker == "classical" and not args.no_reacquire:
+        from polypseg.detection_job import build_detector
+
+        detector = build_detector(args.detector, args.device)
+    return build_tracker(args.tracker, predictor, detector)
 
 
 def cmd_make_sequences(args: argparse.Namespace) -> None:
@@ -694,6 +700,15 @@ def _add_loop_options(parser: argparse.ArgumentParser, epochs: int, batch_size: 
     parser.add_argument("--device", help=DEVICE_HELP)
 
 
+def _add_reacquire_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-reacquire",
+        action="store_true",
+        help="classical tracker: do not look for a lost polyp with the detector",
+    )
+    parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polypseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -798,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="classical",
         help="classical: box tracker + the image model (CPU default); sam2: SAM2 memory",
     )
+    _add_reacquire_options(track)
     track.add_argument(
         "--correct",
         action="append",
@@ -832,6 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     video_eval.add_argument("sequences", type=Path, help="folder of sequences, each with frames/ and masks/")
     video_eval.add_argument("--tracker", choices=("classical", "sam2"), default="classical")
+    _add_reacquire_options(video_eval)
     video_eval.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64)")
     video_eval.add_argument("--plot", type=Path, help="write the IoU-over-time plot (PNG) here")
     video_eval.add_argument("--json", type=Path, help="write the scores, per sequence and frame too, as JSON")

@@ -43,15 +43,16 @@ def build_detector(
     checkpoint: str | os.PathLike[str] | None = None, device: str | None = None
 ) -> PolypDetector:
     from polypseg.checkpoints import load_checkpoint
+    from polypseg.families import family_of
     from polypseg.predictors.registry import resolve_device
 
     path = Path(checkpoint) if checkpoint is not None else default_detector_checkpoint()
     state, metadata, _ = load_checkpoint(path)
-    if metadata.get("architecture") != "detector":
-        raise CheckpointError(
-            f"{path}: holds a {metadata.get('architecture', 'foreign')} model, not a polyp detector"
-        )
-    return PolypDetector.from_state(state, metadata, str(path), device=resolve_device(device))
+    found = family_of(state, metadata, path)
+    if found.task != "detect":
+        raise CheckpointError(f"{path}: holds a {found.name} model, not a polyp detector")
+    detector: PolypDetector = found.load(state, metadata, str(path), device=resolve_device(device))
+    return detector
 
 
 def check_min_score(value: float | None) -> None:

@@ -22,8 +22,9 @@ from typing import Any
 from polypseg.atomic import write_atomic
 from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import DatasetStore
-from polypseg.errors import PolypsegError
+from polypseg.errors import ModelError, PolypsegError
 from polypseg.evaluation import evaluate
+from polypseg.families import family_of
 from polypseg.model_store import ModelStore, ModelVersion
 from polypseg.predictors import build_predictor, default_checkpoint
 from polypseg.predictors.registry import resolve_device
@@ -123,7 +124,7 @@ def _registered_current(store: ModelStore) -> ModelVersion:
 
 
 def _train(base: Path, settings: RetrainSettings, out: Path, val_list: Path) -> Path:
-    _, metadata, _ = load_checkpoint(base)
+    state, metadata, _ = load_checkpoint(base)
     images, masks = settings.dataset / "images", settings.dataset / "masks"
     common: dict[str, Any] = {
         "images": images,
@@ -138,25 +139,10 @@ def _train(base: Path, settings: RetrainSettings, out: Path, val_list: Path) -> 
         "seed": settings.seed,
         "command": f"polypseg retrain (from {base.name})",
     }
-    if metadata.get("architecture") == "sam2" or not metadata:
-        from polypseg.training.sam2_finetune import Sam2FinetuneConfig, finetune_sam2
-
-        size = int(metadata.get("image_size", 1024))
-        return finetune_sam2(Sam2FinetuneConfig(checkpoint=base, image_size=size, **common))
-    from polypseg.training.unet import UnetTrainConfig, train_unet
-
-    geometry = metadata.get("input", {})
-    return train_unet(
-        UnetTrainConfig(
-            init=base,
-            architecture=metadata["architecture"],
-            encoder=metadata["encoder"],
-            geometry=geometry.get("mode", "crop"),
-            size=int(geometry.get("size", 224)),
-            margin=float(geometry.get("margin", 0.25)),
-            **common,
-        )
-    )
+    found = family_of(state, metadata, base)
+    if found.retrain is None:
+        raise ModelError(f"{base}: a {found.name} model cannot be retrained")
+    return found.retrain(base, metadata, common)
 
 
 def _retrain_once(settings: RetrainSettings) -> RetrainResult:

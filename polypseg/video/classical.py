@@ -5,13 +5,15 @@ segments inside that box; the mask's tight box re-centres the box tracker, so it
 drift. Where the box tracker fails, the last good box is searched instead. A frame is lost
 when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
 polyp it has followed; while lost, each frame is tried again at the last good box, so the
-track picks up when the polyp returns.
+track picks up when the polyp returns near where it left. With a detector, a lost track also
+looks for the polyp anywhere: a confident detection (near the last place first, then the whole
+frame) whose outline looks like the followed polyp takes the track up again there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -35,6 +37,12 @@ def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 MIN_TRACKED_SIDE = 16
 
 
+class BoxDetector(Protocol):
+    """What re-acquisition needs of a detector (polypseg.detector.PolypDetector)."""
+
+    def detect(self, image: np.ndarray, min_score: float | None = None) -> list[Any]: ...
+
+
 @dataclass(frozen=True)
 class ClassicalState:
     """What the next frame needs: the last frame where the polyp was found, its box and mask
@@ -56,15 +64,20 @@ class ClassicalTracker(VideoTracker):
         min_score: float = 0.6,
         max_area_change: float = 2.5,
         min_area: int = 64,
+        detector: BoxDetector | None = None,
+        reacquire_score: float = 0.7,
     ) -> None:
         """`min_score`: the least model confidence x colour likeness to the followed polyp (0.6:
         measured in docs/benchmarks.md against 0.5 and 0.7);
         `max_area_change`: the largest factor the mask's area may jump by between frames;
-        `min_area`: masks of fewer pixels are specks, not a polyp one could outline."""
+        `min_area`: masks of fewer pixels are specks, not a polyp one could outline;
+        `detector`: re-acquires a lost polyp from detections scoring `reacquire_score` or more."""
         self.predictor = predictor
         self.min_score = min_score
         self.max_area_change = max_area_change
         self.min_area = min_area
+        self.detector = detector
+        self.reacquire_score = reacquire_score
 
     def start(self, index: int, image: np.ndarray, prompt: Prompt) -> tuple[TrackedFrame, ClassicalState]:
         prediction = self._anchor(image, prompt)
@@ -87,9 +100,32 @@ class ClassicalTracker(VideoTracker):
         result = self._segment(index, image, proposal, state.area, state.signature)
         if result.lost and proposal != state.box:  # the box tracker may have drifted: try where it was
             result = self._segment(index, image, state.box, state.area, state.signature)
+        if result.lost and self.detector is not None:
+            result = self._reacquire(index, image, state)
         if result.lost or result.box is None:
             return result, state
         return result, ClassicalState(image, result.box, float(result.mask.sum()), state.signature)
+
+    def _reacquire(self, index: int, image: np.ndarray, state: ClassicalState) -> TrackedFrame:
+        """The polyp found again by the detector, or the frame lost: detections near the last
+        box first (its box grown by its own size on each side), then the rest, best first;
+        the first whose outline passes the tracker's checks (its size may have changed while
+        out of view) is taken."""
+        assert self.detector is not None and state.box is not None and state.signature is not None
+        detections = self.detector.detect(image, min_score=self.reacquire_score)
+        last = state.box
+        near = Box(last.x1 - last.width, last.y1 - last.height, last.x2 + last.width, last.y2 + last.height)
+
+        def is_near(box: Box) -> bool:
+            cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
+            return near.x1 <= cx <= near.x2 and near.y1 <= cy <= near.y2
+
+        ordered = sorted(detections, key=lambda d: (not is_near(d.box), -d.score))
+        for detection in ordered:
+            result = self._segment(index, image, detection.box, 0.0, state.signature)
+            if not result.lost:
+                return result
+        return lost_frame(index, image.shape, 0.0)
 
     def _state_tensors(self, state: ClassicalState) -> dict[str, Any]:
         if state.frame is None or state.box is None or state.signature is None:

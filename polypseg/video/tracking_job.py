@@ -22,11 +22,13 @@ from polypseg.video.tracking import TrackedFrame, VideoTracker
 TRACKERS = ("classical", "sam2")
 
 
-def build_tracker(kind: str, predictor: ImagePredictor) -> VideoTracker:
+def build_tracker(kind: str, predictor: ImagePredictor, detector: Any = None) -> VideoTracker:
+    """A tracker of `kind`; the classical one re-acquires a lost polyp with `detector` (a
+    polypseg.detector.PolypDetector) where one is given."""
     if kind == "classical":
         from polypseg.video.classical import ClassicalTracker
 
-        return ClassicalTracker(predictor)
+        return ClassicalTracker(predictor, detector=detector)
     if kind == "sam2":
         from polypseg.predictors.sam2 import Sam2Predictor
         from polypseg.video.sam2_memory import Sam2MemoryTracker

@@ -1,0 +1,45 @@
+"""The click-guided U-Net: box, positive and negative clicks and its previous mask (RITM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from polypseg.errors import ModelError
+from polypseg.families import Metadata, ModelFamily, State
+
+
+def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
+    from polypseg.predictors.click_unet import ClickUnetPredictor
+
+    if options.pop("image_size", None):
+        raise ModelError(f"{path} holds a click-guided U-Net: a working size is for SAM2")
+    options.pop("tta", None)
+    return ClickUnetPredictor.from_state(state, metadata, path, **options)
+
+
+def retrain(base: Path, metadata: Metadata, common: dict[str, Any]) -> Path:
+    from polypseg.training.click_unet import ClickUnetTrainConfig, train_click_unet
+
+    geometry = metadata.get("input", {})
+    return train_click_unet(
+        ClickUnetTrainConfig(
+            init=base,
+            decoder=metadata.get("decoder", "unet"),
+            encoder=metadata["encoder"],
+            size=int(geometry.get("size", 224)),
+            margin=float(geometry.get("margin", 0.25)),
+            **common,
+        )
+    )
+
+
+FAMILIES = [
+    ModelFamily(
+        "clickunet",
+        "click-guided U-Net (box, positive and negative clicks, previous mask; presence)",
+        load,
+        learns_from_clicks=True,
+        retrain=retrain,
+    )
+]

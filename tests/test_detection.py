@@ -1,0 +1,111 @@
+"""Detection: regions of a probability map as scored boxes, the matching and AP arithmetic on
+hand-made cases, and the detector's commands on real frames."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from polypseg.detection_metrics import (
+    ImageDetections,
+    average_precision,
+    best_threshold,
+    box_iou,
+    precision_recall,
+)
+from polypseg.detector import REGION_THRESHOLD, detections_from_probability, frame_uncertainty
+from polypseg.prompts import Box
+
+
+def test_regions_become_boxes_in_frame_pixels_scored_by_their_peak() -> None:
+    probability = np.zeros((100, 100), dtype=np.float32)
+    probability[10:30, 20:60] = 0.9  # a confident region
+    probability[70:80, 70:90] = 0.3  # a faint one
+    probability[50, 50] = 0.99  # a speck: below the least area
+    found = detections_from_probability(probability, width=500, height=200, min_score=REGION_THRESHOLD)
+    assert len(found) == 1
+    assert found[0].score == pytest.approx(0.9)
+    assert (found[0].box.x1, found[0].box.y1, found[0].box.x2, found[0].box.y2) == (100, 20, 300, 60)
+    both = detections_from_probability(probability, width=500, height=200, min_score=0.2)
+    assert [round(d.score, 2) for d in both] == [0.9, 0.3]  # a lower floor only adds detections
+    assert both[0] == found[0]
+
+
+def test_uncertainty_is_zero_for_a_decided_map_and_grows_with_doubt() -> None:
+    sure = np.zeros((50, 50), dtype=np.float32)
+    sure[10:20, 10:20] = 1.0
+    doubtful = sure.copy()
+    doubtful[30:40, 30:40] = 0.5
+    more_doubtful = doubtful.copy()
+    more_doubtful[0:10, 30:50] = 0.4
+    assert frame_uncertainty(sure) == 0.0
+    assert 0 < frame_uncertainty(doubtful) < frame_uncertainty(more_doubtful)
+
+
+def test_matching_precision_recall_and_ap_on_a_hand_made_case() -> None:
+    truth_a, truth_b = Box(0, 0, 10, 10), Box(20, 20, 30, 30)
+    images = [
+        # a hit (0.9), a duplicate of it (0.8, a false positive), a miss elsewhere (0.3)
+        ImageDetections(
+            "one",
+            ((Box(0, 0, 10, 11), 0.9), (Box(1, 0, 10, 10), 0.8), (Box(50, 50, 60, 60), 0.3)),
+            (truth_a,),
+        ),
+        # a hit at 0.6 on the second image's polyp
+        ImageDetections("two", ((Box(21, 20, 30, 30), 0.6),), (truth_b,)),
+    ]
+    assert box_iou(truth_a, Box(0, 0, 10, 11)) == pytest.approx(100 / 110)
+    assert precision_recall(images, min_score=0.85) == (1.0, 0.5)
+    assert precision_recall(images, min_score=0.5) == pytest.approx((2 / 3, 1.0))
+    # ranked: 0.9 hit, 0.8 false, 0.6 hit, 0.3 false -> precision envelope 1.0 up to recall
+    # 0.5, then 2/3 up to recall 1.0: AP = (51 * 1.0 + 50 * 2/3) / 101
+    assert average_precision(images, 0.5) == pytest.approx((51 + 50 * 2 / 3) / 101)
+    floor, precision, recall = best_threshold(images, min_precision=0.85)
+    assert (floor, precision, recall) == (0.9, 1.0, 0.5)
+    assert best_threshold(images, min_precision=0.6)[2] == 1.0
+
+
+def test_min_score_outside_zero_to_one_is_one_line(tmp_path, capsys) -> None:
+    from polypseg.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detect", str(tmp_path), "--json", str(tmp_path / "out.json"), "--min-score", "1.5"])
+    assert exit_info.value.code == 2
+    assert "not a score between 0 and 1" in capsys.readouterr().err
+
+
+def test_an_empty_folder_is_one_line(tmp_path, caplog) -> None:
+    from polypseg.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "empty"), "--json", str(tmp_path / "out.json")]) != 0
+    assert "no images in this folder" in caplog.text
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_detect_writes_boxes_per_image_and_skips_an_unreadable_one(kvasir, tmp_path) -> None:
+    from polypseg.cli import main
+    from polypseg.detection_job import default_detector_checkpoint
+
+    if not default_detector_checkpoint().is_file():
+        pytest.fail("the shipped detector polypseg/models/detector.pt is missing")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    names = sorted(p.name for p in (kvasir / "images").iterdir())[:3]
+    for name in names:
+        (folder / name).write_bytes((kvasir / "images" / name).read_bytes())
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "det.json"
+    assert main(["detect", str(folder), "--json", str(out), "--masks", str(tmp_path / "masks")]) == 0
+    body = json.loads(out.read_text())
+    assert [entry["image"] for entry in body["images"]] == names
+    assert body["skipped"] == ["broken.jpg"]
+    for entry in body["images"]:
+        for detection in entry["detections"]:
+            x1, y1, x2, y2 = detection["box"]
+            assert 0 <= x1 < x2 and 0 <= y1 < y2 and 0 <= detection["score"] <= 1
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
+        n.replace(".jpg", ".png") for n in names
+    ]
