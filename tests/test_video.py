@@ -235,7 +235,7 @@ def test_track_cli_re_anchors_on_a_correction(tmp_path):
         (["--correct", "x:1,2,30,40"], "correction 'x:1,2,30,40' is not FRAME:X1,Y1,X2,Y2"),
         (["--correct", "133:1,2,30,40"], "--correct on the start frame 133"),
         (["--correct", "135:600,500,700,600"], "lies outside the 560x480 image"),
-        (["--sam2-size", "512"], "holds a unet model: a working size (--sam2-size) is for SAM2"),
+        (["--sam2-size", "512"], "a working size (--sam2-size) is for SAM2"),
     ],
 )
 def test_track_cli_refuses_bad_flags(tmp_path, flags, message):

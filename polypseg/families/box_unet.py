@@ -6,15 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from polypseg.errors import ModelError
 from polypseg.families import Metadata, ModelFamily, State
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.box_channel import BoxChannelPredictor
 
-    if options.pop("image_size", None):
-        raise ModelError(f"{path} holds a {metadata.get('architecture')} model: a working size is for SAM2")
     # POLYPSEG_TTA=1: test-time augmentation, off by default (docs/models.md: +0.2 to +0.9 IoU
     # points for three times the latency)
     options.setdefault("tta", os.environ.get("POLYPSEG_TTA") == "1")

@@ -5,15 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polypseg.errors import ModelError
 from polypseg.families import Metadata, ModelFamily, State
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.click_unet import ClickUnetPredictor
 
-    if options.pop("image_size", None):
-        raise ModelError(f"{path} holds a click-guided U-Net: a working size is for SAM2")
     options.pop("tta", None)
     return ClickUnetPredictor.from_state(state, metadata, path, **options)
 

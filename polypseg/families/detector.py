@@ -11,7 +11,6 @@ def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import PolypDetector
 
     options.pop("tta", None)
-    options.pop("image_size", None)
     return PolypDetector.from_state(state, metadata, path, **options)
 
 

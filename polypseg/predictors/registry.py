@@ -57,4 +57,6 @@ def build_predictor(
                 "pass one with --checkpoint"
             )
         raise CheckpointError(f"{path} holds a {found.name} model, not {name}")
+    if not found.working_size and options.pop("image_size", None):
+        raise ModelError(f"{path} holds a {found.name} model: a working size (--sam2-size) is for SAM2")
     return found.load(state, metadata, str(path), device=resolve_device(device), **options)
