@@ -165,6 +165,7 @@ def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasi
         folder.mkdir(parents=True)
         for name in pair:
             shutil.copy(kvasir / "images" / name, folder / name)
+    (folders[1] / names[3]).rename(folders[1] / names[3].replace(".jpg", ".JPG"))  # a camera's name
     data_dir, port, backend_port = tmp_path / "ls", _free_port(), _free_port()
     first = Quickstart(folders[0], data_dir, port, backend_port)
     try:

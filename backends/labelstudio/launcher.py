@@ -174,7 +174,7 @@ def add_image_folder(ls: Any, project: int, folder: Path) -> int:
         else ls.import_storage.local.create(
             project=project,
             path=str(folder),
-            regex_filter=r".*\.(jpe?g|png|bmp|tiff?)$",
+            regex_filter=r"(?i).*\.(jpe?g|png|bmp|tiff?)$",  # IMG_0001.JPG too
             use_blob_urls=True,
             title=folder.name,
         )
