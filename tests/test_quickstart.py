@@ -201,3 +201,19 @@ def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasi
                 assert served[image.name] == image.read_bytes(), image
     finally:
         assert second.stop(signal.SIGTERM) == 0
+
+
+def test_a_data_dir_from_before_the_fixed_files_root_is_pointed_out(tmp_path: Path, kvasir: Path) -> None:
+    """Tasks imported by an earlier quickstart (local-files root = the folder's parent) do not
+    load under the root `/`: the run says so instead of leaving 404s to be found."""
+    data_dir = tmp_path / "ls"
+    data_dir.mkdir()
+    (data_dir / "label_studio.sqlite3").write_bytes(b"")  # a database, and no record of the root
+    command = [sys.executable, "-m", "backends.labelstudio.quickstart", "--images", str(kvasir / "images")]
+    command += ["--data-dir", str(data_dir), "--label-studio", str(tmp_path / "none")]
+    command += ["--port", str(_free_port()), "--backend-port", str(_free_port())]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "was made by an earlier polypseg" in first.stderr and "fresh --data-dir" in first.stderr
+    assert first.returncode == 1 and "Label Studio is not installed there" in first.stderr
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "earlier polypseg" not in again.stderr  # said once; the root is recorded now

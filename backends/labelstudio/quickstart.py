@@ -83,6 +83,20 @@ def _check_port_free(port: int, what: str, flag: str) -> None:
         )
 
 
+def _note_files_root(data_dir: Path) -> None:
+    """Record the local-files root; warn about a database made before it was fixed at `/`
+    (the quickstart then used the folder's parent, and its tasks' URLs are relative to that)."""
+    record = data_dir / "polypseg-files-root.txt"
+    if (data_dir / "label_studio.sqlite3").is_file() and not record.is_file():
+        log.warning(
+            "%s was made by an earlier polypseg, whose image URLs were relative to the image "
+            "folder's parent: those tasks' images no longer load. Start with a fresh --data-dir "
+            "(or delete this one) to import them again.",
+            data_dir,
+        )
+    record.write_text(f"{FILES_ROOT}\n")
+
+
 def _login(data_dir: Path, username: str) -> launcher.Login:
     """The admin login, made once and kept in DATA_DIR (Label Studio keeps the user from the
     first start)."""
@@ -119,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{args.port}"
     try:
         with _only_instance(args.data_dir) as lock:
-            _check_port_free(args.port, "Label Studio", "PORT=... for make annotate, --port here")
-            _check_port_free(args.backend_port, "the backend", "BACKEND_PORT=..., --backend-port")
+            _check_port_free(args.port, "Label Studio", "make annotate PORT=..., or --port")
+            _check_port_free(
+                args.backend_port, "the backend", "make annotate BACKEND_PORT=..., or --backend-port"
+            )
             _claim(lock, url)
+            _note_files_root(args.data_dir)
             return _run(args, folder, url)
     except AlreadyRunning as exc:
         log.error("%s", exc)
