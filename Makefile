@@ -8,6 +8,9 @@ LABEL_STUDIO := $(LS_VENV)/bin/label-studio
 DATA ?= ../shared/data/kvasir-seg
 IMAGES ?= $(DATA)/images
 SAMPLE ?= cju0qkwl35piu0993l0dewei2
+PORT ?= 8080
+BACKEND_PORT ?= 9090
+TITLE ?= Polyps
 CODE := polypseg backends serverless tests benchmarks docs
 
 .PHONY: install install-labelstudio system-packages annotate lint test demo
@@ -35,9 +38,11 @@ system-packages:
 		{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || \
 		{ apt-get update -qq && apt-get install -y -qq chromium redis-server docker-compose; }
 
-# The main job: Label Studio with the polypseg backend and a project of the images in IMAGES.
+# The main job: Label Studio with the polypseg backend and a project of the images in IMAGES
+# (another IMAGES folder joins the same project TITLE as more tasks).
 annotate: install install-labelstudio
-	$(BIN)/python -m backends.labelstudio.quickstart --images $(IMAGES)
+	$(BIN)/python -m backends.labelstudio.quickstart --images "$(IMAGES)" --title "$(TITLE)" \
+		--port $(PORT) --backend-port $(BACKEND_PORT)
 
 lint: install
 	$(BIN)/ruff check $(CODE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_why_unreadable(path, exc)}); expected a .pt "
+            "file of model weights saved by torch.save (a polypseg checkpoint or an official SAM2 one)"
+        ) from None
     if not isinstance(content, dict) or not isinstance(content.get("model"), dict):
         raise CheckpointError(f"{path}: not a model checkpoint (no 'model' state dict in it)")
     extra = {k: v for k, v in content.items() if k not in ("model", "polypseg")}
     return content["model"], dict(content.get("polypseg") or {}), extra
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """One short reason, in place of torch's paragraph (which suggests `weights_only=False`, the
+    very thing a file of unknown origin must not get)."""
+    if unsupported := re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc)):
+        return f"it holds a pickled {unsupported[1]}, and only tensors and plain data are loaded"
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip (or, long ago, a pickle)
+        return "it is not a file written by torch.save"
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"it is damaged or truncated: {first_line[:200]}"

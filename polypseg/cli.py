@@ -347,7 +347,11 @@ def cmd_track(args: argparse.Namespace) -> None:
     corrections = dict(_correction(text) for text in args.correct)
     if args.frame in corrections:
         raise PromptError(f"--correct on the start frame {args.frame}: give that box as --box")
-    for correction in (prompt, *corrections.values()):  # refuse a bad prompt before loading a model
+    # Refuse a bad prompt before loading a model or making --out.
+    source.check_frame(args.frame, "--frame")
+    for frame in corrections:
+        source.check_frame(frame, "--correct frame")
+    for correction in (prompt, *corrections.values()):
         correction.fitted_to(source.info.width, source.info.height)
     tracker = _tracker(args)
     results = track_video(
@@ -632,7 +636,16 @@ def cmd_models(args: argparse.Namespace) -> None:
     store = ModelStore(args.model_dir)
     if args.action == "list":
         current = store.current()
-        for version in store.list_versions():
+        versions = store.list_versions()
+        if not versions:
+            log.info(
+                "no model versions in %s (looked in %s); `polypseg retrain --model-dir %s ...` makes "
+                "them, and until then the backend serves the shipped model",
+                store.root.resolve(),
+                store.versions.resolve(),
+                args.model_dir,
+            )
+        for version in versions:
             mark = "*" if current and version.id == current.id else " "
             print(f"{mark} {version.id}  {json.dumps(version.metrics)}  {version.info.get('note', '')}")
     elif args.action == "promote":
@@ -1008,14 +1021,24 @@ def build_parser() -> argparse.ArgumentParser:
     retrain_cmd.add_argument("--device", help=DEVICE_HELP)
     retrain_cmd.set_defaults(run=cmd_retrain)
 
-    models = commands.add_parser("models", help="model versions in MODEL_DIR: list, promote, rollback")
-    models.add_argument("action", choices=("list", "promote", "rollback"))
-    models.add_argument("version", nargs="?", help="the version to promote")
+    models = commands.add_parser(
+        "models",
+        help="model versions in MODEL_DIR: list, promote, rollback",
+        description="The model versions `polypseg retrain` keeps in MODEL_DIR, and which one is served.",
+        epilog="list: every version (* marks the current one) with its validation metrics and why it "
+        "was or was not promoted. promote VERSION: serve that version. rollback: serve the version "
+        "that was current before the current one. A running backend follows within seconds.",
+    )
+    models.add_argument(
+        "action", choices=("list", "promote", "rollback"), help="list | promote VERSION | rollback"
+    )
+    models.add_argument("version", nargs="?", help="the version to promote (an id from `models list`)")
     models.add_argument(
         "--model-dir",
         type=Path,
         default=os.environ.get("MODEL_DIR"),
         required=not os.environ.get("MODEL_DIR"),
+        help="the folder of model versions (default: $MODEL_DIR)",
     )
     models.set_defaults(run=cmd_models)
 

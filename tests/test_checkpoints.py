@@ -73,3 +73,24 @@ def test_a_model_name_without_checkpoint_needs_one_unless_it_is_the_default(monk
     assert build_predictor("unet").version == "test-unet"  # the default is a unet: take it
     with pytest.raises(ModelError, match="no checkpoint given for model 'sam2' .*pass one with --checkpoint"):
         build_predictor("sam2")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_it_and_what_was_expected(tmp_path):
+    from conftest import ROOT
+
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(ROOT / "README.md")
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"{ROOT / 'README.md'}: not a readable")
+    assert "not a file written by torch.save" in message and "expected a .pt file" in message
+    assert "weights_only" not in message and "arbitrary code" not in message  # torch's advice, not ours
+    torch.save({"model": {}, "optimizer": torch.optim.SGD}, tmp_path / "pickled.pt")  # a pickled class
+    with pytest.raises(CheckpointError, match=r"holds a pickled torch\.optim\.sgd\.SGD, and only") as raised:
+        load_checkpoint(tmp_path / "pickled.pt")
+    assert "\n" not in str(raised.value)
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.ones(3)}}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:200])  # a download cut short
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable .* damaged or truncated") as raised:
+        load_checkpoint(tmp_path / "cut.pt")
+    assert "\n" not in str(raised.value)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ONE_POLYP, VAL_LIST
+from conftest import DATA, ONE_POLYP, VAL_LIST
 from polypseg.images import read_image, read_mask
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Point, Prompt
@@ -202,3 +202,55 @@ def test_box_noise_is_seeded_and_moves_boxes(tmp_path, kvasir):
     exact = polyp_prompts(sample, truth, 0.0, seed=0)[0].box
     assert abs(first.x1 - exact.x1) <= 0.1 * exact.width + 1e-6
     assert np.isclose(exact.x1, 38)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, kvasir):
+    from conftest import ROOT
+
+    image = kvasir / "images" / f"{ONE_POLYP}.jpg"
+    args = ["--box", "1,1,50,50", "--checkpoint", ROOT / "README.md", "--out", tmp_path / "m.png"]
+    result = polypseg("segment", image, *args, check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()  # one line: no torch advice, no warning
+    assert "README.md: not a readable PyTorch checkpoint (it is not a file written by torch.save)" in line
+    assert "expected a .pt file" in line and not (tmp_path / "m.png").exists()
+
+
+CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"  # 181 frames
+
+
+def test_track_refuses_a_frame_the_video_lacks_before_making_anything(tmp_path, unet_checkpoint):
+    out = tmp_path / "out"
+    for bad in (["--frame", "500"], ["--frame", "3", "--correct", "181:10,10,60,60"]):
+        result = polypseg(
+            "track", CLIP, *bad, "--box", "10,10,60,60", "--checkpoint", unet_checkpoint, "--out", out,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()  # no progress bar before it
+        assert "outside the video's 181 frames (0 to 180)" in line and "tracking" not in result.stderr
+        assert not out.exists()
+
+
+def test_track_on_a_broken_video_says_so_without_the_decoders_noise(tmp_path, unet_checkpoint):
+    broken = tmp_path / "cut.mp4"
+    broken.write_bytes(CLIP.read_bytes()[:50_000])  # a copy cut short: no index ("moov atom")
+    result = polypseg(
+        "track", broken, "--frame", "0", "--box", "10,10,60,60", "--checkpoint", unet_checkpoint,
+        "--out", tmp_path / "out", check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "cut.mp4: not a video that OpenCV can decode" in line and "moov" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_models_list_on_an_empty_store_says_where_it_looked(tmp_path):
+    result = polypseg("models", "list", "--model-dir", tmp_path / "models")
+    assert result.stdout == ""
+    assert f"no model versions in {tmp_path / 'models'} (looked in {tmp_path / 'models' / 'versions'})" in (
+        result.stderr
+    )
+    helped = polypseg("models", "--help").stdout
+    for action in ("list:", "promote VERSION:", "rollback:"):
+        assert action in helped

@@ -44,6 +44,11 @@ def test_compose_file_runs_label_studio_backend_trainer_and_setup() -> None:
     assert services["trainer-gpu"]["command"] == trainer["command"]
     assert "POLYPSEG_BACKEND_URL" in setup["command"] and "BASIC_AUTH_USER" in setup["environment"]
     assert set(compose["volumes"]) == {"label-studio-data", "models", "dataset"}
+    # Label Studio sends nothing off the machine (its settings in 1.23.2's core/settings).
+    studio = services["label-studio"]["environment"]
+    assert studio["SENTRY_DSN"] == studio["FRONTEND_SENTRY_DSN"] == ""
+    assert studio["LATEST_VERSION_CHECK"] == studio["COLLECT_ANALYTICS"] == "false"
+    assert not services["label-studio"].get("command")  # the login comes by environment, not argv
 
 
 def test_env_example_sets_every_required_variable() -> None:
@@ -66,6 +71,10 @@ def test_docker_compose_config_passes(tmp_path: Path) -> None:
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert "polypseg" in run.stdout
+        # The volumes README's backup commands name, whatever this checkout's folder is called.
+        named = {v["name"] for v in yaml.safe_load(run.stdout)["volumes"].values()}
+        assert named == {"polypseg_models", "polypseg_dataset", "polypseg_label-studio-data"}
+        assert "-v polypseg_models:/m" in (ROOT / "README.md").read_text()
     missing = subprocess.run(
         [*client, "-f", str(COMPOSE), "config"],
         capture_output=True,

@@ -1,12 +1,15 @@
 """The README's first command (`make annotate IMAGES=...` runs backends.labelstudio.quickstart):
 Label Studio on its own SQLite database, the backend connected, a project of the folder's
-images, the URL and login printed; Ctrl-C stops both; run again, it reuses everything."""
+images, the URL and login printed; Ctrl-C stops both; run again, it reuses everything; another
+folder joins the project without breaking the first one's tasks; a second run while one is up
+is refused; nothing is sent off the machine."""
 
 from __future__ import annotations
 
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,12 +43,22 @@ class Quickstart:
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.put(line)
+
+    def wait_exit(self, timeout: float = 60) -> tuple[int, str]:
+        """Exit status and everything it printed, for a run that must end by itself."""
+        code = self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        lines = []
+        while not self.lines.empty():
+            lines.append(self.lines.get_nowait())
+        return code, "".join(lines)
 
     def wait_ready(self, timeout: float = 300) -> tuple[str, int, int, str, str]:
         """URL, project, image count, login and password, as printed."""
@@ -63,6 +76,14 @@ class Quickstart:
     def stop(self, sig: int) -> int:
         self.process.send_signal(sig)
         return self.process.wait(timeout=120)
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:  # a process that ended meanwhile
+        return False
+    return True
 
 
 def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_mask) -> None:
@@ -95,6 +116,19 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         assert session.get(f"{url}/api/projects/{project}", timeout=30).status_code == 200
         assert requests.get(f"{url}/api/projects/{project}", timeout=30).status_code == 401  # not logged in
 
+        # Nothing leaves the machine: the page loads no error tracker and reports no usage, the
+        # server made no version check and sent no error report (both log their HTTPS calls).
+        page = session.get(f"{url}/projects/", timeout=30).text
+        assert "sentry_dsn: null" in page and "collect_analytics: false" in page
+        assert "sentry-cdn" not in page
+        log = (tmp_path / "ls" / "label-studio.log").read_text()
+        assert "pypi.org" not in log and "sentry.io" not in log and "tele.labelstud.io" not in log
+        # ... and the password and token are not on any command line (`ps` shows those to all).
+        command_lines = [c.read_bytes() for c in Path("/proc").glob("[0-9]*/cmdline") if _readable(c)]
+        assert not [c for c in command_lines if password.encode() in c or token.encode() in c]
+        # The model was loaded and run once before "ready", not on the first annotator's box.
+        assert "warmed up" in (tmp_path / "ls" / "backend.log").read_text()
+
         (backend,) = api("GET", f"/api/ml?project={project}")
         assert backend["url"] == f"http://127.0.0.1:{backend_port}"
         listed = api("GET", f"/api/tasks?project={project}&page_size={count + 10}")["tasks"]
@@ -119,3 +153,67 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         assert again.wait_ready()[1:3] == (project, count)  # the same project, no task twice
     finally:
         assert again.stop(signal.SIGTERM) == 0
+
+
+def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasir: Path) -> None:
+    """Two folders one after the other: the first folder's tasks still load (Label Studio used
+    to move its local-files root to the second folder's parent: 404). A second run while one is
+    up, on the same data or on a taken port, is refused and starts nothing."""
+    names = sorted(p.name for p in (kvasir / "images").iterdir())[:4]
+    folders = [tmp_path / "first" / "frames", tmp_path / "elsewhere" / "second"]
+    for folder, pair in zip(folders, (names[:2], names[2:]), strict=True):
+        folder.mkdir(parents=True)
+        for name in pair:
+            shutil.copy(kvasir / "images" / name, folder / name)
+    (folders[1] / names[3]).rename(folders[1] / names[3].replace(".jpg", ".JPG"))  # a camera's name
+    data_dir, port, backend_port = tmp_path / "ls", _free_port(), _free_port()
+    first = Quickstart(folders[0], data_dir, port, backend_port)
+    try:
+        url, project, tasks, _, _ = first.wait_ready()
+        assert tasks == 2
+        again = Quickstart(folders[1], data_dir, _free_port(), _free_port())
+        code, said = again.wait_exit()
+        assert code == 1 and "Label Studio is ready" not in said
+        assert f"already running: {url} (process {first.process.pid})" in said
+        taken = Quickstart(folders[1], tmp_path / "other", port, _free_port())
+        code, said = taken.wait_exit()
+        assert code == 1 and f"port {port} (Label Studio) is already in use" in said
+        assert not (tmp_path / "other" / "label-studio.log").exists()  # nothing was started
+    finally:
+        assert first.stop(signal.SIGINT) == 0
+
+    second = Quickstart(folders[1], data_dir, port, backend_port)
+    try:
+        url, again_project, tasks, _, _ = second.wait_ready()
+        assert again_project == project and tasks == 4
+        token = (data_dir / "polypseg-login.txt").read_text().split()[1]
+        headers = {"Authorization": f"Token {token}"}
+        listed = requests.get(
+            f"{url}/api/tasks?project={project}&page_size=10", headers=headers, timeout=60
+        ).json()["tasks"]
+        served = {}
+        for task in listed:
+            answer = requests.get(url + task["data"]["image"], headers=headers, timeout=60)
+            assert answer.status_code == 200, (task["data"]["image"], answer.status_code)
+            served[Path(task["data"]["image"]).name] = answer.content
+        for folder in folders:  # every image of both folders, byte for byte
+            for image in folder.iterdir():
+                assert served[image.name] == image.read_bytes(), image
+    finally:
+        assert second.stop(signal.SIGTERM) == 0
+
+
+def test_a_data_dir_from_before_the_fixed_files_root_is_pointed_out(tmp_path: Path, kvasir: Path) -> None:
+    """Tasks imported by an earlier quickstart (local-files root = the folder's parent) do not
+    load under the root `/`: the run says so instead of leaving 404s to be found."""
+    data_dir = tmp_path / "ls"
+    data_dir.mkdir()
+    (data_dir / "label_studio.sqlite3").write_bytes(b"")  # a database, and no record of the root
+    command = [sys.executable, "-m", "backends.labelstudio.quickstart", "--images", str(kvasir / "images")]
+    command += ["--data-dir", str(data_dir), "--label-studio", str(tmp_path / "none")]
+    command += ["--port", str(_free_port()), "--backend-port", str(_free_port())]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "was made by an earlier polypseg" in first.stderr and "fresh --data-dir" in first.stderr
+    assert first.returncode == 1 and "Label Studio is not installed there" in first.stderr
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "earlier polypseg" not in again.stderr  # said once; the root is recorded now

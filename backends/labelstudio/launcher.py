@@ -31,6 +31,19 @@ class ServerFailed(RuntimeError):
     pass
 
 
+# Label Studio's own settings (label_studio/core/settings/{base,label_studio}.py and
+# core/utils/common.py in 1.23.2) that otherwise send to third parties: server errors to its
+# Sentry project, the page's errors to another (FRONTEND_SENTRY_DSN adds Sentry's script from a
+# CDN), the version check against pypi.org at every start, and usage analytics to
+# tele.labelstud.io. An empty DSN turns Sentry off (`if settings.SENTRY_DSN`).
+NOTHING_LEAVES_THE_MACHINE = {
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "LATEST_VERSION_CHECK": "false",
+    "COLLECT_ANALYTICS": "false",
+}
+
+
 def wait_for(url: str, process: subprocess.Popen[bytes] | None, timeout: float, log: Path | None) -> None:
     """Poll `url` until it answers 200; fail with the log's tail if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
@@ -72,29 +85,20 @@ def start_label_studio(
     log = log or data_dir / "label-studio.log"
     env = {
         **os.environ,
+        **NOTHING_LEAVES_THE_MACHINE,
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "ML_BLOCK_LOCAL_IP": "false",  # the backend is on this machine
         "SSRF_PROTECTION_ENABLED": "false",  # Label Studio also makes a webhook for the backend's URL
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # The login by environment, not on the command line (where `ps` shows it to every user).
+        "LABEL_STUDIO_USERNAME": login.username,
+        "LABEL_STUDIO_PASSWORD": login.password,
+        "LABEL_STUDIO_USER_TOKEN": login.token,
     }
     if files_root is not None:
         env |= {"LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(files_root.resolve())}
-    command = [
-        str(executable),
-        "start",
-        "--no-browser",
-        "--internal-host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--username",
-        login.username,
-        "--password",
-        login.password,
-        "--user-token",
-        login.token,
-        "--enable-legacy-api-token",
-    ]
+    command = [str(executable), "start", "--no-browser", "--internal-host", "127.0.0.1"]
+    command += ["--port", str(port), "--enable-legacy-api-token"]
     return _serve(command, env, port, log, timeout)
 
 
@@ -170,7 +174,7 @@ def add_image_folder(ls: Any, project: int, folder: Path) -> int:
         else ls.import_storage.local.create(
             project=project,
             path=str(folder),
-            regex_filter=r".*\.(jpe?g|png|bmp|tiff?)$",
+            regex_filter=r"(?i).*\.(jpe?g|png|bmp|tiff?)$",  # IMG_0001.JPG too
             use_blob_urls=True,
             title=folder.name,
         )

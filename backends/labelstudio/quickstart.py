@@ -4,22 +4,97 @@ polypseg backend connected to it, and a project of the polyp images in a folder.
     python -m backends.labelstudio.quickstart --images FOLDER
 
 prints the URL and the login, and runs until Ctrl-C. Run again, it reuses the same database,
-project and tasks.
+project and tasks; run with another folder, that folder's images join the project as a second
+local-files storage (every folder stays served: Label Studio's local-files root is `/`, and it
+serves only files inside a storage's folder). A second run on the same DATA_DIR while one is
+running is refused, naming the running one, and so is a run whose ports are taken: Label Studio
+would silently move to another port and the readiness check would see someone else's server.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import logging
+import os
 import secrets
 import signal
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from backends.labelstudio import launcher
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+# Label Studio's default; a fixed root keeps every folder's task URLs (`?d=` paths relative to
+# it) valid whichever folders are added later.
+FILES_ROOT = Path("/")
 log = logging.getLogger("polypseg.quickstart")
+
+
+class AlreadyRunning(RuntimeError):
+    """Another quickstart holds DATA_DIR, or another program holds a port."""
+
+
+@contextmanager
+def _only_instance(data_dir: Path) -> Iterator[Path]:
+    """Hold DATA_DIR for this run (a lock the system drops when the process ends, however it
+    ends); the lock file says who holds it, for the refusal of a second run."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "polypseg-quickstart.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            try:
+                running = json.loads(handle.read())
+                where = f"{running['url']} (process {running['pid']})"
+            except (ValueError, KeyError, TypeError):
+                where = "(starting up)"
+            raise AlreadyRunning(
+                f"Label Studio on {data_dir} is already running: {where}. Use that one, or stop it "
+                "(Ctrl-C in its terminal) before starting again; nothing was started."
+            ) from None
+        try:
+            yield path
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _claim(lock: Path, url: str) -> None:
+    lock.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+
+
+def _check_port_free(port: int, what: str, flag: str) -> None:
+    """Refuse a port some server answers on (as Label Studio itself tests it before moving on to
+    the next port; a port left in TIME_WAIT by a run just stopped is free)."""
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        taken = probe.connect_ex(("127.0.0.1", port)) == 0
+    if taken:
+        raise AlreadyRunning(
+            f"port {port} ({what}) is already in use by another program; stop it, or choose "
+            f"another port ({flag}); nothing was started."
+        )
+
+
+def _note_files_root(data_dir: Path) -> None:
+    """Record the local-files root; warn about a database made before it was fixed at `/`
+    (the quickstart then used the folder's parent, and its tasks' URLs are relative to that)."""
+    record = data_dir / "polypseg-files-root.txt"
+    if (data_dir / "label_studio.sqlite3").is_file() and not record.is_file():
+        log.warning(
+            "%s was made by an earlier polypseg, whose image URLs were relative to the image "
+            "folder's parent: those tasks' images no longer load. Start with a fresh --data-dir "
+            "(or delete this one) to import them again.",
+            data_dir,
+        )
+    record.write_text(f"{FILES_ROOT}\n")
 
 
 def _login(data_dir: Path, username: str) -> launcher.Login:
@@ -46,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8080, help="Label Studio's port")
     parser.add_argument("--backend-port", type=int, default=9090)
     parser.add_argument("--username", default="annotator@polypseg.local")
-    parser.add_argument("--title", default="Polyps")
+    parser.add_argument("--title", default="Polyps", help="the project the folder's images join")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # label-studio-sdk's request log
@@ -55,14 +130,29 @@ def main(argv: list[str] | None = None) -> int:
     if not folder.is_dir():
         log.error("%s: no such folder of images", args.images)
         return 2
-    login = _login(args.data_dir, args.username)
     url = f"http://127.0.0.1:{args.port}"
+    try:
+        with _only_instance(args.data_dir) as lock:
+            _check_port_free(args.port, "Label Studio", "make annotate PORT=..., or --port")
+            _check_port_free(
+                args.backend_port, "the backend", "make annotate BACKEND_PORT=..., or --backend-port"
+            )
+            _claim(lock, url)
+            _note_files_root(args.data_dir)
+            return _run(args, folder, url)
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 1
+
+
+def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
+    login = _login(args.data_dir, args.username)
     log.info("starting Label Studio on %s (first start: about a minute) ...", url)
     processes = []
     try:
         processes.append(
             launcher.start_label_studio(
-                args.label_studio, args.data_dir, args.port, login, files_root=folder.parent
+                args.label_studio, args.data_dir, args.port, login, files_root=FILES_ROOT
             )
         )
         log.info("starting the polypseg backend on port %d ...", args.backend_port)
@@ -75,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         tasks = launcher.add_image_folder(ls, project, folder)
         backend = f"http://127.0.0.1:{args.backend_port}"
         launcher.connect_backend(ls, project, backend, basic_auth=launcher.basic_auth_from_env())
-    except (launcher.ServerFailed, OSError) as exc:
-        log.error("%s", exc)
+    except (launcher.ServerFailed, OSError, KeyboardInterrupt) as exc:
+        log.error("%s", exc or "interrupted")
         for process in processes:
             launcher.stop(process)
         return 1
     log.info(
         "\nLabel Studio is ready: %s/projects/%d (%d images)\n  login: %s\n  password: %s\n"
-        "Open a task, turn on Auto-Annotation (bottom bar), pick the smart box tool, draw a box "
-        "around the polyp.\nLogs in %s. Ctrl-C stops both servers.",
+        "Open a task, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
+        "sparkle, key M) and draw a box around the polyp; accept the suggestion.\n"
+        "Logs in %s. Ctrl-C stops both servers.",
         url,
         project,
         tasks,

@@ -81,6 +81,18 @@ def image_size_of(region: Region) -> tuple[int, int] | None:
     return None
 
 
+# A click's sign: Label Studio 1.23 sets `is_positive: false` on a smart keypoint placed with
+# Alt held; the shipped config also offers it as a label of its own ("Background", beside "On
+# the polyp"), which Label Studio sends as the keypoint's label with `is_positive: true`.
+NEGATIVE_CLICK_LABELS = frozenset({"background"})
+
+
+def _is_positive_click(region: Region, labels: Any) -> bool:
+    named = labels if isinstance(labels, list) else []
+    negative = any(str(label).strip().lower() in NEGATIVE_CLICK_LABELS for label in named)
+    return bool(region.get("is_positive", True)) and not negative
+
+
 def prompt_from_context(
     regions: list[Region], object_name: str, width: int, height: int
 ) -> tuple[Prompt, list[str]]:
@@ -100,7 +112,7 @@ def prompt_from_context(
             box = rectangle_box(value, width, height)
         elif kind in ("keypointlabels", "keypoint"):
             x, y = _number(value, "x") * width / 100, _number(value, "y") * height / 100
-            points.append(Point(x, y, positive=bool(region.get("is_positive", True))))
+            points.append(Point(x, y, positive=_is_positive_click(region, value.get(kind))))
         else:
             continue
         labels.extend(value.get(kind, []) if isinstance(value.get(kind), list) else [])

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +30,8 @@ from backends.labelstudio.model import PolypModel
 from backends.labelstudio.settings import Settings
 from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, RetrainTrigger, WebhookQueue, log_event
 from polypseg.errors import PolypsegError
+from polypseg.formats.brush import encode_brush_rle
+from polypseg.prompts import Box, Prompt
 
 log = logging.getLogger("polypseg.labelstudio")
 
@@ -88,6 +91,7 @@ def create_app(
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings.from_env()
+    warm = model is None  # a model handed in (tests) is the caller's to prepare
     model = model or PolypModel(settings)
     metrics = Metrics()
     webhooks = WebhookQueue(on_webhook or _webhook_handler(settings))
@@ -96,6 +100,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests run the model on worker threads; this bounds how many at once.
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(1, settings.threads)
+        if warm:
+            await run_in_threadpool(_warm_up, model)
         yield
 
     app = FastAPI(title="polypseg Label Studio ML backend", version=model.version, lifespan=lifespan)
@@ -186,6 +192,19 @@ def create_app(
         }
 
     return app
+
+
+def _warm_up(model: PolypModel) -> None:
+    """One box on a blank frame before the first request: the first annotator's box would
+    otherwise wait for the first forward pass and the lazy imports of the answer's path
+    (label-studio-sdk's client and brush encoder), about 2 s on a CPU."""
+    started = time.perf_counter()
+    blank = np.zeros((256, 256, 3), np.uint8)
+    mask = model.predictor.predict(blank, Prompt(box=Box(64, 64, 192, 192))).mask
+    encode_brush_rle(mask)
+    import label_studio_sdk.client  # noqa: F401 (the media fetcher's token client, imported now)
+
+    log.info("model %s warmed up in %.1f s", model.version, time.perf_counter() - started)
 
 
 def _webhook_handler(settings: Settings) -> Handler:

@@ -7,6 +7,7 @@ out reversed), so memory does not grow with the video's length.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ import numpy as np
 from polypseg.datasets import IMAGE_SUFFIXES
 from polypseg.errors import InputImageError
 from polypseg.images import read_image
+
+# FFmpeg (inside OpenCV) prints its own errors ("moov atom not found") to the terminal before
+# the clean message below says the same; OpenCV reads this when it first opens a video.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg")
 BACKWARD_CHUNK = 16  # frames decoded at once when reading backward
@@ -38,12 +43,19 @@ class FrameSource(ABC):
     info: VideoInfo
     name: str  # the file or folder, for messages
 
+    def check_frame(self, index: int, what: str = "frame") -> None:
+        """Refuse a frame number the video does not have (before anything is loaded or written)."""
+        if not 0 <= index < self.info.frame_count:
+            raise InputImageError(
+                f"{what} {index} is outside the video's {self.info.frame_count} frames "
+                f"(0 to {self.info.frame_count - 1}) in {self.name}"
+            )
+
     def frames(
         self, start: int, direction: str = "forward", max_frames: int | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Frames from `start` (included) towards the end ("forward") or the beginning ("backward")."""
-        if not 0 <= start < self.info.frame_count:
-            raise InputImageError(f"frame {start} is outside the video's {self.info.frame_count} frames")
+        self.check_frame(start)
         if direction not in ("forward", "backward"):
             raise ValueError(f"direction {direction!r} is not forward or backward")
         frames = self._run(start, direction, max_frames)
