@@ -438,6 +438,7 @@ def cmd_train_click_unet(args: argparse.Namespace) -> None:
         "decoder": args.model,
         "click_rounds": args.click_rounds,
         "presence_weight": args.presence_weight,
+        "click_weight": args.click_weight,
     }
     log.info("best checkpoint: %s", train_click_unet(ClickUnetTrainConfig(**options)))
 
@@ -922,6 +923,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
             unet.add_argument(
                 "--presence-weight", type=float, default=0.5, help="weight of the presence loss"
+            )
+            unet.add_argument(
+                "--click-weight",
+                type=float,
+                default=4.0,
+                help="extra loss weight of the pixels a click points at",
             )
 
     detector = train.add_parser("detector", help="train the polyp detector (a whole-frame segmenter)")

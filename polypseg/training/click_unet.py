@@ -7,7 +7,8 @@ its largest error, exactly as the evaluation protocol places it (`polypseg.click
 its answer becoming the previous-mask channel; the last input is trained on. So the model
 learns to fix its own mistakes, not random ones.
 
-The mask is trained only on boxes around a polyp (BCE + Dice); boxes without one (the
+The mask is trained only on boxes around a polyp (BCE + Dice, the BCE weighing the error
+region each click pointed at `--click-weight` times more); boxes without one (the
 `--negative-fraction` draws) train only the presence output (BCE). A box is thus always
 answered with the model's best mask, and presence says whether a polyp is there.
 
@@ -25,16 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from polypseg.box_input import BoxInputGeometry
 from polypseg.checkpoints import load_checkpoint
-from polypseg.clicks import click_channels, next_click
+from polypseg.clicks import CLICK_RADIUS, click_channels, next_click
 from polypseg.datasets import load_folder_dataset
 from polypseg.errors import CheckpointError
 from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
 from polypseg.prompts import Point
 from polypseg.training.common import split_names, validation_metrics
-from polypseg.training.unet import PolypRegions, UnetRun, UnetTrainConfig, bce_dice_loss
+from polypseg.training.unet import PolypRegions, UnetRun, UnetTrainConfig
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ClickUnetTrainConfig(UnetTrainConfig):
     no_click_fraction: float = 0.4  # share of batches trained on the box alone (round 0)
     random_click_fraction: float = 0.3  # share of samples that start with random clicks
     presence_weight: float = 0.5
+    click_weight: float = 4.0  # extra loss weight of the pixels a click points at
     val_clicks: int = 3  # validation reports IoU after this many simulated clicks
 
 
@@ -62,6 +65,25 @@ def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:
             i = rng.integers(len(xs))
             points.append(Point(xs[i] + 0.5, ys[i] + 0.5, False))
     return points
+
+
+def error_region_at(predicted: np.ndarray, truth: np.ndarray, click: Point) -> np.ndarray:
+    """The connected error region (missed or false) a click was placed in, as 0/1 floats."""
+    error = (truth & ~predicted) if click.positive else (predicted & ~truth)
+    labels, _ = ndimage.label(error)
+    label = labels[min(int(click.y), error.shape[0] - 1), min(int(click.x), error.shape[1] - 1)]
+    return (labels == label).astype(np.float32) if label else np.zeros(error.shape, np.float32)
+
+
+def weighted_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """BCE with per-pixel weights (normalised per image) plus soft Dice."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = ((bce * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).mean()
+    probability = torch.sigmoid(logits)
+    overlap = (probability * target).sum(dim=(1, 2, 3))
+    total = probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
+    dice = 1 - (2 * overlap + 1) / (total + 1)
+    return bce + dice.mean()
 
 
 class ClickUnetRun(UnetRun):
@@ -105,6 +127,14 @@ class ClickUnetRun(UnetRun):
             for truth, has in zip(truths, present, strict=True)
         ]
         previous = np.zeros((len(truths), 1, size, size), dtype=np.float32)
+        # Pixels a click pointed at weigh more: the error region each click was placed in (or
+        # a disk around a random click), so that following a click is not drowned by the many
+        # pixels the answer already had right.
+        weights = np.ones((len(truths), 1, size, size), dtype=np.float32)
+        for i, points in enumerate(clicks):
+            weights[i, 0] += c.click_weight * click_channels(
+                points, (0.0, 0.0), (1.0, 1.0), size, 3 * CLICK_RADIUS
+            ).max(0)
         no_clicks = self.rng.random() < c.no_click_fraction
         rounds = 0 if no_clicks else int(self.rng.integers(1, c.click_rounds + 1))
         if rounds:
@@ -114,9 +144,11 @@ class ClickUnetRun(UnetRun):
                     logits, _ = self.model(self._inputs(base, clicks, previous).to(self.device))
                     previous = torch.sigmoid(logits.float()).cpu().numpy()
                     for i in np.flatnonzero(present):
-                        click = next_click(previous[i, 0] > 0.5, truths[i])
+                        predicted = previous[i, 0] > 0.5
+                        click = next_click(predicted, truths[i])
                         if click is not None:
                             clicks[i].append(click)
+                            weights[i, 0] += c.click_weight * error_region_at(predicted, truths[i], click)
             self.model.train()
         logits, presence = self.model(self._inputs(base, clicks, previous).to(self.device))
         presence_loss = F.binary_cross_entropy_with_logits(
@@ -125,7 +157,8 @@ class ClickUnetRun(UnetRun):
         if not present.any():
             return c.presence_weight * presence_loss
         keep = torch.from_numpy(present).to(self.device)
-        mask_loss = bce_dice_loss(logits[keep].float(), target.to(self.device)[keep])
+        weight = torch.from_numpy(weights).to(self.device)[keep]
+        mask_loss = weighted_bce_dice_loss(logits[keep].float(), target.to(self.device)[keep], weight)
         return mask_loss + c.presence_weight * presence_loss
 
     @staticmethod
