@@ -63,9 +63,11 @@ def start_label_studio(
     files_root: Path | None = None,
     log: Path | None = None,
     timeout: float = 240,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Label Studio on loopback with its default SQLite database in `data_dir`, allowed to call a
-    backend on this machine; `files_root` is served as local-files storage."""
+    """Label Studio on loopback with its default SQLite database in `data_dir` (or the database
+    that `extra_env` or the environment names: DJANGO_DB=postgresql, POSTGRE_HOST, ...), allowed
+    to call a backend on this machine; `files_root` is served as local-files storage."""
     if not executable.is_file():
         raise ServerFailed(f"{executable}: Label Studio is not installed there (make install-labelstudio)")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +78,7 @@ def start_label_studio(
         "ML_BLOCK_LOCAL_IP": "false",  # the backend is on this machine
         "SSRF_PROTECTION_ENABLED": "false",  # Label Studio also makes a webhook for the backend's URL
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        **(extra_env or {}),
     }
     if files_root is not None:
         env |= {"LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(files_root.resolve())}
