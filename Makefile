@@ -31,12 +31,14 @@ $(LABEL_STUDIO):
 install-labelstudio: $(LABEL_STUDIO)
 
 # Debian packages the tests use: Chromium for the browser test (driven by Playwright, which
-# downloads no browser), redis-server for the CVAT tracker's state store, and docker-compose to
-# check docker-compose.yml (where docker compose v2 is missing).
+# downloads no browser), redis-server for the CVAT tracker's state store, docker-compose to
+# check docker-compose.yml (where docker compose v2 is missing), and postgresql for the team
+# test's Label Studio database (the test runs its own cluster; the package's is not needed).
 system-packages:
 	command -v chromium >/dev/null && command -v redis-server >/dev/null && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
 		{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || \
-		{ apt-get update -qq && apt-get install -y -qq chromium redis-server docker-compose; }
+		{ apt-get update -qq && apt-get install -y -qq chromium redis-server postgresql docker-compose; }
 
 # The main job: Label Studio with the polypseg backend and a project of the images in IMAGES
 # (another IMAGES folder joins the same project TITLE as more tasks).

@@ -6,7 +6,8 @@ import os
 import secrets
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ class LabelStudioStack:
     login: Any  # backends.labelstudio.launcher.Login
     client: Any  # label-studio-sdk client with the admin's token
     data_dir: Path
+    processes: dict[str, Any] = field(default_factory=dict)  # name -> subprocess.Popen
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         import requests
@@ -145,32 +147,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
-    """Label Studio 1.23 from .venv-labelstudio (make install-labelstudio) on a fresh SQLite
-    database, serving ../shared/data as local files, and `polypseg serve labelstudio` connected
-    to it with the admin's legacy token."""
+@contextmanager
+def label_studio_stack(
+    folder: Path, files_root: Path, database: dict[str, str] | None = None
+) -> Iterator[LabelStudioStack]:
+    """Label Studio 1.23 from .venv-labelstudio (make install-labelstudio) serving `files_root`
+    as local files, on a fresh SQLite database in `folder` or on the database that `database`
+    names in Label Studio's own settings (DJANGO_DB, POSTGRE_*), and `polypseg serve
+    labelstudio` connected to it with the admin's legacy token. `processes` holds both servers
+    ("label-studio", "backend"); whatever it holds at the end is stopped."""
     from backends.labelstudio import launcher
 
     executable = Path(
         os.environ.get("POLYPSEG_LABEL_STUDIO", ROOT / ".venv-labelstudio" / "bin" / "label-studio")
     )
-    folder = tmp_path_factory.mktemp("label-studio")
     login = launcher.Login("admin@polypseg.test", secrets.token_urlsafe(12), secrets.token_hex(20))
     url = f"http://127.0.0.1:{_free_port()}"
     backend_port = _free_port()
-    studio = launcher.start_label_studio(
-        executable, folder / "data", int(url.rsplit(":", 1)[1]), login, files_root=kvasir.parent
-    )
+    processes = {
+        "label-studio": launcher.start_label_studio(
+            executable,
+            folder / "data",
+            int(url.rsplit(":", 1)[1]),
+            login,
+            files_root=files_root,
+            extra_env=database,
+            timeout=480,  # the first start migrates a new database: minutes on a busy 2-core machine
+        )
+    }
     try:
-        backend = launcher.start_backend(backend_port, url, login.token, folder / "backend.log")
-    except Exception:
-        launcher.stop(studio)
-        raise
-    try:
+        processes["backend"] = launcher.start_backend(backend_port, url, login.token, folder / "backend.log")
         yield LabelStudioStack(
-            url, f"http://127.0.0.1:{backend_port}", login, launcher.client(url, login.token), folder
+            url,
+            f"http://127.0.0.1:{backend_port}",
+            login,
+            launcher.client(url, login.token),
+            folder,
+            processes,
         )
     finally:
-        launcher.stop(backend)
-        launcher.stop(studio)
+        for process in reversed(list(processes.values())):
+            launcher.stop(process)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
+    """Label Studio on SQLite with the backend connected (see `label_studio_stack`)."""
+    with label_studio_stack(tmp_path_factory.mktemp("label-studio"), kvasir.parent) as stack:
+        yield stack

@@ -76,9 +76,11 @@ def start_label_studio(
     files_root: Path | None = None,
     log: Path | None = None,
     timeout: float = 240,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Label Studio on loopback with its default SQLite database in `data_dir`, allowed to call a
-    backend on this machine; `files_root` is served as local-files storage."""
+    """Label Studio on loopback with its default SQLite database in `data_dir` (or the database
+    that `extra_env` or the environment names: DJANGO_DB=postgresql, POSTGRE_HOST, ...), allowed
+    to call a backend on this machine; `files_root` is served as local-files storage."""
     if not executable.is_file():
         raise ServerFailed(f"{executable}: Label Studio is not installed there (make install-labelstudio)")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,7 @@ def start_label_studio(
         "LABEL_STUDIO_USERNAME": login.username,
         "LABEL_STUDIO_PASSWORD": login.password,
         "LABEL_STUDIO_USER_TOKEN": login.token,
+        **(extra_env or {}),
     }
     if files_root is not None:
         env |= {"LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(files_root.resolve())}

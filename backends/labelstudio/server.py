@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -24,6 +25,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from backends.labelstudio.concurrency import (
+    WORKER_PROCESSES_VARIABLE,
+    ConcurrencySettings,
+    ModelBusy,
+    ModelSlots,
+    apply_torch_threads,
+)
 from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
@@ -84,10 +92,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings | None = None, model: PolypModel | None = None, on_webhook: Handler | None = None
+    settings: Settings | None = None,
+    model: PolypModel | None = None,
+    on_webhook: Handler | None = None,
+    slots: ModelSlots | None = None,
 ) -> FastAPI:
     """The application; `model` defaults to the predictor the settings name, loaded now, once.
-    Webhooks start retraining where MODEL_DIR is set, else they are logged."""
+    Webhooks start retraining where MODEL_DIR is set, else they are logged. `slots` bound the
+    requests running the model at once (default: from the environment, see concurrency.py)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or Settings.from_env()
@@ -95,11 +107,26 @@ def create_app(
     model = model or PolypModel(settings)
     metrics = Metrics()
     webhooks = WebhookQueue(on_webhook or _webhook_handler(settings))
+    concurrency: ConcurrencySettings | None = None
+    if slots is None:
+        concurrency = ConcurrencySettings.from_env()
+        slots = ModelSlots(concurrency.limit, concurrency.queue_timeout)
+    model_slots = slots
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests run the model on worker threads; this bounds how many at once.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = max(1, settings.threads)
+        # Requests run on worker threads; `slots` bounds those running the model, so the pool
+        # must not be the tighter bound (its waiters would be served in no promised order).
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(1, settings.threads, model_slots.limit)
+        if concurrency is not None:  # a served process (not an app handed its slots by a test)
+            apply_torch_threads(concurrency.torch_threads)
+            log.info(
+                "model: %d request(s) at once, %d torch thread(s) each, queue time-out %.0f s",
+                model_slots.limit,
+                concurrency.torch_threads,
+                model_slots.queue_timeout,
+            )
         if warm:
             await run_in_threadpool(_warm_up, model)
         yield
@@ -124,6 +151,13 @@ def create_app(
     async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
         log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
         return _error(exc.status, exc.reason)
+
+    @app.exception_handler(ModelBusy)
+    async def _busy(request: Request, exc: ModelBusy) -> JSONResponse:
+        log.warning("%s %s -> 503: %s", request.method, request.url.path, exc)
+        response = _error(503, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(PolypsegError)
     async def _bad_input(request: Request, exc: PolypsegError) -> JSONResponse:
@@ -158,7 +192,12 @@ def create_app(
         context = params.get("context") if isinstance(params, dict) else None
         if context is not None and not isinstance(context, dict):
             raise BadRequest("params.context must be an object", 400)
-        results = await run_in_threadpool(model.predict, data.get("tasks"), data.get("label_config"), context)
+        # The slot covers the whole prediction, the image download from Label Studio included
+        # (on loopback or a LAN a few ms against the model's tens).
+        async with model_slots.slot():
+            results = await run_in_threadpool(
+                model.predict, data.get("tasks"), data.get("label_config"), context
+            )
         return {"results": results, "model_version": model.version}
 
     @app.post("/webhook")
@@ -189,6 +228,12 @@ def create_app(
             "encoder_runs": predictor.encoder_runs,
             "cached_images": len(predictor.cache),
             "webhooks": {"received": webhooks.received, "handled": webhooks.handled},
+            "model_slots": {
+                "limit": model_slots.limit,
+                "running": model_slots.running,
+                "waiting": model_slots.waiting,
+                "refused": model_slots.refused,
+            },
         }
 
     return app
@@ -247,6 +292,7 @@ def serve(host: str = "0.0.0.0", port: int = 9090, workers: int = 1, log_level: 
     import uvicorn
 
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level}
+    os.environ[WORKER_PROCESSES_VARIABLE] = str(max(1, workers))  # each worker's share of the cores
     if workers > 1:
         uvicorn.run("backends.labelstudio.server:create_app", factory=True, workers=workers, **options)
     else:
