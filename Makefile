@@ -42,7 +42,7 @@ annotate: install install-labelstudio
 lint: install
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
-	$(BIN)/mypy polypseg backends serverless/cvat
+	$(BIN)/mypy polypseg backends
 
 test: lint install-labelstudio system-packages
 	$(BIN)/pytest

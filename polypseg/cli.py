@@ -575,7 +575,7 @@ def _pull(args: argparse.Namespace) -> bool:
             log.error("Label Studio project %s not pulled: %s", args.label_studio_project, exc)
             ok = False
     for archive in args.cvat_archive:
-        from serverless.cvat.export import pull_cvat_archive
+        from backends.cvat.export import pull_cvat_archive
 
         try:
             log.info("CVAT archive %s: %s", archive, pull_cvat_archive(archive, store))
@@ -583,7 +583,7 @@ def _pull(args: argparse.Namespace) -> bool:
             log.error("CVAT archive not pulled: %s", exc)
             ok = False
     if args.cvat_task:
-        from serverless.cvat.export import cvat_credentials_from_env, pull_cvat_server
+        from backends.cvat.export import cvat_credentials_from_env, pull_cvat_server
 
         token, credentials = cvat_credentials_from_env()
         for task_id in args.cvat_task:
@@ -612,7 +612,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     )
     every = parse_interval(args.every) if args.every else None
     if args.cvat_task:  # settings a schedule would trip over every round: refused before the first
-        from serverless.cvat.export import cvat_credentials_from_env
+        from backends.cvat.export import cvat_credentials_from_env
 
         if not args.cvat_url:
             raise PolypsegError("--cvat-url (or CVAT_URL) is needed to pull CVAT tasks")

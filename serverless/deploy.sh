@@ -18,7 +18,7 @@ root="$(dirname "$here")"
 wheels="$(mktemp -d)"
 trap 'rm -rf "$wheels"' EXIT
 
-# polypseg (the core, its shipped model, and serverless.cvat) as a wheel each function installs.
+# polypseg (the core, its shipped model, and backends.cvat) as a wheel each function installs.
 python3 -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$wheels" "$root"
 
 nuctl create project cvat --platform local 2>/dev/null || true

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backends.cvat.export import pull_cvat_archive
+from backends.cvat.rasterise import fill_polygon
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, entry_key
 from polypseg.errors import DatasetError, PolypsegError
@@ -35,8 +37,6 @@ from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
-from serverless.cvat.export import pull_cvat_archive
-from serverless.cvat.rasterise import fill_polygon
 
 # ---------------------------------------------------------------- archives as CVAT writes them
 
@@ -616,7 +616,7 @@ def test_a_bad_shape_or_a_missing_frame_is_skipped_and_counted(tmp_path: Path) -
 
 
 def test_shapes_that_cannot_be_drawn_say_why() -> None:
-    from serverless.cvat.annotations import Shape as XmlShape
+    from backends.cvat.annotations import Shape as XmlShape
 
     cases = {
         "polygon": ({"points": "1,1;5,1"}, "2 points"),

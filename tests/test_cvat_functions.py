@@ -40,6 +40,7 @@ import yaml
 from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 
+from backends.cvat.protocol import MAX_CLICKS, interaction_answer
 from conftest import ONE_POLYP, ROOT, _free_port
 from polypseg.datasets import load_folder_dataset
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
@@ -50,7 +51,6 @@ from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Point, Prompt
 from polypseg.video.synthetic import write_sequences
-from serverless.cvat.protocol import MAX_CLICKS, interaction_answer
 
 SERVERLESS = ROOT / "serverless"
 FUNCTIONS = ("unet-interactor", "sam2-interactor", "mask-tracker")
@@ -474,8 +474,8 @@ def test_a_track_continues_in_another_process_through_redis(redis_server: int, s
 def test_agent_functions(sequence, polyp, core_mask) -> None:
     import PIL.Image
 
-    from serverless.cvat import agent_interactor, agent_tracker
-    from serverless.cvat.agents import TrackableShape
+    from backends.cvat import agent_interactor, agent_tracker
+    from backends.cvat.agents import TrackableShape
 
     frames, masks = sequence
     tracking = agent_tracker.create()

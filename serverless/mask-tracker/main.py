@@ -6,9 +6,9 @@ else in this process."""
 
 import os
 
+from backends.cvat.handlers import TrackerFunction, respond, served_model, tracked_shape_kinds
+from backends.cvat.state_store import state_store_from_env
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import TrackerFunction, respond, served_model, tracked_shape_kinds
-from serverless.cvat.state_store import state_store_from_env
 
 
 def init_context(context):

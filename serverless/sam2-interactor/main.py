@@ -4,8 +4,8 @@ both to the polyp's mask; further clicks on the same frame reuse its image embed
 import os
 from pathlib import Path
 
+from backends.cvat.handlers import InteractorFunction, respond, served_model
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import InteractorFunction, respond, served_model
 
 
 def init_context(context):

@@ -1,8 +1,8 @@
 """CVAT interactor: the shipped polypseg U-Net. A box around the polyp (and optional clicks
 that choose which parts to keep) to the polyp's mask."""
 
+from backends.cvat.handlers import InteractorFunction, respond, served_model
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import InteractorFunction, respond, served_model
 
 
 def init_context(context):

@@ -9,12 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from polypseg.errors import PolypsegError
-from polypseg.model_store import CurrentModel, ModelStore
-from polypseg.predictors.base import ImagePredictor
-from polypseg.video.tracking import TrackStateError, VideoTracker
-from polypseg.video.tracking_job import build_tracker
-from serverless.cvat.protocol import (
+from backends.cvat.protocol import (
     SHAPE_KINDS,
     RequestError,
     Shape,
@@ -24,7 +19,12 @@ from serverless.cvat.protocol import (
     parse_shape,
     tracking_objects,
 )
-from serverless.cvat.state_store import StateStore
+from backends.cvat.state_store import StateStore
+from polypseg.errors import PolypsegError
+from polypseg.model_store import CurrentModel, ModelStore
+from polypseg.predictors.base import ImagePredictor
+from polypseg.video.tracking import TrackStateError, VideoTracker
+from polypseg.video.tracking_job import build_tracker
 
 log = logging.getLogger("polypseg.cvat")
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.cvat.annotations import IMAGES_FORMAT, Export, Frame, read_annotations, sources_by_frame
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
 from polypseg.errors import DatasetError, PolypsegError
-from serverless.cvat.annotations import IMAGES_FORMAT, Export, Frame, read_annotations, sources_by_frame
 
 log = logging.getLogger(__name__)
 
