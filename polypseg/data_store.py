@@ -49,7 +49,7 @@ VALIDATION_SHARE = 10  # one key in ten is a validation image
 class LabelledImage:
     source: str  # where it came from: "labelstudio:<host>:<project>", "cvat:<task>", ...
     task: str  # the task (or image) id within the source
-    annotation: str  # the annotation id
+    annotation: str  # its version: what it draws, on which image (label_sources.annotation_version)
     updated: str  # the annotation's update time as the source gives it
     image: bytes
     image_suffix: str

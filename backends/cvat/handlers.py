@@ -11,7 +11,6 @@ from typing import Any
 
 from backends.cvat.protocol import (
     SHAPE_KINDS,
-    RequestError,
     Shape,
     decode_image,
     interaction_answer,
@@ -20,6 +19,7 @@ from backends.cvat.protocol import (
     tracking_objects,
 )
 from backends.cvat.state_store import StateStore
+from backends.request_errors import RequestError
 from polypseg.errors import PolypsegError
 from polypseg.model_store import CurrentModel, ModelStore
 from polypseg.predictors.base import ImagePredictor
@@ -27,6 +27,9 @@ from polypseg.video.tracking import TrackStateError, VideoTracker
 from polypseg.video.tracking_job import build_tracker
 
 log = logging.getLogger("polypseg.cvat")
+
+# Unusable input (RequestError without a status, PolypsegError) is answered 400, as ever.
+INPUT_ERROR_STATUS = 400
 
 Call = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -170,10 +173,10 @@ def respond(context: Any, call: Call, event: Any) -> Any:
         status = 200
     except RequestError as exc:
         context.logger.warn(f"refused: {exc.reason}")
-        body, status = json.dumps({"error": exc.reason}), exc.status
+        body, status = json.dumps({"error": exc.reason}), exc.status or INPUT_ERROR_STATUS
     except PolypsegError as exc:
         context.logger.warn(f"refused: {exc}")
-        body, status = json.dumps({"error": str(exc)}), 400
+        body, status = json.dumps({"error": str(exc)}), INPUT_ERROR_STATUS
     except Exception as exc:  # a bug or a broken model: say so, keep serving
         log.exception("request failed")
         body, status = (
