@@ -40,7 +40,10 @@ class PolypModel:
         store = ModelStore(settings.model_dir) if settings.model_dir and predictor is None else None
         self.current = CurrentModel(
             store,
-            lambda path: predictor or build_predictor(settings.model, path, settings.device),
+            lambda path: (
+                predictor
+                or build_predictor(settings.model, path, settings.device, **settings.predictor_options())
+            ),
             fallback=settings.checkpoint,
         )
         self.fetcher = MediaFetcher(
@@ -60,10 +63,7 @@ class PolypModel:
         return self.predictor.version
 
     def tracker_kind(self, predictor: ImagePredictor) -> str:
-        if self.settings.tracker != "auto":
-            return self.settings.tracker
-        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-        return "sam2" if predictor.name == "sam2" and on_gpu else "classical"
+        return self.settings.tracker_for(predictor)
 
     def predict(
         self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
