@@ -137,7 +137,7 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     for name in names:
         store.put(item(name))
     assert len(store.samples()) == 5 and len(store.samples("val")) == 2
-    assert store.is_current(SOURCE, names[0], "1", "t1") and not store.is_current(SOURCE, names[0], "2", "t2")
+    assert store.holds(SOURCE, names[0], "1") and not store.holds(SOURCE, names[0], "2")
     fingerprint = store.fingerprint()
     store.put(item(names[0]))  # the same annotation again: nothing new
     reopened = DatasetStore(tmp_path)
