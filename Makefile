@@ -13,7 +13,7 @@ BACKEND_PORT ?= 9090
 TITLE ?= Polyps
 CODE := polypseg backends serverless tests benchmarks docs
 
-.PHONY: install install-labelstudio system-packages annotate lint test demo
+.PHONY: install install-labelstudio system-packages annotate lint check test demo
 
 $(BIN)/polypseg: pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -49,7 +49,12 @@ annotate: install install-labelstudio
 lint: install
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
-	$(BIN)/mypy polypseg backends serverless/cvat
+	$(BIN)/mypy polypseg backends
+
+# The fast loop while changing code: lint, types, and the tests not marked slow (no Label Studio,
+# browser or training runs); `make test` runs everything, as CI does.
+check: lint
+	$(BIN)/pytest -m "not slow" -q
 
 test: lint install-labelstudio system-packages
 	$(BIN)/pytest

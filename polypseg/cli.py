@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from polypseg.errors import PolypsegError, PromptError
 
 if TYPE_CHECKING:
+    from polypseg.label_sources import LabelSource
     from polypseg.prompts import Prompt
     from polypseg.video.tracking import VideoTracker
 
@@ -567,47 +568,22 @@ def cmd_finetune_sam2_video(args: argparse.Namespace) -> None:
     log.info("best checkpoint: %s", finetune_sam2_video(config))
 
 
-def _pull(args: argparse.Namespace) -> bool:
+def _pull(dataset: Path, sources: Sequence[LabelSource]) -> bool:
     """Pull every configured source into the dataset store; False if any could not be read."""
     from polypseg.data_store import DatasetStore
 
-    store, ok = DatasetStore(args.dataset), True
-    if args.label_studio_project is not None:
-        from backends.labelstudio.errors import BadRequest
-        from backends.labelstudio.export import LabelStudioProject
-
-        if not args.label_studio_url:
-            raise PolypsegError("--label-studio-url (or LABEL_STUDIO_URL) is needed to pull a project")
-        project = LabelStudioProject(args.label_studio_url, args.api_key or "", args.label_studio_project)
+    store, ok = DatasetStore(dataset), True
+    for source in sources:
         try:
-            report = project.pull(store)
-            log.info("Label Studio %s: %s", project.source, report)
-        except (BadRequest, OSError) as exc:  # unreachable after retries, refused, ...
-            log.error("Label Studio project %s not pulled: %s", args.label_studio_project, exc)
+            log.info("%s: %s", source.name, source.pull(store))
+        except (PolypsegError, OSError) as exc:  # unreachable after retries, refused, unreadable
+            log.error("%s not pulled: %s", source.name, exc)
             ok = False
-    for archive in args.cvat_archive:
-        from serverless.cvat.export import pull_cvat_archive
-
-        try:
-            log.info("CVAT archive %s: %s", archive, pull_cvat_archive(archive, store))
-        except PolypsegError as exc:
-            log.error("CVAT archive not pulled: %s", exc)
-            ok = False
-    if args.cvat_task:
-        from serverless.cvat.export import cvat_credentials_from_env, pull_cvat_server
-
-        token, credentials = cvat_credentials_from_env()
-        for task_id in args.cvat_task:
-            try:
-                counts = pull_cvat_server(args.cvat_url, "task", task_id, store, token, credentials)
-                log.info("CVAT task %s: %s", task_id, counts)
-            except PolypsegError as exc:  # unreachable, refused, not an export we can read
-                log.error("CVAT task %s not pulled: %s", task_id, exc)
-                ok = False
     return ok
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
+    from polypseg.plugins import load_plugins
     from polypseg.predictors.registry import resolve_device
     from polypseg.retraining import RetrainSettings, parse_interval, retrain_every
 
@@ -622,13 +598,9 @@ def cmd_retrain(args: argparse.Namespace) -> None:
         force=args.force,
     )
     every = parse_interval(args.every) if args.every else None
-    if args.cvat_task:  # settings a schedule would trip over every round: refused before the first
-        from serverless.cvat.export import cvat_credentials_from_env
-
-        if not args.cvat_url:
-            raise PolypsegError("--cvat-url (or CVAT_URL) is needed to pull CVAT tasks")
-        cvat_credentials_from_env()
-    retrain_every(settings, every, lambda: _pull(args), args.train_anyway)
+    # The platforms' sources, their settings checked once: a schedule would trip over them every round.
+    sources = [source for kind in load_plugins().source_kinds.values() for source in kind.sources(args)]
+    retrain_every(settings, every, lambda: _pull(args.dataset, sources), args.train_anyway)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -655,23 +627,6 @@ def cmd_models(args: argparse.Namespace) -> None:
         log.info("current: %s", store.promote(args.version, "promoted by hand").id)
     else:
         log.info("current: %s", store.rollback().id)
-
-
-def cmd_serve_labelstudio(args: argparse.Namespace) -> None:
-    import os
-
-    # The flags become the environment the backend reads, so that every worker process sees them.
-    for flag, variable in (
-        ("model", "POLYPSEG_MODEL"),
-        ("checkpoint", "POLYPSEG_CHECKPOINT"),
-        ("device", "DEVICE"),
-        ("threads", "POLYPSEG_THREADS"),
-    ):
-        if getattr(args, flag) is not None:
-            os.environ[variable] = str(getattr(args, flag))
-    from backends.labelstudio.server import serve  # the edge, imported only by this command
-
-    serve(args.host, args.port, args.workers)
 
 
 def _add_sam2_finetune_options(
@@ -987,6 +942,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     import os
 
+    from polypseg.plugins import load_plugins
+
+    plugins = load_plugins()  # what the installed platforms add to retrain and serve
     retrain_cmd = commands.add_parser("retrain", help="pull new labels, retrain, promote if not worse")
     retrain_cmd.add_argument(
         "--model-dir",
@@ -1000,22 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("POLYPSEG_DATASET"),
         required=not os.environ.get("POLYPSEG_DATASET"),
     )
-    retrain_cmd.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"))
-    retrain_cmd.add_argument(
-        "--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: $LABEL_STUDIO_API_KEY"
-    )
-    retrain_cmd.add_argument("--label-studio-project", type=int, help="pull this project's labelled images")
-    retrain_cmd.add_argument(
-        "--cvat-archive", type=Path, action="append", default=[], help="a CVAT export (task, job, project)"
-    )
-    retrain_cmd.add_argument("--cvat-url", default=os.environ.get("CVAT_URL"), help="default: $CVAT_URL")
-    retrain_cmd.add_argument(
-        "--cvat-task",
-        type=int,
-        action="append",
-        default=[],
-        help="pull this CVAT task through cvat-sdk ($CVAT_ACCESS_TOKEN or $CVAT_USERNAME, $CVAT_PASSWORD)",
-    )
+    for kind in plugins.source_kinds.values():  # --label-studio-project, --cvat-task, ...
+        kind.add_arguments(retrain_cmd)
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
     retrain_cmd.add_argument("--epochs", type=positive_int, default=3)
     retrain_cmd.add_argument("--lr", type=float, default=5e-4)
@@ -1052,16 +996,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model to an annotation tool").add_subparsers(
         dest="platform", required=True
     )
-    labelstudio = serve.add_parser(
-        "labelstudio",
-        help="the Label Studio ML backend (settings from LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, ...)",
-    )
-    labelstudio.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
-    labelstudio.add_argument("--port", type=int, default=9090)
-    _add_model_options(labelstudio)
-    labelstudio.add_argument("--workers", type=int, default=1, help="processes, each with its own model")
-    labelstudio.add_argument("--threads", type=int, help="requests served at once per process (default 4)")
-    labelstudio.set_defaults(run=cmd_serve_labelstudio)
+    for server in plugins.servers.values():  # labelstudio, ...
+        serve_cmd = serve.add_parser(server.name, help=server.help)
+        _add_model_options(serve_cmd)
+        server.add_arguments(serve_cmd)
+        serve_cmd.set_defaults(run=server.run)
     return parser
 
 

@@ -49,7 +49,7 @@ VALIDATION_SHARE = 10  # one key in ten is a validation image
 class LabelledImage:
     source: str  # where it came from: "labelstudio:<host>:<project>", "cvat:<task>", ...
     task: str  # the task (or image) id within the source
-    annotation: str  # the annotation id
+    annotation: str  # its version: what it draws, on which image (label_sources.annotation_version)
     updated: str  # the annotation's update time as the source gives it
     image: bytes
     image_suffix: str
@@ -111,17 +111,12 @@ class DatasetStore:
         except (ValueError, UnicodeDecodeError) as exc:
             raise DatasetError(f"{path}: not a readable sequence index ({exc})") from None
 
-    def is_current(self, source: str, task: str, annotation: str, updated: str) -> bool:
-        """Whether the store already holds this version of this annotation (skip the download)."""
-        entry = self.index.get(entry_key(source, task))
-        return entry is not None and entry["annotation"] == annotation and entry["updated"] == updated
-
     def has(self, source: str, task: str) -> bool:
         return entry_key(source, task) in self.index
 
     def holds(self, source: str, task: str, annotation: str) -> bool:
-        """Whether the store holds this annotation id, whatever its update time (for sources
-        whose annotation id is a digest of the label and the image themselves)."""
+        """Whether the store holds this version of the task's annotation, whatever its update
+        time (the rule of polypseg.label_sources: skip the download then)."""
         entry = self.index.get(entry_key(source, task))
         return entry is not None and entry["annotation"] == annotation
 

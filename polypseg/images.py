@@ -6,6 +6,7 @@ Images become RGB uint8 arrays (H, W, 3) whatever they were on disk: grayscale, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -14,10 +15,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from polypseg.environment import Environment
 from polypseg.errors import InputImageError
 
 # A 4K endoscopy frame has 8.3 MP; 50 MP leaves room while refusing decompression bombs.
-MAX_IMAGE_PIXELS = int(os.environ.get("POLYPSEG_MAX_IMAGE_PIXELS", 50_000_000))
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+
+def image_pixel_limit(env: Environment) -> int:
+    """POLYPSEG_MAX_IMAGE_PIXELS, else 50 MP."""
+    return env.integer("POLYPSEG_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, minimum=1)
+
+
+@functools.cache
+def max_image_pixels() -> int:
+    """The process's limit, read at first use (a server checks it at start)."""
+    return image_pixel_limit(Environment())
+
 
 ImageSource = str | os.PathLike[str] | bytes
 
@@ -30,10 +44,11 @@ def _open(source: ImageSource) -> tuple[Image.Image, str]:
         raise InputImageError(f"{name}: no such file") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputImageError(f"{name}: not a readable image ({exc})") from None
-    if image.width * image.height > MAX_IMAGE_PIXELS:
+    limit = max_image_pixels()
+    if image.width * image.height > limit:
         raise InputImageError(
             f"{name}: {image.width}x{image.height} is larger than the limit of "
-            f"{MAX_IMAGE_PIXELS} pixels (set POLYPSEG_MAX_IMAGE_PIXELS to raise it)"
+            f"{limit} pixels (set POLYPSEG_MAX_IMAGE_PIXELS to raise it)"
         )
     try:
         image.load()

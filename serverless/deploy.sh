@@ -38,11 +38,10 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"; rm -rf "$here"/*/wheels' EXIT
-# polypseg (the core, its shipped model, and serverless.cvat) as a wheel each function installs,
+# polypseg (the core, its shipped model, and backends.cvat) as a wheel each function installs,
 # built from a copy so that setuptools' build/ and *.egg-info stay out of the checkout.
 mkdir "$work/src" "$work/wheels"
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/polypseg" "$root/backends" "$work/src/"
-mkdir "$work/src/serverless" && cp -r "$here/__init__.py" "$here/cvat" "$work/src/serverless/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 "$python" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/wheels" "$work/src"
 

@@ -22,6 +22,7 @@ def polypseg(*args, check=True):
     return result
 
 
+@pytest.mark.slow  # the CLI in a fresh process, and a checkpoint written first
 def test_segment_writes_mask_and_overlay(tmp_path, kvasir, unet_checkpoint):
     image = kvasir / "images" / f"{ONE_POLYP}.jpg"
     polypseg(
@@ -43,6 +44,7 @@ def test_segment_writes_mask_and_overlay(tmp_path, kvasir, unet_checkpoint):
     assert read_image(tmp_path / "overlay.png").shape == (529, 622, 3)
 
 
+@pytest.mark.slow  # builds SAM2 in a fresh process
 def test_segment_with_sam2_clicks(tmp_path, kvasir, sam2_checkpoint):
     image = kvasir / "images" / f"{ONE_POLYP}.jpg"
     polypseg(
@@ -88,6 +90,7 @@ def test_segment_bad_input_is_one_clear_line(tmp_path, kvasir, unet_checkpoint, 
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # evaluates a dataset in a fresh process
 def test_evaluate_prints_table_and_writes_json_and_report(tmp_path, kvasir, unet_checkpoint):
     names = tmp_path / "names.txt"
     names.write_text("\n".join(VAL_LIST.read_text().split()[:6]))

@@ -1,4 +1,4 @@
-"""Per-frame polyp masks from a CVAT task's rectangles (serverless/cvat/boxes_to_masks.py), on
+"""Per-frame polyp masks from a CVAT task's rectangles (backends/cvat/boxes_to_masks.py), on
 the real colonoscopy clip as a video task: the task's annotations as CVAT's API answers
 `GET /api/tasks/{id}/annotations`, turned into cvat_sdk 2.80 models by cvat_sdk's own
 deserializer. Which frames a track covers follows CVAT's `TrackManager.get_interpolated_shapes`
@@ -29,6 +29,7 @@ from cvat_sdk.api_client.model_utils import validate_and_convert_types
 from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl
 from cvat_sdk.core.client import Client, Config
 
+from backends.cvat.boxes_to_masks import BoxesToMasks, FrameContext, annotate, task_boxes
 from conftest import CLIP_POLYP, DATA, box_iou
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import decode_cvat_mask
@@ -38,7 +39,6 @@ from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box
 from polypseg.video.frames import VideoFileSource
-from serverless.cvat.boxes_to_masks import BoxesToMasks, FrameContext, annotate, task_boxes
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 POLYP, OTHER = 7, 8  # label ids in the task

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backends.cvat.export import pull_cvat_archive
+from backends.cvat.rasterise import fill_polygon
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, entry_key
 from polypseg.errors import DatasetError, PolypsegError
@@ -35,8 +37,6 @@ from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
-from serverless.cvat.export import pull_cvat_archive
-from serverless.cvat.rasterise import fill_polygon
 
 # ---------------------------------------------------------------- archives as CVAT writes them
 
@@ -354,7 +354,7 @@ def test_image_task_masks_polygons_and_z_order(tmp_path: Path) -> None:
     frames = image_task_archive(tmp_path / "task.zip", names, "2026-11-29 10:00:00.000000+00:00")
     store = DatasetStore(tmp_path / "store")
     counts = pull_cvat_archive(tmp_path / "task.zip", store)
-    assert (counts["new"], counts["skipped"], counts["failed"], counts["sequences"]) == (4, 0, 0, 0)
+    assert (counts.new, counts.skipped, len(counts.failed), counts.sequences) == (4, 0, 0, 0)
     assert len(store.index) == 4  # the instrument-only image is not a polyp frame
     for i, name in enumerate(names[:4]):
         mask, true_mask = stored_mask(store, "cvat:17", f"{name}.jpg"), truth(name)
@@ -387,14 +387,14 @@ def test_a_repull_of_unchanged_labels_pulls_nothing(tmp_path: Path) -> None:
     # touched no polyp frame. Nothing is rewritten, nothing counts as changed.
     image_task_archive(tmp_path / "task.zip", names, "2026-11-30 12:00:00.000000+00:00")
     counts = pull_cvat_archive(tmp_path / "task.zip", DatasetStore(tmp_path / "store"))
-    assert (counts["unchanged"], counts["new"], counts["changed"], counts["removed"]) == (3, 0, 0, 0)
+    assert (counts.unchanged, counts.new, counts.changed, counts.removed) == (3, 0, 0, 0)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*") if p.is_file()} == written
     # One polygon edited, one image's polyp deleted.
     edited = rle_mask(np.pad(truth(names[0])[:-40], ((0, 40), (0, 0))))
     image_task_archive(tmp_path / "task.zip", names, "2026-12-01 09:00:00+00:00", {0: [edited], 1: []})
     store = DatasetStore(tmp_path / "store")
     counts = pull_cvat_archive(tmp_path / "task.zip", store)
-    assert (counts["changed"], counts["removed"], counts["unchanged"]) == (1, 1, 1)
+    assert (counts.changed, counts.removed, counts.unchanged) == (1, 1, 1)
     assert entry_key("cvat:17", f"{names[1]}.jpg") not in store.index
 
 
@@ -439,7 +439,7 @@ def test_video_task_frames_and_sequence(tmp_path: Path, video_format: bool) -> N
     names = video_task_archive(tmp_path / "video.zip", video_format)
     store = DatasetStore(tmp_path / "store")
     counts = pull_cvat_archive(tmp_path / "video.zip", store)
-    assert (counts["new"], counts["skipped"], counts["sequences"]) == (4, 0, 1)
+    assert (counts.new, counts.skipped, counts.sequences) == (4, 0, 1)
     for k in (0, 2, 3, 5):
         entry = store.index[entry_key("cvat:31", f"frame_{k:06d}")]
         assert entry["image"].endswith(".png")  # the real suffix, not a made-up .jpg
@@ -457,7 +457,7 @@ def test_video_task_frames_and_sequence(tmp_path: Path, video_format: bool) -> N
     # The other format of the same task holds the same labels: nothing to pull.
     video_task_archive(tmp_path / "other.zip", not video_format, updated="2026-11-30 10:00:00+00:00")
     counts = pull_cvat_archive(tmp_path / "other.zip", store)
-    assert (counts["unchanged"], counts["new"], counts["changed"], counts["sequences"]) == (4, 0, 0, 0)
+    assert (counts.unchanged, counts.new, counts.changed, counts.sequences) == (4, 0, 0, 0)
 
 
 def test_an_image_task_in_video_format_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -494,15 +494,15 @@ def test_job_export_uses_the_job_update_time_and_covers_only_its_frames(tmp_path
 
     store = DatasetStore(tmp_path / "store")
     counts = pull_cvat_archive(job_archive("2026-11-29 11:00:00+00:00"), store)
-    assert (counts["new"], counts["sequences"]) == (2, 1)
+    assert (counts.new, counts.sequences) == (2, 1)
     assert {e["updated"] for e in store.index.values()} == {"2026-11-29 11:00:00+00:00"}
     assert {e["source"] for e in store.index.values()} == {"cvat:job:55"}
     counts = pull_cvat_archive(job_archive("2026-11-29 11:00:00+00:00"), store)
-    assert (counts["unchanged"], counts["new"], counts["changed"], counts["sequences"]) == (2, 0, 0, 0)
+    assert (counts.unchanged, counts.new, counts.changed, counts.sequences) == (2, 0, 0, 0)
     # Frame 5's polyp deleted in the job: gone from the store, and the sequence, now labelled
     # on one frame only, is dropped.
     counts = pull_cvat_archive(job_archive("2026-11-30 09:00:00+00:00", shapes_on_5=False), store)
-    assert (counts["removed"], counts["unchanged"]) == (1, 1)
+    assert (counts.removed, counts.unchanged) == (1, 1)
     assert not store.sequences and not list((tmp_path / "store" / "sequences").rglob("*.png"))
 
 
@@ -543,9 +543,9 @@ def test_project_export_with_an_image_task_and_a_video_task(tmp_path: Path) -> N
     # The video task pulled on its own first: the project's copy of it is the same labels.
     video_task_archive(tmp_path / "task.zip", video_format=False, task_id=22)
     store = DatasetStore(tmp_path / "store")
-    assert pull_cvat_archive(tmp_path / "task.zip", store)["new"] == 4
+    assert pull_cvat_archive(tmp_path / "task.zip", store).new == 4
     counts = pull_cvat_archive(tmp_path / "project.zip", store)
-    assert (counts["new"], counts["unchanged"], counts["skipped"], counts["sequences"]) == (3, 4, 0, 0)
+    assert (counts.new, counts.unchanged, counts.skipped, counts.sequences) == (3, 4, 0, 0)
     for name in stills:
         assert np.array_equal(stored_mask(store, "cvat:21", f"{name}.jpg"), truth(name))
     assert {e["source"] for e in store.index.values()} == {"cvat:21", "cvat:22"}
@@ -585,9 +585,9 @@ def test_project_export_in_video_format(tmp_path: Path) -> None:
 
     store = DatasetStore(tmp_path / "store")
     video_task_archive(tmp_path / "task.zip", video_format=True, task_id=23)  # task 23 on its own first
-    assert pull_cvat_archive(tmp_path / "task.zip", store)["new"] == 4
+    assert pull_cvat_archive(tmp_path / "task.zip", store).new == 4
     counts = pull_cvat_archive(tmp_path / "project.zip", store)
-    assert (counts["new"], counts["unchanged"], counts["skipped"], counts["sequences"]) == (4, 4, 0, 1)
+    assert (counts.new, counts.unchanged, counts.skipped, counts.sequences) == (4, 4, 0, 1)
     names = {e["task"] for e in store.index.values() if e["source"] == "cvat:23"}
     assert names == {f"frame_{k:06d}" for k in (0, 2, 3, 5)}  # the task's own frame numbers
     assert len(store.sequences) == 2
@@ -611,12 +611,12 @@ def test_a_bad_shape_or_a_missing_frame_is_skipped_and_counted(tmp_path: Path) -
     write_archive(tmp_path / "task.zip", xml.finish(), images)  # frame 2's image left out
     store = DatasetStore(tmp_path / "store")
     counts = pull_cvat_archive(tmp_path / "task.zip", store)
-    assert (counts["new"], counts["skipped"], counts["failed"]) == (2, 2, 1)
+    assert (counts.new, counts.skipped, len(counts.failed)) == (2, 2, 1)
     assert set(store.index) == {entry_key("cvat:17", f"{names[i]}.jpg") for i in (0, 4)}
 
 
 def test_shapes_that_cannot_be_drawn_say_why() -> None:
-    from serverless.cvat.annotations import Shape as XmlShape
+    from backends.cvat.annotations import Shape as XmlShape
 
     cases = {
         "polygon": ({"points": "1,1;5,1"}, "2 points"),
@@ -662,7 +662,8 @@ def test_retrain_from_a_cvat_server_needs_a_url_and_credentials(tmp_path: Path, 
     caplog.clear()
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", "a-token")
     assert main([*base, "--cvat-task", "5", "--cvat-url", "http://127.0.0.1:9"]) == 0
-    assert "CVAT task 5 not pulled" in caplog.text and "no retrain this round" in caplog.text
+    assert "CVAT task 5 at http://127.0.0.1:9 not pulled" in caplog.text
+    assert "no retrain this round" in caplog.text
     with pytest.raises(SystemExit):
         main([*base, "--cvat-task", "five"])
     assert not os.path.exists(tmp_path / "models" / "current")

@@ -40,6 +40,7 @@ import yaml
 from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 
+from backends.cvat.protocol import MAX_CLICKS, interaction_answer
 from conftest import ONE_POLYP, ROOT, _free_port
 from polypseg.datasets import load_folder_dataset
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
@@ -50,7 +51,6 @@ from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Point, Prompt
 from polypseg.video.synthetic import write_sequences
-from serverless.cvat.protocol import MAX_CLICKS, interaction_answer
 
 SERVERLESS = ROOT / "serverless"
 FUNCTIONS = ("unet-interactor", "sam2-interactor", "mask-tracker")
@@ -205,6 +205,7 @@ def test_nothing_found_is_no_shape() -> None:
     assert interaction_answer(np.zeros((40, 50), dtype=bool), 0.2) == {"shapes": []}
 
 
+@pytest.mark.slow  # builds SAM2
 def test_sam2_interactor_with_clicks_and_no_box(monkeypatch, sam2_checkpoint: Path, polyp) -> None:
     """Random weights in the official format: the answer must be the model's own answer to the
     clicks where the user put them (not an accurate one)."""
@@ -279,6 +280,7 @@ def through_cvat(states: list) -> list:
     return [json.loads(json.dumps(state, separators=(",", ":"))) for state in states]
 
 
+@pytest.mark.slow  # tracks a whole sequence
 @pytest.mark.parametrize("padding", ["empty", "nulls"])
 def test_tracker_follows_rectangles_through_cvats_calls(padding: str, sequence, monkeypatch) -> None:
     monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
@@ -310,6 +312,7 @@ def test_tracker_follows_rectangles_through_cvats_calls(padding: str, sequence, 
     assert np.mean(ious) > np.mean(standing) + 0.2, (ious, standing)
 
 
+@pytest.mark.slow  # tracks a whole sequence
 @pytest.mark.parametrize("kind", ["polygon", "mask"])
 def test_tracker_keeps_polygons_and_masks_for_callers_that_send_them(
     kind: str, sequence, monkeypatch
@@ -334,6 +337,7 @@ def test_tracker_keeps_polygons_and_masks_for_callers_that_send_them(
     assert np.mean(ious) > np.mean(standing) + 0.2, (ious, standing)
 
 
+@pytest.mark.slow  # tracks a whole sequence
 def test_a_lost_polyp_keeps_its_last_box_and_says_so(sequence, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
     frames, masks = sequence
@@ -439,6 +443,7 @@ print(json.dumps({{"status": response.status_code, "body": json.loads(response.b
 """
 
 
+@pytest.mark.slow  # a second process loads the model
 def test_a_track_continues_in_another_process_through_redis(redis_server: int, sequence, monkeypatch) -> None:
     frames, masks = sequence
     monkeypatch.setenv("CVAT_REDIS_HOST", "127.0.0.1")
@@ -474,8 +479,8 @@ def test_a_track_continues_in_another_process_through_redis(redis_server: int, s
 def test_agent_functions(sequence, polyp, core_mask) -> None:
     import PIL.Image
 
-    from serverless.cvat import agent_interactor, agent_tracker
-    from serverless.cvat.agents import TrackableShape
+    from backends.cvat import agent_interactor, agent_tracker
+    from backends.cvat.agents import TrackableShape
 
     frames, masks = sequence
     tracking = agent_tracker.create()

@@ -72,7 +72,7 @@ def test_cvat_mask_matches_cvat_sdk(polyp_image, which):
 
 
 def test_cvat_mask_errors():
-    with pytest.raises(ValueError, match="outside 10x10"):
+    with pytest.raises(ValueError, match="leaves the 10x10 frame"):
         decode_cvat_mask([1, 0, 0, 10, 0], 10, 10)
     with pytest.raises(ValueError, match="cover 3 pixels, its box 4"):
         decode_cvat_mask([1, 2, 0, 0, 1, 1], 10, 10)

@@ -53,7 +53,7 @@ def test_not_an_image_and_missing_file(tmp_path):
 def test_huge_image_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 300 * 200 - 1)
+    monkeypatch.setattr(images, "max_image_pixels", lambda: 300 * 200 - 1)
     with pytest.raises(InputImageError, match="300x200 is larger than the limit"):
         read_image(path)
 

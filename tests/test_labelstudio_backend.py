@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
 from backends.labelstudio.regions import rectangle_box
 from backends.labelstudio.server import create_app
 from backends.labelstudio.settings import Settings
+from backends.request_errors import RequestError
 from conftest import CLIP_POLYP, DATA, ONE_POLYP, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
 from polypseg.formats.brush import decode_brush_rle
@@ -156,7 +156,7 @@ def test_rotated_rectangles_become_their_bounding_box() -> None:
     value = {"x": 20, "y": 10, "width": 10, "height": 5, "rotation": 90}
     box = rectangle_box(value, 1000, 1000)
     assert [round(v, 6) for v in (box.x1, box.y1, box.x2, box.y2)] == [150, 100, 200, 200]
-    with pytest.raises(BadRequest, match="no area"):
+    with pytest.raises(RequestError, match="no area"):
         rectangle_box({"x": 10, "y": 10, "width": 0, "height": 5}, 100, 100)
 
 
@@ -413,9 +413,9 @@ def test_cloud_links_are_presigned_through_label_studio() -> None:
     assert fetcher._headers_for("http://ls.example:8080/x") == {"Authorization": f"Token {TOKEN}"}
     assert fetcher._headers_for("http://elsewhere.example/x") == {}
     assert fetcher._headers_for("http://ls.example:9999/x") == {}  # another port is another host
-    with pytest.raises(BadRequest, match="task id"):
+    with pytest.raises(RequestError, match="task id"):
         fetcher.resolve("gs://bucket/a.jpg")
-    with pytest.raises(BadRequest, match="LABEL_STUDIO_URL"):
+    with pytest.raises(RequestError, match="LABEL_STUDIO_URL"):
         MediaFetcher("", "").resolve("/data/upload/1/a.jpg")
 
 
@@ -424,13 +424,14 @@ def test_pulling_from_an_unreachable_or_refusing_label_studio(tmp_path, monkeypa
     from backends.labelstudio.export import LabelStudioProject
     from conftest import _free_port
     from polypseg.data_store import DatasetStore
+    from polypseg.label_sources import PullError
 
     monkeypatch.setattr(export, "RETRY_WAIT", 0.01)
     store = DatasetStore(tmp_path)
-    with pytest.raises(BadRequest, match="unreachable"):
+    with pytest.raises(PullError, match="unreachable"):
         LabelStudioProject(f"http://127.0.0.1:{_free_port()}", TOKEN, 1).pull(store)
     # a server that is not Label Studio's API: a clear error, not a crash
-    with file_server(tmp_path) as refusing, pytest.raises(BadRequest, match="404"):
+    with file_server(tmp_path) as refusing, pytest.raises(PullError, match="404"):
         LabelStudioProject(refusing.url, TOKEN, 1).pull(store)
     assert store.index == {} and not (tmp_path / "index.json").exists()
 

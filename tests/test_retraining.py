@@ -137,7 +137,7 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     for name in names:
         store.put(item(name))
     assert len(store.samples()) == 5 and len(store.samples("val")) == 2
-    assert store.is_current(SOURCE, names[0], "1", "t1") and not store.is_current(SOURCE, names[0], "2", "t2")
+    assert store.holds(SOURCE, names[0], "1") and not store.holds(SOURCE, names[0], "2")
     fingerprint = store.fingerprint()
     store.put(item(names[0]))  # the same annotation again: nothing new
     reopened = DatasetStore(tmp_path)
@@ -166,6 +166,7 @@ def filled_store(tmp_path: Path) -> Path:
     return tmp_path / "dataset"
 
 
+@pytest.mark.slow  # trains (minutes on two CPU cores)
 def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
     settings = RetrainSettings(models, filled_store, epochs=1, max_steps=1, tolerance=0.05, device="cpu")
@@ -267,6 +268,7 @@ def test_a_killed_retrain_leaves_model_and_data_intact(filled_store: Path, tmp_p
     assert len(ModelStore(models).list_versions()) == 2
 
 
+@pytest.mark.slow  # the CLI in five fresh processes
 def test_models_command(filled_store: Path, tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "m")
     a = store.add(default_checkpoint(), {"iou": 0.5}, "a")
@@ -283,6 +285,7 @@ def test_models_command(filled_store: Path, tmp_path: Path) -> None:
     assert refused.returncode == 2 and "no model version" in refused.stderr
 
 
+@pytest.mark.slow  # trains (minutes on two CPU cores)
 def test_retrain_a_sam2_model(filled_store: Path, tmp_path: Path, sam2_checkpoint: Path) -> None:
     """Where the served model is SAM2, retraining fine-tunes SAM2 (at the model's own input size)."""
     import torch

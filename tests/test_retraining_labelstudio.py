@@ -17,7 +17,6 @@ import requests
 import torch
 
 from backends.labelstudio import launcher
-from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.export import LabelStudioProject
 from conftest import KVASIR, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
@@ -25,6 +24,7 @@ from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import VALIDATION_SHARE, DatasetStore, entry_key
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.images import read_mask
+from polypseg.label_sources import PullError
 from polypseg.metrics import score_masks
 from polypseg.model_store import ModelStore
 from polypseg.predictors import default_checkpoint
@@ -81,7 +81,7 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
         > 0.999
     )
 
-    with pytest.raises(BadRequest, match="401"):  # a wrong token: a clear refusal, the store untouched
+    with pytest.raises(PullError, match="401"):  # a wrong token: a clear refusal, the store untouched
         LabelStudioProject(ls.url, "0" * 40, project).pull(store)
     again = LabelStudioProject(ls.url, ls.login.token, project).pull(store)
     assert (again.new, again.changed, again.unchanged) == (0, 0, len(annotated))  # nothing fetched twice

@@ -317,6 +317,7 @@ def _stepped_through_bytes(tracker, frames, prompt):
     return results
 
 
+@pytest.mark.slow  # tracks the clip twice
 def test_classical_state_survives_bytes(clip, classical):
     frames = list(clip.frames(133, "forward", 6))
     streamed = list(classical.track(frames, POLYP_BOX))
@@ -329,6 +330,7 @@ def test_classical_state_survives_bytes(clip, classical):
         classical.load_state(b"not a state")
 
 
+@pytest.mark.slow  # SAM2's memory over the clip, twice
 def test_sam2_state_survives_bytes(clip, sam2_small, classical):
     tracker = Sam2MemoryTracker(sam2_small)
     frames = list(clip.frames(133, "forward", 4))

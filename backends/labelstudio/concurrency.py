@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from backends.labelstudio.settings import SettingsError
+from polypseg.environment import SettingsError
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,13 @@
-"""Errors the backend answers with a status code and a reason instead of crashing."""
+"""The backend's request errors: `RequestError` (shared with CVAT's functions), and the media
+fetch failures among them, which pulls retry when the far side failed (a status of 500 or more)."""
 
 from __future__ import annotations
 
+from backends.request_errors import RequestError
 
-class BadRequest(Exception):
-    """The request cannot be answered as sent; `status` is the HTTP status to reply with."""
-
-    def __init__(self, reason: str, status: int = 422) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
+# Unusable input (RequestError without a status, PolypsegError) is answered 422, as ever.
+INPUT_ERROR_STATUS = 422
 
 
-class MediaError(BadRequest):
+class MediaError(RequestError):
     """The task's image or video could not be fetched (refused, missing, unreachable)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from backends.labelstudio.errors import BadRequest
+from backends.request_errors import RequestError
 
 # Controls whose regions the backend reads (prompts) or writes (answers).
 PROMPT_CONTROLS = ("RectangleLabels", "KeyPointLabels", "Rectangle", "KeyPoint")
@@ -64,17 +64,17 @@ class LabelConfig:
 def parse_label_config(xml: object) -> LabelConfig:
     """The first Image or Video tag of a Label Studio config and the controls that point at it."""
     if not isinstance(xml, str) or not xml.strip():
-        raise BadRequest("the request has no label_config (the project's labelling config, a string)")
+        raise RequestError("the request has no label_config (the project's labelling config, a string)")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
-        raise BadRequest(f"label_config is not valid XML ({exc})") from None
+        raise RequestError(f"label_config is not valid XML ({exc})") from None
     obj = next((el for el in root.iter() if el.tag in ("Image", "Video")), None)
     if obj is None:
-        raise BadRequest("label_config has no <Image> or <Video> tag for polypseg to segment")
+        raise RequestError("label_config has no <Image> or <Video> tag for polypseg to segment")
     name, value = obj.get("name"), obj.get("value", "")
     if not name or not value.startswith("$"):
-        raise BadRequest(f'<{obj.tag}> needs a name and value="$field"')
+        raise RequestError(f'<{obj.tag}> needs a name and value="$field"')
     controls = tuple(
         Control(
             tag=el.tag,
@@ -87,10 +87,10 @@ def parse_label_config(xml: object) -> LabelConfig:
     )
     config = LabelConfig(obj.tag.lower(), name, value[1:], controls)
     if config.kind == "image" and config.mask_control is None and config.polygon_control is None:
-        raise BadRequest(
+        raise RequestError(
             f"label_config has no <BrushLabels> (or <PolygonLabels>) for image {name!r}: "
             "polypseg answers with masks"
         )
     if config.kind == "video" and config.video_control is None:
-        raise BadRequest(f"label_config has no <VideoRectangle> for video {name!r}: polypseg tracks boxes")
+        raise RequestError(f"label_config has no <VideoRectangle> for video {name!r}: polypseg tracks boxes")
     return config

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.labelstudio.regions import (
@@ -18,6 +17,7 @@ from backends.labelstudio.regions import (
     task_rectangles,
 )
 from backends.labelstudio.settings import Settings
+from backends.request_errors import RequestError
 from polypseg.errors import PolypsegError
 from polypseg.images import read_image
 from polypseg.model_store import CurrentModel, ModelStore
@@ -40,7 +40,10 @@ class PolypModel:
         store = ModelStore(settings.model_dir) if settings.model_dir and predictor is None else None
         self.current = CurrentModel(
             store,
-            lambda path: predictor or build_predictor(settings.model, path, settings.device),
+            lambda path: (
+                predictor
+                or build_predictor(settings.model, path, settings.device, **settings.predictor_options())
+            ),
             fallback=settings.checkpoint,
         )
         self.fetcher = MediaFetcher(
@@ -60,10 +63,7 @@ class PolypModel:
         return self.predictor.version
 
     def tracker_kind(self, predictor: ImagePredictor) -> str:
-        if self.settings.tracker != "auto":
-            return self.settings.tracker
-        on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-        return "sam2" if predictor.name == "sam2" and on_gpu else "classical"
+        return self.settings.tracker_for(predictor)
 
     def predict(
         self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
@@ -71,12 +71,12 @@ class PolypModel:
         """One prediction per task: interactive when `context` holds the user's regions, else
         every rectangle already on each task becomes a mask."""
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            raise BadRequest("tasks must be a list of task objects", 400)
+            raise RequestError("tasks must be a list of task objects", 400)
         config = parse_label_config(label_config)
         predictor = self.predictor
         if context and context.get("result"):
             if len(tasks) != 1:
-                raise BadRequest(f"an interactive request needs exactly one task, not {len(tasks)}", 400)
+                raise RequestError(f"an interactive request needs exactly one task, not {len(tasks)}", 400)
             regions = as_regions(context["result"], "context.result")
             if config.kind == "video":
                 return [self.track(predictor, tasks[0], config, regions)]
@@ -90,7 +90,7 @@ class PolypModel:
     def _media_url(self, task: dict[str, Any], config: LabelConfig) -> str:
         url = as_object(task.get("data"), f"task {task.get('id')}'s data").get(config.data_key)
         if not isinstance(url, str) or not url:
-            raise BadRequest(f"task {task.get('id')} has no {config.data_key!r} in its data")
+            raise RequestError(f"task {task.get('id')} has no {config.data_key!r} in its data")
         return url
 
     def _image(self, task: dict[str, Any], config: LabelConfig):
@@ -98,7 +98,7 @@ class PolypModel:
         try:
             return read_image(self.fetcher.fetch(url, task.get("id")))
         except PolypsegError as exc:
-            raise BadRequest(f"{url}: {exc}") from None
+            raise RequestError(f"{url}: {exc}") from None
 
     def interactive(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]
@@ -132,7 +132,7 @@ class PolypModel:
         """In a batch, a task that fails gets an empty prediction; the others still get theirs."""
         try:
             return self.from_task_boxes(predictor, task, config)
-        except (BadRequest, PolypsegError) as exc:
+        except (RequestError, PolypsegError) as exc:
             log.warning("task %s: no prediction: %s", task.get("id"), exc)
             return _answer(predictor, [], 0.0)
 
@@ -150,7 +150,7 @@ class PolypModel:
             None,
         )
         if region is None:
-            raise BadRequest("the context holds no video rectangle to track")
+            raise RequestError("the context holds no video rectangle to track")
         url = self._media_url(task, config)
         with self.fetcher.download(url, task.get("id")) as path:
             tracked = track_video_region(

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.label_config import Control, LabelConfig
+from backends.request_errors import RequestError
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.prompts import Box, Point, Prompt
@@ -27,14 +27,14 @@ def as_object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest(f"{what} must be an object, not {type(value).__name__}")
+        raise RequestError(f"{what} must be an object, not {type(value).__name__}")
     return value
 
 
 def as_regions(value: Any, what: str) -> list[Region]:
     """`value` as a list of region objects, or a 422 naming `what`."""
     if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
-        raise BadRequest(f"{what} must be a list of region objects")
+        raise RequestError(f"{what} must be a list of region objects")
     return value
 
 
@@ -42,9 +42,9 @@ def _number(value: dict[str, Any], key: str) -> float:
     try:
         number = float(value[key])
     except (KeyError, TypeError, ValueError):
-        raise BadRequest(f"region value has no numeric {key!r}") from None
+        raise RequestError(f"region value has no numeric {key!r}") from None
     if not math.isfinite(number):
-        raise BadRequest(f"region value {key!r} is not a finite number")
+        raise RequestError(f"region value {key!r} is not a finite number")
     return number
 
 
@@ -53,7 +53,7 @@ def rectangle_box(value: dict[str, Any], width: int, height: int) -> Box:
     x, y = _number(value, "x") * width / 100, _number(value, "y") * height / 100
     w, h = _number(value, "width") * width / 100, _number(value, "height") * height / 100
     if w <= 0 or h <= 0:
-        raise BadRequest(f"the box has no area ({w:.1f} x {h:.1f} px)")
+        raise RequestError(f"the box has no area ({w:.1f} x {h:.1f} px)")
     angle = math.radians(_number(value, "rotation") if value.get("rotation") is not None else 0.0)
     cos, sin = math.cos(angle), math.sin(angle)
     corners = [
@@ -104,7 +104,7 @@ def prompt_from_context(
         if region.get("to_name") not in (None, object_name):
             continue
         if region.get("image_rotation"):
-            raise BadRequest(
+            raise RequestError(
                 "the image is shown rotated in Label Studio; rotate it back to 0 degrees to use polypseg"
             )
         kind, value = region.get("type", ""), as_object(region.get("value"), "a region's value")
@@ -117,7 +117,7 @@ def prompt_from_context(
             continue
         labels.extend(value.get(kind, []) if isinstance(value.get(kind), list) else [])
     if box is None and not points:
-        raise BadRequest("the context holds no rectangle or keypoint on the image to segment from")
+        raise RequestError("the context holds no rectangle or keypoint on the image to segment from")
     return Prompt(box=box, points=tuple(points)), labels
 
 

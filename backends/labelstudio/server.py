@@ -32,11 +32,12 @@ from backends.labelstudio.concurrency import (
     ModelSlots,
     apply_torch_threads,
 )
-from backends.labelstudio.errors import BadRequest
+from backends.labelstudio.errors import INPUT_ERROR_STATUS
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
 from backends.labelstudio.settings import Settings
 from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, RetrainTrigger, WebhookQueue, log_event
+from backends.request_errors import RequestError
 from polypseg.errors import PolypsegError
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.prompts import Box, Prompt
@@ -78,16 +79,16 @@ class Metrics:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     if int(request.headers.get("content-length") or 0) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+        raise RequestError(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+        raise RequestError(f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not JSON ({exc})", 400) from None
+        raise RequestError(f"request body is not JSON ({exc})", 400) from None
     if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object", 400)
+        raise RequestError("request body must be a JSON object", 400)
     return data
 
 
@@ -147,10 +148,11 @@ def create_app(
         metrics.record(request.url.path, time.perf_counter() - started, response.status_code >= 400)
         return response
 
-    @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
-        log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status, exc.reason)
-        return _error(exc.status, exc.reason)
+    @app.exception_handler(RequestError)
+    async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
+        status = exc.status or INPUT_ERROR_STATUS
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc.reason)
+        return _error(status, exc.reason)
 
     @app.exception_handler(ModelBusy)
     async def _busy(request: Request, exc: ModelBusy) -> JSONResponse:
@@ -161,8 +163,8 @@ def create_app(
 
     @app.exception_handler(PolypsegError)
     async def _bad_input(request: Request, exc: PolypsegError) -> JSONResponse:
-        log.warning("%s %s -> 422: %s", request.method, request.url.path, exc)
-        return _error(422, str(exc))
+        log.warning("%s %s -> %d: %s", request.method, request.url.path, INPUT_ERROR_STATUS, exc)
+        return _error(INPUT_ERROR_STATUS, str(exc))
 
     @app.exception_handler(Exception)
     async def _failure(request: Request, exc: Exception) -> JSONResponse:
@@ -191,7 +193,7 @@ def create_app(
         params = data.get("params") or {}
         context = params.get("context") if isinstance(params, dict) else None
         if context is not None and not isinstance(context, dict):
-            raise BadRequest("params.context must be an object", 400)
+            raise RequestError("params.context must be an object", 400)
         # The slot covers the whole prediction, the image download from Label Studio included
         # (on loopback or a LAN a few ms against the model's tens).
         async with model_slots.slot():

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.labelstudio.errors import BadRequest
 from backends.labelstudio.regions import Region, as_object, box_value, rectangle_box
+from backends.request_errors import RequestError
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
 from polypseg.video.frames import VideoFileSource
@@ -41,7 +41,7 @@ def _is_keyframe(item: Any) -> bool:
 def _start_keyframe(sequence: list[Any]) -> dict[str, Any]:
     keyframes = [k for k in sequence if _is_keyframe(k)]
     if not keyframes:
-        raise BadRequest("the video rectangle has no keyframe to start tracking from")
+        raise RequestError("the video rectangle has no keyframe to start tracking from")
     return max(keyframes, key=lambda k: k["frame"])
 
 
@@ -51,7 +51,7 @@ def track_video_region(
     value = as_object(region.get("value"), "the video rectangle's value")
     sequence = value.get("sequence")
     if not isinstance(sequence, list):
-        raise BadRequest("the video rectangle has no keyframe sequence (a list) to track from")
+        raise RequestError("the video rectangle has no keyframe sequence (a list) to track from")
     start_key = _start_keyframe(sequence)
     source = VideoFileSource(path)
     info = source.info

@@ -25,18 +25,30 @@ def encode_cvat_mask(mask: np.ndarray) -> list[int]:
     return runs + [x1, y1, x2, y2]
 
 
+def decode_cvat_runs(
+    runs: list[int], left: int, top: int, box_width: int, box_height: int, width: int, height: int
+) -> np.ndarray:
+    """Runs over a box (row by row, background first) placed at (left, top) on a width x height
+    frame, as a bool mask (H, W): the one decoder for both of CVAT's mask forms, the shapes its
+    functions exchange and the `rle` of its annotations.xml. A ValueError says what does not fit."""
+    if min(runs, default=0) < 0 or box_width < 1 or box_height < 1:
+        raise ValueError("negative runs or an empty box")
+    if left < 0 or top < 0 or left + box_width > width or top + box_height > height:
+        raise ValueError(
+            f"its {box_width}x{box_height} box at ({left}, {top}) leaves the {width}x{height} frame"
+        )
+    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
+    if flat.size != box_width * box_height:
+        raise ValueError(f"its runs cover {flat.size} pixels, its box {box_width * box_height}")
+    mask = np.zeros((height, width), dtype=bool)
+    mask[top : top + box_height, left : left + box_width] = flat.reshape(box_height, box_width)
+    return mask
+
+
 def decode_cvat_mask(encoded: list[float], width: int, height: int) -> np.ndarray:
-    """CVAT's form back to a bool mask (H, W); a ValueError says what does not fit."""
+    """CVAT's shape form (runs, then the inclusive box x1, y1, x2, y2) back to a bool mask (H, W);
+    a ValueError says what does not fit."""
     if len(encoded) < 5:
         raise ValueError("a CVAT mask needs runs and a box: at least 5 numbers")
     *runs, x1, y1, x2, y2 = (int(v) for v in encoded)
-    if not (0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height):
-        raise ValueError(f"CVAT mask box ({x1},{y1},{x2},{y2}) lies outside {width}x{height}")
-    crop_w, crop_h = x2 - x1 + 1, y2 - y1 + 1
-    values = np.arange(len(runs)) % 2 == 1
-    flat = np.repeat(values, runs)
-    if flat.size != crop_w * crop_h:
-        raise ValueError(f"CVAT mask runs cover {flat.size} pixels, its box {crop_w * crop_h}")
-    mask = np.zeros((height, width), dtype=bool)
-    mask[y1 : y2 + 1, x1 : x2 + 1] = flat.reshape(crop_h, crop_w)
-    return mask
+    return decode_cvat_runs(runs, x1, y1, x2 - x1 + 1, y2 - y1 + 1, width, height)

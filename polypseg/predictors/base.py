@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,11 +11,23 @@ from typing import Any
 import numpy as np
 
 from polypseg.cache import EmbeddingCache
+from polypseg.environment import Environment
 from polypseg.images import as_rgb, image_digest
 from polypseg.prompts import Prompt
 
 # 1 GiB holds about 25 SAM2 embeddings at 1024 px: a few annotators' recent images.
-DEFAULT_CACHE_BYTES = int(os.environ.get("POLYPSEG_CACHE_BYTES", 1 << 30))
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+def cache_size(env: Environment) -> int:
+    """POLYPSEG_CACHE_BYTES, else 1 GiB."""
+    return env.integer("POLYPSEG_CACHE_BYTES", DEFAULT_CACHE_BYTES)
+
+
+@functools.cache
+def default_cache_bytes() -> int:
+    """The process's default, read at first use (servers pass their own, read at start)."""
+    return cache_size(Environment())
 
 
 @dataclass(frozen=True)
@@ -54,9 +66,9 @@ class ImagePredictor(ABC):
     # False for models that see the prompt from their first layer: nothing to cache then.
     has_prompt_free_part = True
 
-    def __init__(self, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, cache_bytes: int | None = None) -> None:
         self.cache: EmbeddingCache[PreparedImage] = EmbeddingCache(
-            cache_bytes, lambda p: p.nbytes + p.image.nbytes
+            default_cache_bytes() if cache_bytes is None else cache_bytes, lambda p: p.nbytes + p.image.nbytes
         )
         self.encoder_runs = 0
 

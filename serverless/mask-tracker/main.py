@@ -4,23 +4,25 @@ the kinds). Classical (box tracker + the shipped U-Net) on CPU; SAM2's memory wi
 POLYPSEG_TRACKER=sam2 and a SAM2 checkpoint. States live in CVAT's Redis (CVAT_REDIS_HOST),
 else in this process."""
 
-import os
-
+from backends.cvat.handlers import TrackerFunction, respond
+from backends.cvat.settings import CvatSettings
+from backends.cvat.state_store import state_store
 from polypseg.predictors import build_predictor
-from serverless.cvat.handlers import TrackerFunction, respond, served_model, tracked_shape_kinds
-from serverless.cvat.state_store import state_store_from_env
 
 
 def init_context(context):
-    kind = os.environ.get("POLYPSEG_TRACKER", "classical")
-    size = int(os.environ["POLYPSEG_SAM2_SIZE"]) if os.environ.get("POLYPSEG_SAM2_SIZE") else None
-    options = {"image_size": size} if kind == "sam2" and size else {}
-    model = served_model(lambda path: build_predictor(None, path, **options))
-    store = state_store_from_env()
-    kinds = tracked_shape_kinds(os.environ.get("POLYPSEG_TRACK_SHAPES"))
-    context.user_data.function = TrackerFunction(model, kind, store, kinds)
+    settings = CvatSettings.from_env()
+    options = settings.predictor_options()
+    if settings.tracker != "sam2":
+        options.pop("image_size", None)  # SAM2's working size is for its own tracker only
+    model = settings.current_model(
+        lambda path: build_predictor(settings.model, path, settings.device, **options)
+    )
+    kind = settings.tracker_for(model.get())
+    store = state_store(settings.redis_host, settings.redis_port, settings.redis_password, settings.track_ttl)
+    context.user_data.function = TrackerFunction(model, kind, store, settings.track_shapes)
     context.logger.info(
-        f"polypseg {kind} tracker ready: {model.get().version}, follows {', '.join(kinds)}, "
+        f"polypseg {kind} tracker ready: {model.get().version}, follows {', '.join(settings.track_shapes)}, "
         f"states in {type(store).__name__}"
     )
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from backends.cvat.rasterise import fill_box, fill_ellipse, fill_polygon
 from polypseg.errors import DatasetError
-from serverless.cvat.rasterise import fill_box, fill_ellipse, fill_polygon
+from polypseg.formats.cvat_mask import decode_cvat_runs
 
 FILLED_SHAPES = ("polygon", "mask", "box", "ellipse")  # what CVAT's mask export paints
 POLYP_SHAPES = ("polygon", "mask")  # a polyp's outline; its boxes are prompts, not outlines
@@ -87,21 +88,7 @@ def _fill_rle(a: dict[str, str], width: int, height: int) -> np.ndarray:
     # box as left, top, width, height (dump_as_cvat_annotation; MaskConverter reads them so).
     runs = [int(float(v)) for v in a["rle"].split(",") if v.strip()]
     left, top = int(float(a["left"])), int(float(a["top"]))
-    box_width, box_height = int(float(a["width"])), int(float(a["height"]))
-    if min(runs, default=0) < 0 or box_width < 1 or box_height < 1:
-        raise ValueError("negative runs or an empty box")
-    if left < 0 or top < 0 or left + box_width > width or top + box_height > height:
-        raise ValueError(
-            f"its {box_width}x{box_height} box at ({left}, {top}) leaves the {width}x{height} frame"
-        )
-    flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
-    if flat.size != box_width * box_height:
-        raise ValueError(
-            f"its runs cover {flat.size} pixels, its {box_width}x{box_height} box {box_width * box_height}"
-        )
-    mask = np.zeros((height, width), dtype=bool)
-    mask[top : top + box_height, left : left + box_width] = flat.reshape(box_height, box_width)
-    return mask
+    return decode_cvat_runs(runs, left, top, int(float(a["width"])), int(float(a["height"])), width, height)
 
 
 @dataclass

@@ -1,9 +1,9 @@
-"""`cvat-cli ... --function-module serverless.cvat.agent_interactor`: see serverless.cvat.agents."""
+"""`cvat-cli ... --function-module backends.cvat.agent_interactor`: see backends.cvat.agents."""
 
 from __future__ import annotations
 
+from backends.cvat.agents import PolypInteraction
 from polypseg.predictors import build_predictor
-from serverless.cvat.agents import PolypInteraction
 
 
 def create(checkpoint: str | None = None, device: str | None = None) -> PolypInteraction:

@@ -2,8 +2,8 @@
 Enterprise (agent-based functions are not part of open-source CVAT): register and run them as
 an agent,
 
-    cvat-cli function create-native "polypseg tracker" --function-module serverless.cvat.agent_tracker
-    cvat-cli function run-agent FUNCTION_ID --function-module serverless.cvat.agent_tracker
+    cvat-cli function create-native "polypseg tracker" --function-module backends.cvat.agent_tracker
+    cvat-cli function run-agent FUNCTION_ID --function-module backends.cvat.agent_tracker
 
 (`-p checkpoint=str:FILE`, `-p tracker=str:sam2` choose the model and tracker). Tracking states
 stay in the agent's process, which CVAT's agent protocol expects. The tracker declares
@@ -25,12 +25,12 @@ from cvat_sdk.auto_annotation import (
     TrackingFunctionSpec,
 )
 
+from backends.cvat.protocol import parse_shape
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.images import as_rgb
 from polypseg.predictors.base import ImagePredictor, PreparedImage
 from polypseg.prompts import Box, Point, Prompt
 from polypseg.video.tracking import VideoTracker
-from serverless.cvat.protocol import parse_shape
 
 
 class PolypInteraction:

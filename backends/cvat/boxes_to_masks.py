@@ -2,7 +2,7 @@
 (open-source included): annotators box the polyp (a tracked or interpolated rectangle track
 covers a whole video), then one command outlines it on every frame.
 
-    python -m serverless.cvat.boxes_to_masks --server-host https://cvat.example.org --task 42 \\
+    python -m backends.cvat.boxes_to_masks --server-host https://cvat.example.org --task 42 \\
         --user annotator [--label polyp] [--mask-label polyp] [--checkpoint FILE]
 
 (the password is read from CVAT_PASSWORD, else asked for). The task's rectangles with

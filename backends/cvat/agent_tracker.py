@@ -1,10 +1,10 @@
-"""`cvat-cli ... --function-module serverless.cvat.agent_tracker`: see serverless.cvat.agents."""
+"""`cvat-cli ... --function-module backends.cvat.agent_tracker`: see backends.cvat.agents."""
 
 from __future__ import annotations
 
+from backends.cvat.agents import PolypTracking
 from polypseg.predictors import build_predictor
 from polypseg.video.tracking_job import build_tracker
-from serverless.cvat.agents import PolypTracking
 
 
 def create(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.request_errors import RequestError
 from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
@@ -35,15 +36,6 @@ from polypseg.prompts import Box, Point, Prompt
 
 MAX_CLICKS = 50  # per request; more is a runaway client, not an annotator
 SHAPE_KINDS = ("rectangle", "polygon", "mask")
-
-
-class RequestError(Exception):
-    """A request that cannot be answered as sent; `status` is the HTTP status to answer."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 def decode_image(body: dict[str, Any]) -> np.ndarray:

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from polypseg.errors import PolypsegError
-from polypseg.model_store import CurrentModel, ModelStore
-from polypseg.predictors.base import ImagePredictor
-from polypseg.video.tracking import TrackStateError, VideoTracker
-from polypseg.video.tracking_job import build_tracker
-from serverless.cvat.protocol import (
+from backends.cvat.protocol import (
     SHAPE_KINDS,
-    RequestError,
     Shape,
     decode_image,
     interaction_answer,
@@ -24,19 +16,19 @@ from serverless.cvat.protocol import (
     parse_shape,
     tracking_objects,
 )
-from serverless.cvat.state_store import StateStore
+from backends.cvat.state_store import StateStore
+from backends.request_errors import RequestError
+from polypseg.errors import PolypsegError
+from polypseg.model_store import CurrentModel
+from polypseg.video.tracking import TrackStateError, VideoTracker
+from polypseg.video.tracking_job import build_tracker
 
 log = logging.getLogger("polypseg.cvat")
 
+# Unusable input (RequestError without a status, PolypsegError) is answered 400, as ever.
+INPUT_ERROR_STATUS = 400
+
 Call = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def served_model(load: Callable[[Path | None], ImagePredictor]) -> CurrentModel:
-    """MODEL_DIR's current version, followed as retraining promotes new ones; without MODEL_DIR
-    the model POLYPSEG_CHECKPOINT names (else the shipped one)."""
-    model_dir, checkpoint = os.environ.get("MODEL_DIR"), os.environ.get("POLYPSEG_CHECKPOINT")
-    store = ModelStore(model_dir) if model_dir else None
-    return CurrentModel(store, load, fallback=Path(checkpoint) if checkpoint else None)
 
 
 class InteractorFunction:
@@ -53,17 +45,6 @@ class InteractorFunction:
         predictor = self.model.get()
         prediction = predictor.predict(image, prompt)
         return {**interaction_answer(prediction.mask, prediction.score), "model_version": predictor.version}
-
-
-def tracked_shape_kinds(setting: str | None) -> tuple[str, ...]:
-    """The shape kinds a tracker deployment follows, from a comma list (POLYPSEG_TRACK_SHAPES)."""
-    if not setting:
-        return SHAPE_KINDS
-    kinds = tuple(k.strip() for k in setting.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in SHAPE_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"POLYPSEG_TRACK_SHAPES={setting!r}: choose from {', '.join(SHAPE_KINDS)}")
-    return kinds
 
 
 class TrackerFunction:
@@ -170,10 +151,10 @@ def respond(context: Any, call: Call, event: Any) -> Any:
         status = 200
     except RequestError as exc:
         context.logger.warn(f"refused: {exc.reason}")
-        body, status = json.dumps({"error": exc.reason}), exc.status
+        body, status = json.dumps({"error": exc.reason}), exc.status or INPUT_ERROR_STATUS
     except PolypsegError as exc:
         context.logger.warn(f"refused: {exc}")
-        body, status = json.dumps({"error": str(exc)}), 400
+        body, status = json.dumps({"error": str(exc)}), INPUT_ERROR_STATUS
     except Exception as exc:  # a bug or a broken model: say so, keep serving
         log.exception("request failed")
         body, status = (

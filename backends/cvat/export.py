@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.cvat.annotations import IMAGES_FORMAT, Export, Frame, read_annotations, sources_by_frame
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
 from polypseg.errors import DatasetError, PolypsegError
-from serverless.cvat.annotations import IMAGES_FORMAT, Export, Frame, read_annotations, sources_by_frame
+from polypseg.label_sources import LabelSource, PullReport, annotation_version
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,13 @@ def _open(path: Path) -> tuple[zipfile.ZipFile, Export]:
         raise DatasetError(f"{path}: {exc}") from None
 
 
-def pull_cvat_archive(path: Path, store: DatasetStore, label: str = "polyp") -> dict[str, int]:
+def pull_cvat_archive(path: Path, store: DatasetStore, label: str = "polyp") -> PullReport:
     """Put an export's labelled frames (and its video tasks' sequences) into the store.
 
-    The counts: new, changed, unchanged, removed (no longer labelled), skipped (a shape that
-    cannot be drawn or an image missing from the archive), failed (an image the store refused),
-    sequences (written or rewritten)."""
-    counts = dict.fromkeys(("new", "changed", "unchanged", "removed", "skipped", "failed", "sequences"), 0)
+    Counted: new, changed, unchanged, removed (no longer labelled), skipped (a shape that cannot
+    be drawn or an image missing from the archive), failed (images the store refused, with
+    why), sequences (written or rewritten)."""
+    counts = PullReport()
     archive, export = _open(path)
     with archive:
         images = _Images(archive)
@@ -107,10 +108,10 @@ def pull_cvat_archive(path: Path, store: DatasetStore, label: str = "polyp") -> 
             kept, unusable = _pull_frames(
                 path, store, source_id, source.updated, frames, images, label, counts
             )
-            counts["removed"] += len(store.remove_missing(source_id, kept, within=source.covered))
+            counts.removed += len(store.remove_missing(source_id, kept, within=source.covered))
             if source.video:
                 usable = [f for f in frames if f.name not in unusable]
-                counts["sequences"] += _pull_sequence(store, source_id, source.updated, usable, images, label)
+                counts.sequences += _pull_sequence(store, source_id, source.updated, usable, images, label)
     log.info("%s (%s export, %s): %s", path, export.kind, export.format, counts)
     return counts
 
@@ -123,7 +124,7 @@ def _pull_frames(
     frames: list[Frame],
     images: _Images,
     label: str,
-    counts: dict[str, int],
+    counts: PullReport,
 ) -> tuple[set[str], set[str]]:
     """Store one source's labelled frames; the names the store keeps for it, and those of the
     frames skipped (a shape that cannot be drawn, an image missing or refused)."""
@@ -137,19 +138,19 @@ def _pull_frames(
         info = images.find(frame)
         if info is None:
             log.warning("%s: frame %s is not in the archive; skipped", path, frame.file_name)
-            counts["skipped"] += 1
+            counts.skipped += 1
             unusable.add(frame.name)
             continue
         digest = f"crc32:{info.CRC:08x}:{info.file_size}"  # the zip's own checksum: no decompression
-        annotation = f"{fingerprint}:{digest}"
+        annotation = annotation_version(fingerprint, digest)
         if store.holds(source, frame.name, annotation):  # whatever its update time says
-            counts["unchanged"] += 1
+            counts.unchanged += 1
             continue
         try:
             mask = frame.polyp_mask(label)
         except DatasetError as exc:
             log.warning("%s: frame %s skipped: %s", path, frame.file_name, exc)
-            counts["skipped"] += 1
+            counts.skipped += 1
             unusable.add(frame.name)
             continue
         known = store.has(source, frame.name)
@@ -158,10 +159,13 @@ def _pull_frames(
             store.put(item)
         except PolypsegError as exc:  # unreadable, or not the size the XML gives
             log.warning("%s: frame %s not stored: %s", path, frame.file_name, exc)
-            counts["failed"] += 1
+            counts.failed[f"{source}/{frame.name}"] = str(exc)
             unusable.add(frame.name)
             continue
-        counts["changed" if known else "new"] += 1
+        if known:
+            counts.changed += 1
+        else:
+            counts.new += 1
     return kept, unusable
 
 
@@ -306,10 +310,49 @@ def pull_cvat_server(
     access_token: str | None = None,
     credentials: tuple[str, str] | None = None,
     label: str = "polyp",
-) -> dict[str, int]:
+) -> PullReport:
     """Export a task, job or project from a CVAT server and pull it as an archive would be."""
     with tempfile.TemporaryDirectory(prefix="polypseg-cvat-") as folder:
         archive = export_from_cvat(
             host, kind, resource_id, Path(folder), access_token=access_token, credentials=credentials
         )
         return pull_cvat_archive(archive, store, label)
+
+
+class CvatArchive(LabelSource):
+    """An export archive a user downloaded from CVAT (task, job or project)."""
+
+    def __init__(self, path: Path, label: str = "polyp") -> None:
+        self.path, self.label = path, label
+
+    @property
+    def name(self) -> str:
+        return f"CVAT archive {self.path}"
+
+    def pull(self, store: DatasetStore) -> PullReport:
+        return pull_cvat_archive(self.path, store, self.label)
+
+
+class CvatServerExport(LabelSource):
+    """A task, job or project exported from a CVAT server through cvat-sdk at each pull."""
+
+    def __init__(
+        self,
+        host: str,
+        kind: str,
+        resource_id: int,
+        access_token: str | None = None,
+        credentials: tuple[str, str] | None = None,
+        label: str = "polyp",
+    ) -> None:
+        self.host, self.kind, self.resource_id = host, kind, resource_id
+        self.access_token, self.credentials, self.label = access_token, credentials, label
+
+    @property
+    def name(self) -> str:
+        return f"CVAT {self.kind} {self.resource_id} at {self.host}"
+
+    def pull(self, store: DatasetStore) -> PullReport:
+        return pull_cvat_server(
+            self.host, self.kind, self.resource_id, store, self.access_token, self.credentials, self.label
+        )

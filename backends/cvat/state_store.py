@@ -9,7 +9,6 @@ function process: correct only with a single worker (`maxWorkers: 1`) and one re
 
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
@@ -99,18 +98,11 @@ class MemoryStateStore(StateStore):
                 self._items[key] = (time.monotonic() + ttl, self._items[key][1])
 
 
-def state_store_from_env() -> StateStore:
-    """Redis when CVAT_REDIS_HOST is set, else the in-process store."""
-    ttl = int(os.environ.get("POLYPSEG_TRACK_TTL", DEFAULT_TTL))
-    host = os.environ.get("CVAT_REDIS_HOST")
+def state_store(host: str, port: int = 6379, password: str = "", ttl: int = DEFAULT_TTL) -> StateStore:
+    """Redis at `host` when one is given (CVAT_REDIS_HOST), else the in-process store."""
     if not host:
         return MemoryStateStore(ttl)
     import redis
 
-    client = redis.Redis(
-        host=host,
-        port=int(os.environ.get("CVAT_REDIS_PORT", 6379)),
-        password=os.environ.get("CVAT_REDIS_PASSWORD") or None,
-        socket_timeout=10,
-    )
+    client = redis.Redis(host=host, port=port, password=password or None, socket_timeout=10)
     return RedisStateStore(client, ttl)

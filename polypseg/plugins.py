@@ -1,0 +1,70 @@
+"""How annotation platforms plug into the core without the core importing them.
+
+A platform package declares an entry point in the group `polypseg.plugins` (pyproject.toml's
+`[project.entry-points."polypseg.plugins"]`) naming a function that takes the `Plugins`
+registry and adds what it offers: kinds of label source that `polypseg retrain` pulls from
+(with their flags), and servers that `polypseg serve <name>` starts. The core reads only this
+registry; a core installed without the platforms simply offers neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from polypseg.label_sources import LabelSource
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "polypseg.plugins"
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A kind of label source: its flags on `polypseg retrain`, and the sources they name
+    (built, and their settings checked, once before the first round; none if not asked for)."""
+
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    sources: Callable[[argparse.Namespace], list[LabelSource]]
+
+
+@dataclass(frozen=True)
+class Server:
+    """`polypseg serve <name>`: the core adds the model flags (--model, --checkpoint, --device),
+    the platform its own, and `run` serves until stopped."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+@dataclass
+class Plugins:
+    source_kinds: dict[str, SourceKind] = field(default_factory=dict)
+    servers: dict[str, Server] = field(default_factory=dict)
+
+    def add_source_kind(self, kind: SourceKind) -> None:
+        self.source_kinds[kind.name] = kind
+
+    def add_server(self, server: Server) -> None:
+        self.servers[server.name] = server
+
+
+@functools.cache
+def load_plugins() -> Plugins:
+    """Every installed platform's registrations, in the entry points' name order."""
+    plugins = Plugins()
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:  # a platform installed without its client libraries
+            log.warning("polypseg plugin %s not loaded: %s", entry.name, exc)
+            continue
+        register(plugins)
+    return plugins

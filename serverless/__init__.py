@@ -1,1 +1,0 @@
-"""CVAT functions on the polypseg core: nuclio handlers and cvat_sdk auto-annotation functions."""
