@@ -13,13 +13,14 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from polypseg.errors import CheckpointError, ModelError
 
-State = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+State = dict[str, "torch.Tensor"]
 Metadata = dict[str, Any]
 
 

@@ -19,7 +19,6 @@ new channels, so training starts from that model's answers) or a click model to 
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +35,8 @@ from polypseg.errors import CheckpointError
 from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
 from polypseg.prompts import Point
 from polypseg.training.common import split_names, validation_metrics
-from polypseg.training.unet import PolypRegions, UnetRun, UnetTrainConfig
-
-
-@dataclass
-class ClickUnetTrainConfig(UnetTrainConfig):
-    architecture: str = "clickunet"
-    decoder: str = "unet"
-    click_rounds: int = 3  # at most this many no-gradient click rounds before the trained pass
-    no_click_fraction: float = 0.4  # share of batches trained on the box alone (round 0)
-    random_click_fraction: float = 0.3  # share of samples that start with random clicks
-    presence_weight: float = 0.5
-    click_weight: float = 4.0  # extra loss weight of the pixels a click points at
-    val_clicks: int = 3  # validation reports IoU after this many simulated clicks
+from polypseg.training.config import ClickUnetTrainConfig
+from polypseg.training.unet import PolypRegions, UnetRun
 
 
 def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:

@@ -14,7 +14,6 @@ weights start the network (its box channel dropped): its features already know p
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,35 +32,8 @@ from polypseg.errors import CheckpointError
 from polypseg.images import read_image, read_mask
 from polypseg.training.augment import frame_shift, training_transform
 from polypseg.training.common import TrainingRun, split_names
+from polypseg.training.config import DetectorTrainConfig
 from polypseg.training.unet import bce_dice_loss
-
-
-@dataclass
-class DetectorTrainConfig:
-    images: Path
-    masks: Path
-    out: Path
-    boxes: Path | None = None
-    val_list: Path | None = None
-    encoder: str = "resnet18"
-    decoder: str = "unet"
-    size: int = 320
-    crop_fraction: float = 0.3  # share of draws cut to a random part of the frame
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None
-    limit: int | None = None
-    save_every: int = 100
-    device: str = "auto"
-    command: str = ""
-    init: Path | None = None
-    shift_augment: float = 0.0
 
 
 class WholeFrames(Dataset):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from polypseg.predictors.sam2 import (
 )
 from polypseg.training.augment import annotator_box, training_transform
 from polypseg.training.common import TrainingRun, split_names, validation_metrics
+from polypseg.training.config import Sam2FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,37 +55,6 @@ PARTS = {
 # SAM2's input normalisation (ImageNet statistics), as its own transforms apply it.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-@dataclass
-class Sam2FinetuneConfig:
-    out: Path
-    images: Path | None = None
-    masks: Path | None = None
-    boxes: Path | None = None
-    val_list: Path | None = None
-    checkpoint: Path | None = None  # official sam2.1_hiera_*.pt or a polypseg SAM2 checkpoint
-    size: str = "t"  # hiera size for a random start without checkpoint: t, s, b+, l
-    image_size: int = 1024
-    train: tuple[str, ...] = ("image-encoder", "prompt-encoder", "mask-decoder")
-    loss: str = "focal"  # or bce
-    clicks: int = 1  # correction rounds after the box, each with one click from the error region
-    iou_weight: float = 1.0
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 5e-5
-    encoder_lr: float = 5e-6
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None
-    limit: int | None = None
-    save_every: int = 100
-    device: str = "auto"
-    command: str = ""
 
 
 def normalise(image: np.ndarray, size: int) -> torch.Tensor:

@@ -31,22 +31,11 @@ from polypseg.metrics import score_masks
 from polypseg.predictors.sam2 import Sam2Predictor
 from polypseg.prompts import Box, Prompt
 from polypseg.training.augment import annotator_box
-from polypseg.training.sam2_finetune import Sam2FinetuneConfig, Sam2Run, mask_losses, normalise
+from polypseg.training.config import Sam2VideoConfig
+from polypseg.training.sam2_finetune import Sam2Run, mask_losses, normalise
 from polypseg.video.sam2_memory import Sam2MemoryTracker
 
 MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr")
-
-
-@dataclass
-class Sam2VideoConfig(Sam2FinetuneConfig):
-    sequences: Path | None = None
-    val_sequences: Path | None = None
-    length: int = 8  # frames per training sequence, the first and the last included
-    loss_frames: str = "last"  # or "annotated": every frame that has a mask
-    bptt: int = 4  # frames of memory that gradients flow back through
-    image_size: int = 512
-    batch_size: int = 1
-    train: tuple[str, ...] = ("image-encoder", "prompt-encoder", "mask-decoder", "memory")
 
 
 def _numbered(folder: Path) -> list[tuple[int, Path]]:

@@ -13,7 +13,6 @@ import datetime
 import functools
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_chan
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, frame_shift, training_transform
 from polypseg.training.common import TrainingRun, split_names, validation_metrics
+from polypseg.training.config import UnetTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +43,6 @@ log = logging.getLogger(__name__)
 # REGION_SCALE x the input size, since the network never sees more detail than that.
 REGION_MARGIN = 0.75
 REGION_SCALE = 2
-
-
-@dataclass
-class UnetTrainConfig:
-    images: Path
-    masks: Path
-    out: Path
-    boxes: Path | None = None
-    val_list: Path | None = None
-    architecture: str = "unet"
-    encoder: str = "resnet34"
-    encoder_weights: str | None = None
-    geometry: str = "crop"
-    size: int = 256
-    margin: float = 0.25
-    negative_fraction: float = 0.1
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None  # stop early after this many optimiser steps (tests, probes)
-    limit: int | None = None  # use only the first N training images (tests, probes)
-    save_every: int = 100  # steps between resumable snapshots within an epoch
-    device: str = "auto"
-    command: str = ""
-    init: Path | None = None  # start from this checkpoint's weights (same architecture and encoder)
-    shift_augment: float = 0.0  # chance of the shift-suite degradations per draw (0: off)
-    select: str = "clean"  # best checkpoint by "clean" IoU or by "worst-shift" IoU
 
 
 class PolypRegions(Dataset):

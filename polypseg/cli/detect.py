@@ -1,0 +1,144 @@
+"""`polypseg detect`, `evaluate-detection` and `rank`: the detector's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from polypseg.cli.options import DEVICE_HELP, add_model_options, log, min_score, names_file
+from polypseg.errors import PolypsegError
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from polypseg.detection_job import build_detector, detect_images, detect_video, image_files
+    from polypseg.predictors import build_predictor
+
+    if not args.inputs and args.video is None:
+        raise PolypsegError("name images, folders of images, or --video FILE")
+    if args.video is not None:
+        from polypseg.video.frames import open_frames
+
+        open_frames(args.video)  # refuse a video that cannot be opened before any work
+    files = image_files(args.inputs) if args.inputs else []
+    detector = build_detector(args.detector, args.device)
+    predictor = (
+        build_predictor(args.model, args.checkpoint, args.device) if args.masks or args.overlay else None
+    )
+    for folder in (args.masks, args.overlay):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    frames, skipped = [], []
+    if files:
+        run = detect_images(detector, predictor, files, args.min_score, args.masks, args.overlay)
+        frames += run.frames
+        skipped += run.skipped
+    if args.video is not None:
+        frames += detect_video(
+            detector, predictor, args.video, args.min_score, args.masks, args.overlay
+        ).frames
+    found = sum(len(f.detections) for f in frames)
+    log.info(
+        "%d polyps in %d of %d frames (detector %s)%s",
+        found,
+        sum(bool(f.detections) for f in frames),
+        len(frames),
+        detector.version,
+        f"; {len(skipped)} unreadable skipped" if skipped else "",
+    )
+    body = {
+        "detector": detector.version,
+        "min_score": detector.threshold if args.min_score is None else args.min_score,
+        "images": [f.as_dict() for f in frames],
+        "skipped": skipped,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(body, indent=1))
+    log.info("wrote %s", args.json)
+
+
+def cmd_evaluate_detection(args: argparse.Namespace) -> None:
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.detection_job import build_detector, evaluate_detection
+    from polypseg.predictors import build_predictor
+
+    samples = load_folder_dataset(args.images, args.masks, args.boxes, names_file(args.names))
+    if args.limit:
+        samples = samples[: args.limit]
+    detector = build_detector(args.detector, args.device)
+    predictor = build_predictor(args.model, args.checkpoint, args.device)
+    scores = evaluate_detection(detector, predictor, samples, args.min_score)
+    body = scores.as_dict()
+    print(
+        f"{body['n']} images, {body['polyps']} polyps, detector {detector.version}, "
+        f"refined by {predictor.version}\n\n"
+        "| min score | precision@0.5 | recall@0.5 | AP50 | AP50:95 | refined mask IoU (all polyps) |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {body['min_score']:.3f} | {body['precision@0.5']:.4f} | {body['recall@0.5']:.4f} | "
+        f"{body['ap50']:.4f} | {body['ap50_95']:.4f} | {body['mean_refined_iou']:.4f} |"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body.update(detector=detector.version, model=predictor.version)
+        args.json.write_text(json.dumps(body, indent=1))
+        log.info("wrote %s", args.json)
+
+
+def cmd_rank(args: argparse.Namespace) -> None:
+    from polypseg.detection_job import build_detector, image_files, rank_images
+
+    detector = build_detector(args.detector, args.device)
+    ranked, skipped = rank_images(detector, image_files(args.inputs))
+    for name, uncertainty in ranked:
+        print(f"{uncertainty:.5f}  {name}")
+    if skipped:
+        log.warning("%d unreadable images skipped", len(skipped))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "detector": detector.version,
+            "uncertainty": "mean binary entropy of the detector's probability map over undecided pixels",
+            "ranked": [{"image": name, "uncertainty": u} for name, u in ranked],
+            "skipped": skipped,
+        }
+        args.json.write_text(json.dumps(body, indent=1))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    detect = commands.add_parser("detect", help="find polyps without a prompt (and outline them)")
+    detect.add_argument("inputs", nargs="*", type=Path, help="images or folders of images")
+    detect.add_argument("--video", type=Path, help="a video file or folder of numbered frames: every frame")
+    detect.add_argument("--json", type=Path, required=True, help="where to write the boxes and scores")
+    detect.add_argument("--min-score", type=min_score, help="least detection score (default: the detector's)")
+    detect.add_argument("--masks", type=Path, help="write each frame's refined polyp mask (PNG) here")
+    detect.add_argument(
+        "--overlay", type=Path, help="write each frame with boxes and masks drawn (JPEG) here"
+    )
+    detect.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    add_model_options(detect)
+    detect.set_defaults(run=cmd_detect)
+
+    detection_eval = commands.add_parser(
+        "evaluate-detection", help="score the detector (and its refined masks) on image/mask folders"
+    )
+    detection_eval.add_argument("--images", type=Path, required=True)
+    detection_eval.add_argument("--masks", type=Path, required=True)
+    detection_eval.add_argument(
+        "--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components"
+    )
+    detection_eval.add_argument("--names", type=Path, help="only the images named in this file")
+    detection_eval.add_argument("--limit", type=int, help="only the first N images")
+    detection_eval.add_argument("--min-score", type=min_score, help="score floor (default: the detector's)")
+    detection_eval.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
+    detection_eval.add_argument(
+        "--detector", type=Path, help="detector checkpoint (default: the shipped one)"
+    )
+    add_model_options(detection_eval)
+    detection_eval.set_defaults(run=cmd_evaluate_detection)
+
+    rank = commands.add_parser("rank", help="order unlabelled images by the detector's uncertainty")
+    rank.add_argument("inputs", nargs="+", type=Path, help="images or folders of images")
+    rank.add_argument("--json", type=Path, help="write the ranking as JSON")
+    rank.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    rank.add_argument("--device", help=DEVICE_HELP)
+    rank.set_defaults(run=cmd_rank)

@@ -1,0 +1,79 @@
+"""What several commands share: the model flags, prompts from flags, argparse types."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from polypseg.training.config import DEVICE_HELP, positive_int
+
+if TYPE_CHECKING:
+    from polypseg.prompts import Prompt
+
+__all__ = ["DEVICE_HELP", "positive_int"]
+
+log = logging.getLogger("polypseg")
+
+
+def click_count(text: str) -> int:
+    """--clicks: 0 to 20, as the interactive-segmentation protocol counts them."""
+    from polypseg.evaluation_clicks import MAX_EVALUATION_CLICKS
+
+    value = int(text) if text.lstrip("-").isdigit() else -1
+    if not 0 <= value <= MAX_EVALUATION_CLICKS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of clicks from 0 to {MAX_EVALUATION_CLICKS}"
+        )
+    return value
+
+
+def min_score(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a score between 0 and 1")
+    return value
+
+
+def known_shifts() -> list[str]:
+    from polypseg.shifts import SHIFTS
+
+    return list(SHIFTS)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from polypseg.families import segmenter_names
+
+    parser.add_argument(
+        "--model",
+        choices=segmenter_names(),
+        help="model kind; default: the one the checkpoint holds (the shipped default model)",
+    )
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the shipped model)")
+    parser.add_argument("--device", help=DEVICE_HELP)
+
+
+def add_reacquire_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-reacquire",
+        action="store_true",
+        help="classical tracker: do not look for a lost polyp with the detector",
+    )
+    parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+
+
+def prompt_from_args(args: argparse.Namespace) -> Prompt:
+    """The prompt of --box and --point flags."""
+    from polypseg.prompts import Box, Point, Prompt
+
+    return Prompt(
+        box=Box.parse(args.box) if args.box else None, points=tuple(Point.parse(p) for p in args.point)
+    )
+
+
+def names_file(path: Path | None) -> list[str] | None:
+    return [n.strip() for n in path.read_text().splitlines() if n.strip()] if path else None
