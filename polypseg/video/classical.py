@@ -6,11 +6,17 @@ drift. Where the box tracker fails, the last good box is searched instead. A fra
 when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
 polyp it has followed; while lost, each frame is tried again at the last good box, so the
 track picks up when the polyp returns.
+
+Colour tells the followed polyp from other tissue, but the light of an endoscope changes
+abruptly (a flash, a tint as the tip turns), and with it every colour in the frame. So while
+the polyp was found on the frame before, a mask that stays where it was (its box overlapping
+the last box) counts as the same polyp whatever its colour; a polyp found again after a loss
+must look like the one outlined first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -31,6 +37,15 @@ def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(histogram, dtype=np.float32).flatten() / max(float(histogram.sum()), 1.0)
 
 
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    width = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    height = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = width * height
+    union = a.width * a.height + b.width * b.height - inter
+    return inter / union if union > 0 else 0.0
+
+
 # Smaller boxes give MIL too few pixels to learn the polyp's appearance from.
 MIN_TRACKED_SIDE = 16
 
@@ -38,13 +53,14 @@ MIN_TRACKED_SIDE = 16
 @dataclass(frozen=True)
 class ClassicalState:
     """What the next frame needs: the last frame where the polyp was found, its box and mask
-    area there, and the colour signature of the polyp as first outlined (all None while lost
-    from the start)."""
+    area there, the colour signature of the polyp as first outlined (all None while lost
+    from the start), and whether the polyp was found on the frame just before."""
 
     frame: np.ndarray | None = None
     box: Box | None = None
     area: float = 0.0
     signature: np.ndarray | None = None
+    following: bool = False
 
 
 class ClassicalTracker(VideoTracker):
@@ -72,7 +88,7 @@ class ClassicalTracker(VideoTracker):
         if box is None:
             return lost_frame(index, image.shape, prediction.score), ClassicalState()
         signature = colour_signature(image, prediction.mask)
-        state = ClassicalState(image, box, float(prediction.mask.sum()), signature)
+        state = ClassicalState(image, box, float(prediction.mask.sum()), signature, following=True)
         return TrackedFrame(index, prediction.mask, box, prediction.score, False), state
 
     def step(
@@ -84,12 +100,13 @@ class ClassicalTracker(VideoTracker):
             return lost_frame(index, image.shape, 0.0), state
         # MIL learns the polyp's look on the last frame where it was found, then searches this one.
         proposal = self._follow(self._start(state.frame, state.box), image) or state.box
-        result = self._segment(index, image, proposal, state.area, state.signature)
+        result = self._segment(index, image, proposal, state)
         if result.lost and proposal != state.box:  # the box tracker may have drifted: try where it was
-            result = self._segment(index, image, state.box, state.area, state.signature)
+            result = self._segment(index, image, state.box, state)
         if result.lost or result.box is None:
-            return result, state
-        return result, ClassicalState(image, result.box, float(result.mask.sum()), state.signature)
+            return result, replace(state, following=False)
+        area = float(result.mask.sum())
+        return result, ClassicalState(image, result.box, area, state.signature, following=True)
 
     def _state_tensors(self, state: ClassicalState) -> dict[str, Any]:
         if state.frame is None or state.box is None or state.signature is None:
@@ -103,6 +120,7 @@ class ClassicalTracker(VideoTracker):
             "box": [state.box.x1, state.box.y1, state.box.x2, state.box.y2],
             "area": state.area,
             "signature": torch.from_numpy(state.signature),
+            "following": state.following,
         }
 
     def _state_from_tensors(self, data: dict[str, Any]) -> ClassicalState:
@@ -116,6 +134,7 @@ class ClassicalTracker(VideoTracker):
             Box(*(float(v) for v in data["box"])),
             float(data["area"]),
             data["signature"].numpy().astype(np.float32),
+            bool(data.get("following", False)),
         )
 
     def _anchor(self, image: np.ndarray, prompt: Prompt) -> Prediction:
@@ -147,9 +166,7 @@ class ClassicalTracker(VideoTracker):
             return None
         return tracker
 
-    def _segment(
-        self, index: int, image: np.ndarray, box: Box, last_area: float, signature: np.ndarray
-    ) -> TrackedFrame:
+    def _segment(self, index: int, image: np.ndarray, box: Box, state: ClassicalState) -> TrackedFrame:
         height, width = image.shape[:2]
         try:
             prompt = Prompt(box=box).fitted_to(width, height)
@@ -160,11 +177,14 @@ class ClassicalTracker(VideoTracker):
         found = mask_box(prediction.mask)
         if found is None or area < self.min_area:
             return lost_frame(index, image.shape, prediction.score)
-        change = max(area / last_area, last_area / area) if last_area else 1.0
-        similarity = float(
-            cv2.compareHist(signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
+        change = max(area / state.area, state.area / area) if state.area else 1.0
+        assert state.signature is not None and state.box is not None
+        likeness = float(
+            cv2.compareHist(state.signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
         )
-        score = prediction.score * max(similarity, 0.0)
+        if state.following:  # the light may have changed, the place did not
+            likeness = max(likeness, box_iou(found, state.box))
+        score = prediction.score * max(likeness, 0.0)
         if score < self.min_score or change > self.max_area_change:
             return lost_frame(index, image.shape, score)
         return TrackedFrame(index, prediction.mask, found, score, False)
