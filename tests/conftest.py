@@ -159,9 +159,18 @@ def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
     login = launcher.Login("admin@polypseg.test", secrets.token_urlsafe(12), secrets.token_hex(20))
     url = f"http://127.0.0.1:{_free_port()}"
     backend_port = _free_port()
-    studio = launcher.start_label_studio(
-        executable, folder / "data", int(url.rsplit(":", 1)[1]), login, files_root=kvasir.parent
-    )
+    # Label Studio waits 100 s for a backend's predictions by default; tracking a video on a
+    # busy CPU ("Retrieve Predictions" in the video tests) can take longer.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ML_TIMEOUT_PREDICT", "600")
+        studio = launcher.start_label_studio(
+            executable,
+            folder / "data",
+            int(url.rsplit(":", 1)[1]),
+            login,
+            files_root=kvasir.parent,
+            timeout=600,  # its first start migrates a database: minutes on a busy machine
+        )
     try:
         backend = launcher.start_backend(backend_port, url, login.token, folder / "backend.log")
     except Exception:
