@@ -164,17 +164,21 @@ def label_studio_stack(
     login = launcher.Login("admin@polypseg.test", secrets.token_urlsafe(12), secrets.token_hex(20))
     url = f"http://127.0.0.1:{_free_port()}"
     backend_port = _free_port()
-    processes = {
-        "label-studio": launcher.start_label_studio(
-            executable,
-            folder / "data",
-            int(url.rsplit(":", 1)[1]),
-            login,
-            files_root=files_root,
-            extra_env=database,
-            timeout=480,  # the first start migrates a new database: minutes on a busy 2-core machine
-        )
-    }
+    # Label Studio waits 100 s for a backend's predictions by default; tracking a video on a
+    # busy CPU ("Retrieve Predictions" in the video tests) can take longer.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ML_TIMEOUT_PREDICT", "600")
+        processes = {
+            "label-studio": launcher.start_label_studio(
+                executable,
+                folder / "data",
+                int(url.rsplit(":", 1)[1]),
+                login,
+                files_root=files_root,
+                extra_env=database,
+                timeout=600,  # the first start migrates a new database: minutes on a busy 2-core machine
+            )
+        }
     try:
         processes["backend"] = launcher.start_backend(backend_port, url, login.token, folder / "backend.log")
         yield LabelStudioStack(

@@ -328,7 +328,7 @@ def video_context(frame: int, box: tuple[float, float, float, float], frames_cou
         "y": 100 * y1 / 480,
         "width": 100 * (x2 - x1) / 560,
         "height": 100 * (y2 - y1) / 480,
-        "time": (frame - 1) / 25,
+        "time": frame / 25,  # Label Studio's time for its frame
     }
     return [
         {
@@ -348,7 +348,7 @@ def video_context(frame: int, box: tuple[float, float, float, float], frames_cou
 
 
 @pytest.mark.slow
-def test_video_box_is_tracked_forward(default_predictor) -> None:
+def test_video_box_is_tracked_both_ways(default_predictor) -> None:
     with file_server(CLIP.parent) as media:
         client, _ = make_client(media.url, default_predictor, max_frames_to_track=40)
         body = {
@@ -361,9 +361,14 @@ def test_video_box_is_tracked_forward(default_predictor) -> None:
     assert answer.status_code == 200, answer.text
     (region,) = answer.json()["results"][0]["result"]
     assert region["type"] == "videorectangle" and region["id"] == "trk1"
-    sequence = region["value"]["sequence"]
+    keyframes = region["value"]["sequence"]
+    assert keyframes[0]["frame"] < 134  # tracked backward too
+    assert all(k["time"] == k["frame"] / 25 for k in keyframes)  # Label Studio's time
+    assert keyframes == sorted(keyframes, key=lambda k: k["frame"])
+    sequence = [k for k in keyframes if k["frame"] >= 134]
     assert [k["frame"] for k in sequence] == list(range(134, 175))  # the user's frame + 40 tracked
-    assert all(k["enabled"] for k in sequence[:-1])
+    assert sequence[0] == video_context(134, (360, 240, 450, 400))[0]["value"]["sequence"][0]
+    assert all(k["enabled"] for k in sequence[:-1]) and not sequence[-1]["enabled"]  # 40 frames, no more
     centres = [(k["x"] + k["width"] / 2, k["y"] + k["height"] / 2) for k in sequence]
     # The box follows without jumping away ...
     assert all(math.dist(a, b) < 8 for a, b in zip(centres, centres[1:], strict=False))

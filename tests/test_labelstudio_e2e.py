@@ -164,37 +164,72 @@ def test_local_files_with_a_personal_access_token(label_studio: LabelStudioStack
         refused.fetch(task["data"]["image"], task["id"])
 
 
-def test_video_box_tracked_through_label_studio(label_studio: LabelStudioStack) -> None:
-    project, ml = new_project(label_studio, "Polyp videos", (CONFIGS / "polyp-video.xml").read_text())
-    task = upload(label_studio, project, DATA / "video" / "colonoscopy-clip-1.mp4")
-    keyframe = {"frame": 134, "enabled": True, "rotation": 0, "time": 133 / 25}
-    keyframe |= {
-        "x": 100 * 360 / 560,
-        "y": 100 * 240 / 480,
-        "width": 100 * 90 / 560,
-        "height": 100 * 160 / 480,
-    }
+def test_retrieve_predictions_tracks_a_saved_video_box(
+    label_studio: LabelStudioStack, tmp_path: Path
+) -> None:
+    """API level (the page's own steps are in test_labelstudio_video_browser.py): an annotation
+    with one video keyframe saved as the page saves it (frame 151 is the clip's frame 150, at
+    151/25 s), then Label Studio's "Retrieve Predictions" action: Label Studio sends the task
+    with its annotation to the backend, which tracks the box both ways. Forward, the track runs
+    until the polyp leaves the view (the clip's frame 176 is the last it is in) and no further."""
+    from conftest import _free_port
+
+    # 30 frames each way: past the polyp's last frame, and a short answer on a busy CPU.
+    port = _free_port()
+    env = {"MAX_FRAMES_TO_TRACK": "30"}
+    backend = launcher.start_backend(
+        port, label_studio.url, label_studio.login.token, tmp_path / "b.log", env
+    )
+    try:
+        project = launcher.polyp_project(
+            label_studio.client, "Polyp videos", (CONFIGS / "polyp-video.xml").read_text()
+        )
+        launcher.connect_backend(label_studio.client, project, f"http://127.0.0.1:{port}")
+        task = upload(label_studio, project, DATA / "video" / "colonoscopy-clip-1.mp4")
+        prediction = _retrieve_track(label_studio, project, task["id"])
+    finally:
+        launcher.stop(backend)
+    (tracked,) = prediction["result"]
+    assert tracked["id"] == "polyp1" and tracked["value"]["labels"] == ["Polyp"]
+    sequence = {k["frame"]: k for k in tracked["value"]["sequence"]}
+    assert sequence[151] == SAVED_KEYFRAME  # the annotator's keyframe, as drawn
+    assert list(sequence) == sorted(sequence) and min(sequence) < 140  # tracked backward too
+    # Forward: every frame up to 177 (the clip's 176, the polyp's last in view), ended there.
+    assert set(range(151, 178)) <= set(sequence) and max(sequence) == 177
+    assert all(sequence[f]["enabled"] for f in range(151, 177)) and not sequence[177]["enabled"]
+    assert all(k["time"] == pytest.approx(f / 25) for f, k in sequence.items())
+    for frame, box in CLIP_POLYP.items():  # where the polyp went (Label Studio counts from 1)
+        k = sequence[frame + 1]
+        found = (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
+        assert box_iou(found, box) > 0.6, (frame, found)
+
+
+# The polyp on the clip's frame 150 (Label Studio's 151, at 151/25 s): where the tracker took
+# the browser test's hand box on frame 133.
+SAVED_KEYFRAME = {"frame": 151, "enabled": True, "rotation": 0, "time": 151 / 25}
+SAVED_KEYFRAME |= {"x": 323 / 5.6, "y": 273 / 4.8, "width": 90 / 5.6, "height": 166 / 4.8}
+
+
+def _retrieve_track(label_studio: LabelStudioStack, project: int, task: int) -> dict:
+    """Save an annotation with one video keyframe, then run "Retrieve Predictions" on it."""
     region = {
         "id": "polyp1",
         "type": "videorectangle",
         "from_name": "box",
         "to_name": "video",
         "origin": "manual",
-        "value": {"framesCount": 181, "duration": 7.24, "sequence": [keyframe], "labels": ["Polyp"]},
+        "value": {"framesCount": 181, "duration": 7.24, "sequence": [SAVED_KEYFRAME], "labels": ["Polyp"]},
     }
-    answer = label_studio.api(
-        "POST",
-        f"/api/ml/{ml}/interactive-annotating",
-        json={"task": task["id"], "context": {"result": [region]}},
+    label_studio.api("POST", f"/api/tasks/{task}/annotations", json={"result": [region]})
+    done = requests.post(  # Label Studio answers once the backend has tracked: minutes on a CPU
+        f"{label_studio.url}/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+        headers={"Authorization": f"Token {label_studio.login.token}"},
+        json={"selectedItems": {"all": False, "included": [task]}},
+        timeout=600,
     )
-    assert "errors" not in answer, answer
-    (tracked,) = answer["data"]["result"]
-    sequence = {k["frame"]: k for k in tracked["value"]["sequence"]}
-    assert min(sequence) == 134 and len(sequence) > 40 and list(sequence) == sorted(sequence)
-    for frame, box in CLIP_POLYP.items():  # where the polyp went (Label Studio counts from 1)
-        k = sequence[frame + 1]
-        found = (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
-        assert k["enabled"] and box_iou(found, box) > 0.6, (frame, found)
+    assert done.status_code == 200 and done.json()["processed_items"] == 1, done.text
+    (prediction,) = label_studio.api("GET", f"/api/predictions?task={task}")
+    return prediction
 
 
 def test_connect_as_docker_compose_runs_it(label_studio: LabelStudioStack, kvasir: Path) -> None:

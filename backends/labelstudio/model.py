@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
@@ -15,6 +16,7 @@ from backends.labelstudio.regions import (
     prompt_from_context,
     rectangle_box,
     task_rectangles,
+    task_regions,
 )
 from backends.labelstudio.settings import Settings
 from backends.request_errors import RequestError
@@ -69,7 +71,8 @@ class PolypModel:
         self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
     ) -> list[Prediction]:
         """One prediction per task: interactive when `context` holds the user's regions, else
-        every rectangle already on each task becomes a mask."""
+        every rectangle already on each task becomes a mask (images), or every video rectangle
+        on each task is tracked from its keyframes (videos)."""
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise RequestError("tasks must be a list of task objects", 400)
         config = parse_label_config(label_config)
@@ -81,11 +84,10 @@ class PolypModel:
             if config.kind == "video":
                 return [self.track(predictor, tasks[0], config, regions)]
             return [self.interactive(predictor, tasks[0], config, regions)]
-        if config.kind == "video":
-            return [_answer(predictor, [], 0.0) for _ in tasks]  # nothing to track without a user's box
+        from_task = self.track_task_boxes if config.kind == "video" else self.from_task_boxes
         if len(tasks) == 1:
-            return [self.from_task_boxes(predictor, tasks[0], config)]
-        return [self._batch_task(predictor, task, config) for task in tasks]
+            return [from_task(predictor, tasks[0], config)]
+        return [self._batch_task(from_task, predictor, task, config) for task in tasks]
 
     def _media_url(self, task: dict[str, Any], config: LabelConfig) -> str:
         url = as_object(task.get("data"), f"task {task.get('id')}'s data").get(config.data_key)
@@ -128,10 +130,16 @@ class PolypModel:
             scores.append(prediction.score)
         return _answer(predictor, found, sum(scores) / len(scores))
 
-    def _batch_task(self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig) -> Prediction:
+    def _batch_task(
+        self,
+        from_task: Callable[[ImagePredictor, dict[str, Any], LabelConfig], Prediction],
+        predictor: ImagePredictor,
+        task: dict[str, Any],
+        config: LabelConfig,
+    ) -> Prediction:
         """In a batch, a task that fails gets an empty prediction; the others still get theirs."""
         try:
-            return self.from_task_boxes(predictor, task, config)
+            return from_task(predictor, task, config)
         except (RequestError, PolypsegError) as exc:
             log.warning("task %s: no prediction: %s", task.get("id"), exc)
             return _answer(predictor, [], 0.0)
@@ -139,24 +147,40 @@ class PolypModel:
     def track(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]
     ) -> Prediction:
+        """The video rectangles of an interactive request, tracked."""
+        boxes = [r for r in regions if _is_video_box(r, config)]
+        if not boxes:
+            raise RequestError("the context holds no video rectangle to track")
+        return self._track_boxes(predictor, task, config, boxes)
+
+    def track_task_boxes(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig
+    ) -> Prediction:
+        """Every video rectangle of the task's latest annotation (else its latest prediction),
+        tracked from its keyframes: what "Retrieve Predictions" answers for a video."""
+        boxes = task_regions(task, lambda r: _is_video_box(r, config))
+        if not boxes:
+            return _answer(predictor, [], 0.0)
+        return self._track_boxes(predictor, task, config, boxes)
+
+    def _track_boxes(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, boxes: list[Region]
+    ) -> Prediction:
         from backends.labelstudio.video import track_video_region
 
-        region = next(
-            (
-                r
-                for r in regions
-                if r.get("type") == "videorectangle" and r.get("to_name") == config.object_name
-            ),
-            None,
-        )
-        if region is None:
-            raise RequestError("the context holds no video rectangle to track")
         url = self._media_url(task, config)
+        kind = self.tracker_kind(predictor)
         with self.fetcher.download(url, task.get("id")) as path:
-            tracked = track_video_region(
-                path, region, predictor, self.tracker_kind(predictor), self.settings.max_frames_to_track
-            )
-        return _answer(predictor, [tracked.region], tracked.score)
+            tracked = [
+                track_video_region(path, box, predictor, kind, self.settings.max_frames_to_track)
+                for box in boxes
+            ]
+        score = sum(t.score for t in tracked) / len(tracked)
+        return _answer(predictor, [t.region for t in tracked], score)
+
+
+def _is_video_box(region: Region, config: LabelConfig) -> bool:
+    return region.get("type") == "videorectangle" and region.get("to_name") == config.object_name
 
 
 def _answer(predictor: ImagePredictor, regions: list[Region], score: float) -> Prediction:

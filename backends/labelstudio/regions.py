@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -152,6 +153,14 @@ def mask_regions(mask: np.ndarray, score: float, config: LabelConfig, labels: li
 
 def task_rectangles(task: dict[str, Any], object_name: str) -> list[Region]:
     """The rectangles on a task's latest annotation, or else its latest prediction."""
+    return task_regions(
+        task, lambda r: r.get("type") in ("rectanglelabels", "rectangle") and r.get("to_name") == object_name
+    )
+
+
+def task_regions(task: dict[str, Any], wanted: Callable[[Region], bool]) -> list[Region]:
+    """The `wanted` regions on a task's latest annotation that has any, or else on its latest
+    prediction that has any."""
     for key in ("annotations", "predictions"):
         candidates = [
             a
@@ -162,13 +171,7 @@ def task_rectangles(task: dict[str, Any], object_name: str) -> list[Region]:
             key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0)
         )
         for latest in reversed(candidates):
-            boxes = [
-                r
-                for r in latest["result"]
-                if isinstance(r, dict)
-                and r.get("type") in ("rectanglelabels", "rectangle")
-                and r.get("to_name") == object_name
-            ]
-            if boxes:
-                return boxes
+            regions = [r for r in latest["result"] if isinstance(r, dict) and wanted(r)]
+            if regions:
+                return regions
     return []

@@ -1,10 +1,18 @@
-"""A user's VideoRectangle tracked forward through the video, answered as keyframes.
+"""A video rectangle's keyframes tracked forward and backward through the video, answered as
+the keyframes of one prediction.
 
-Label Studio numbers video frames from 1 at its own frame rate (`framesCount / duration`),
-which need not be the file's; frames are matched through time. A keyframe with `enabled`
-false ends the box there: the box disappears until the next enabled keyframe. So where the
-tracker loses the polyp, the last good frame's keyframe is disabled and no keyframe is
-written until the polyp is found again.
+Label Studio 1.23 numbers video frames from 1 at its own frame rate (the `<Video>` tag's
+`framerate`, which need not be the file's): its frame f shows the video at (f - 1) / rate
+seconds, and a keyframe it saves carries `time` = f / rate (web/libs/editor: VideoCanvas
+`goToFrame`, VideoRectangle `serialize`). Its rate is `framesCount / duration` of the region.
+A keyframe with `enabled` false ends the box there: the box disappears until the next enabled
+keyframe. So where the tracker loses the polyp, the last good frame's keyframe is disabled and
+no keyframe is written until the polyp is found again.
+
+The annotator's enabled keyframes are anchors: the tracker starts on the first one and runs
+backward from it, and forward from it through the others (re-anchored on each) to
+`max_frames` past the last. The annotator's own keyframes are kept as drawn, and where they
+disabled one (the polyp left the view), the track is not drawn until their next keyframe.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from backends.labelstudio.regions import Region, as_object, box_value, rectangle
 from backends.request_errors import RequestError
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
-from polypseg.video.frames import VideoFileSource
+from polypseg.video.frames import VideoFileSource, VideoInfo
+from polypseg.video.tracking import TrackedFrame
 from polypseg.video.tracking_job import build_tracker
+
+Keyframe = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -27,61 +38,100 @@ class TrackedRegion:
     score: float  # mean score over the tracked frames
 
 
-def _frame_rate(value: dict[str, Any], file_fps: float) -> float:
+@dataclass(frozen=True)
+class FrameClock:
+    """Label Studio's frame numbers (from 1, at `rate` per second) and the file's frame
+    indices (from 0, at `file_fps`), matched through time."""
+
+    rate: float
+    file_fps: float
+    frame_count: int
+
+    def index(self, frame: int) -> int:
+        """The file's frame that Label Studio shows as `frame`."""
+        return min(self.frame_count - 1, max(0, round((frame - 1) / self.rate * self.file_fps)))
+
+    def frame(self, index: int) -> int:
+        return round(index / self.file_fps * self.rate) + 1
+
+    def time(self, frame: int) -> float:
+        """The `time` Label Studio writes into a keyframe of `frame`."""
+        return frame / self.rate
+
+
+def _label_studio_rate(value: dict[str, Any], file_fps: float) -> float:
     count, duration = value.get("framesCount"), value.get("duration")
     if isinstance(count, int | float) and isinstance(duration, int | float) and count > 0 and duration > 0:
         return float(count) / float(duration)
     return file_fps
 
 
-def _is_keyframe(item: Any) -> bool:
-    return isinstance(item, dict) and isinstance(item.get("frame"), int | float)
+def _keyframes(value: dict[str, Any]) -> list[Keyframe]:
+    sequence = value.get("sequence")
+    if not isinstance(sequence, list):
+        raise RequestError("the video rectangle has no keyframe sequence (a list) to track from")
+    keyframes = [k for k in sequence if isinstance(k, dict) and isinstance(k.get("frame"), int | float)]
+    if not any(k.get("enabled", True) for k in keyframes):
+        raise RequestError("the video rectangle has no enabled keyframe to start tracking from")
+    return sorted(keyframes, key=lambda k: k["frame"])
 
 
-def _start_keyframe(sequence: list[Any]) -> dict[str, Any]:
-    keyframes = [k for k in sequence if _is_keyframe(k)]
-    if not keyframes:
-        raise RequestError("the video rectangle has no keyframe to start tracking from")
-    return max(keyframes, key=lambda k: k["frame"])
+def _hidden(frame: int, drawn: list[Keyframe]) -> bool:
+    """Whether the annotator's keyframes say the polyp is out of view on `frame`: after one
+    of theirs that they disabled and before their next one."""
+    before = [k for k in drawn if k["frame"] <= frame]
+    return bool(before) and before[-1]["frame"] < frame and before[-1].get("enabled", True) is False
 
 
 def track_video_region(
     path: Path, region: Region, predictor: ImagePredictor, tracker_kind: str, max_frames: int
 ) -> TrackedRegion:
+    """The region with its keyframes tracked from each enabled keyframe the annotator drew."""
     value = as_object(region.get("value"), "the video rectangle's value")
-    sequence = value.get("sequence")
-    if not isinstance(sequence, list):
-        raise RequestError("the video rectangle has no keyframe sequence (a list) to track from")
-    start_key = _start_keyframe(sequence)
+    drawn = _keyframes(value)
     source = VideoFileSource(path)
     info = source.info
-    ls_fps = _frame_rate(value, info.fps)
-    start_frame = int(start_key["frame"])
-    start = min(info.frame_count - 1, max(0, round((start_frame - 1) / ls_fps * info.fps)))
-    box = rectangle_box(start_key, info.width, info.height)
+    clock = FrameClock(_label_studio_rate(value, info.fps), info.fps, info.frame_count)
+    anchors = {
+        clock.index(int(k["frame"])): Prompt(box=rectangle_box(k, info.width, info.height))
+        for k in drawn
+        if k.get("enabled", True)
+    }
+    first, last = min(anchors), max(anchors)
     tracker = build_tracker(tracker_kind, predictor)
+    results: dict[int, TrackedFrame] = {}
+    for result in tracker.track(source.frames(first, "backward", max_frames + 1), anchors[first]):
+        results[result.index] = result
+    forward = source.frames(first, "forward", last - first + max_frames + 1)
+    for result in tracker.track(forward, anchors[first], anchors):
+        results[result.index] = result
 
-    keyframes = [k for k in sequence if _is_keyframe(k) and k["frame"] <= start_frame]
-    scores = []
-    last_seen = start_key
-    for result in tracker.track(source.frames(start, "forward", max_frames + 1), Prompt(box=box)):
-        if result.index == start:
+    found: dict[int, Keyframe | None] = {int(k["frame"]): dict(k) for k in drawn}  # None: lost
+    for index in sorted(set(results) - set(anchors)):
+        frame, result = clock.frame(index), results[index]
+        if frame in found or _hidden(frame, drawn):
             continue
-        scores.append(result.score)
-        frame = round(result.index / info.fps * ls_fps) + 1
-        if result.lost or result.box is None:
-            last_seen["enabled"] = False
-            continue
-        last_seen = {
-            "frame": frame,
-            "enabled": True,
-            "time": (frame - 1) / ls_fps,
-            **box_value(result.box, info.width, info.height),
-        }
-        keyframes.append(last_seen)
+        found[frame] = None if result.lost or result.box is None else _keyframe(result, frame, clock, info)
+    sequence: list[Keyframe] = []
+    for frame in sorted(found):
+        keyframe = found[frame]
+        if keyframe is not None:
+            sequence.append(keyframe)
+        elif sequence:  # lost here: the box ends on the last frame where the polyp was found
+            sequence[-1]["enabled"] = False
+    if max(results) < info.frame_count - 1 and sequence:
+        sequence[-1]["enabled"] = False  # tracked no further: claim nothing past the last tracked frame
+
+    tracked_scores = [results[i].score for i in results if i not in anchors]
+    score = sum(tracked_scores) / len(tracked_scores) if tracked_scores else 0.0
     tracked = {k: v for k, v in region.items() if k not in ("value", "score")}
-    tracked["value"] = {**value, "sequence": keyframes}
+    tracked["value"] = {**value, "sequence": sequence}
     tracked["origin"] = "prediction"
-    score = sum(scores) / len(scores) if scores else 0.0
     tracked["score"] = score
     return TrackedRegion(tracked, score)
+
+
+def _keyframe(result: TrackedFrame, frame: int, clock: FrameClock, info: VideoInfo) -> Keyframe:
+    assert result.box is not None
+    box = box_value(result.box, info.width, info.height)
+    return {"frame": frame, "enabled": True, "time": clock.time(frame), **box}
