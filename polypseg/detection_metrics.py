@@ -85,14 +85,9 @@ def coco_average_precision(images: Sequence[ImageDetections]) -> float:
     return float(np.mean([average_precision(images, t) for t in COCO_THRESHOLDS]))
 
 
-def best_threshold(
-    images: Sequence[ImageDetections], min_precision: float = 0.85, iou: float = 0.5
-) -> tuple[float, float, float]:
-    """The score floor with the highest recall whose precision is at least `min_precision`
-    (else the one with the best F1): (floor, precision, recall)."""
+def best_threshold(images: Sequence[ImageDetections], iou: float = 0.5) -> tuple[float, float, float]:
+    """The score floor with the best F1 of precision and recall (ties: the higher floor):
+    (floor, precision, recall)."""
     scores = sorted({round(score, 3) for image in images for _, score in image.detections})
     rows = [(floor, *precision_recall(images, floor, iou)) for floor in scores] or [(0.5, 1.0, 0.0)]
-    eligible = [row for row in rows if row[1] >= min_precision]
-    if eligible:
-        return max(eligible, key=lambda row: (row[2], row[1]))
-    return max(rows, key=lambda row: 2 * row[1] * row[2] / max(row[1] + row[2], 1e-9))
+    return max(rows, key=lambda row: (round(2 * row[1] * row[2] / max(row[1] + row[2], 1e-9), 6), row[0]))

@@ -62,9 +62,9 @@ def test_matching_precision_recall_and_ap_on_a_hand_made_case() -> None:
     # ranked: 0.9 hit, 0.8 false, 0.6 hit, 0.3 false -> precision envelope 1.0 up to recall
     # 0.5, then 2/3 up to recall 1.0: AP = (51 * 1.0 + 50 * 2/3) / 101
     assert average_precision(images, 0.5) == pytest.approx((51 + 50 * 2 / 3) / 101)
-    floor, precision, recall = best_threshold(images, min_precision=0.85)
-    assert (floor, precision, recall) == (0.9, 1.0, 0.5)
-    assert best_threshold(images, min_precision=0.6)[2] == 1.0
+    # F1 at the floors 0.9, 0.8, 0.6, 0.3: 0.667, 0.5, 0.8, 0.667
+    floor, precision, recall = best_threshold(images)
+    assert (floor, precision, recall) == pytest.approx((0.6, 2 / 3, 1.0))
 
 
 def test_min_score_outside_zero_to_one_is_one_line(tmp_path, capsys) -> None:

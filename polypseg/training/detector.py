@@ -4,8 +4,8 @@ Whole frames, resized to the working size, with the augmentations of the box mod
 colour, and with `--shift-augment` the other-centre degradations), plus random crops that
 often leave the polyp out, so that the network also sees frames without one. BCE + Dice on
 the frame's whole polyp mask. Validation after each epoch: detection AP at box IoU 0.5 on the
-validation images; the best epoch is kept, with the score floor that gives the most recall at
-precision >= 0.85 written into its metadata (`threshold`).
+validation images; the best epoch is kept, with the score floor of the best F1 of precision and
+recall written into its metadata (`threshold`).
 
 `--init` takes a detector to go on from, or a box-channel U-Net of the same encoder whose
 weights start the network (its box channel dropped): its features already know polyps.
@@ -139,7 +139,7 @@ class DetectorRun(TrainingRun):
             return {}
         detector = PolypDetector(self.model, self.metadata(), device=str(self.device))
         images = detections_on(detector, self.val_samples)
-        self.threshold, precision, recall = best_threshold(images, min_precision=0.85)
+        self.threshold, precision, recall = best_threshold(images)
         self.model.train()
         return {
             "ap50": average_precision(images, 0.5),
