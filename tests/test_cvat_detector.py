@@ -43,6 +43,7 @@ from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
+from polypseg.prompts import Prompt
 
 FUNCTION = ROOT / "serverless" / "polyp-detector"
 # Validation frames (training/splits/kvasir-seg-val.txt) with one polyp each, which the
@@ -259,3 +260,45 @@ def test_function_yaml_is_what_cvat_reads_for_a_detector(name: str) -> None:
     assert gpu == (name == "function-gpu.yaml")
     device = {e["name"]: e["value"] for e in spec["env"]}["DEVICE"]
     assert device == ("cuda" if gpu else "cpu")
+
+
+@pytest.mark.slow
+def test_boxes_to_masks_detects_on_frames_without_a_box(core, kvasir, boxes) -> None:
+    """`python -m backends.cvat.boxes_to_masks --detect`: a frame with a polyp box keeps its
+    box's mask; a frame without one gets the detector's polyps, outlined by the box model."""
+    from backends.cvat.boxes_to_masks import BoxesToMasks, FrameContext
+
+    boxed, unboxed = FRAMES[2], FRAMES[1]
+    images = {index: kvasir / "images" / f"{name}.jpg" for index, name in enumerate((boxed, unboxed))}
+    detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
+    function = BoxesToMasks(predictor, {0: list(boxes[boxed])}, detector=detector, min_score=THRESHOLD)
+    (from_box,) = function.detect(FrameContext(0, images[0].name), PIL.Image.open(images[0]))
+    truth = read_mask(kvasir / "masks" / f"{boxed}.jpg")
+    expected = predictor.predict(read_image(images[0]), Prompt(box=boxes[boxed][0])).mask
+    height, width = truth.shape
+    assert score_masks(decode_cvat_mask(from_box.points, width, height), expected).iou > 0.99
+    detected = function.detect(FrameContext(1, images[1].name), PIL.Image.open(images[1]))
+    _, own = core(read_image(images[1]), THRESHOLD)
+    truth = read_mask(kvasir / "masks" / f"{unboxed}.jpg")
+    height, width = truth.shape
+    assert len(detected) == len(own)
+    for shape, mask in zip(detected, own, strict=True):
+        assert score_masks(decode_cvat_mask(shape.points, width, height), mask).iou > 0.99
+    found = np.logical_or.reduce([decode_cvat_mask(s.points, width, height) for s in detected])
+    assert score_masks(found, truth).iou > 0.5
+    # Without --detect the same frame has no box, so nothing.
+    plain = BoxesToMasks(predictor, {0: list(boxes[boxed])})
+    assert plain.detect(FrameContext(1, images[1].name), PIL.Image.open(images[1])) == []
+
+
+def test_boxes_to_masks_refuses_a_bad_min_score(capsys) -> None:
+    from backends.cvat import boxes_to_masks
+
+    common = ["--server-host", "http://localhost:1", "--task", "1", "--user", "u"]
+    for extra, reason in (
+        (["--detect", "--min-score", "1.5"], "outside 0..1"),
+        (["--min-score", "0.5"], "go with --detect"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            boxes_to_masks.main(common + extra)
+        assert stopped.value.code == 2 and reason in capsys.readouterr().err
