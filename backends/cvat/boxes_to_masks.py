@@ -12,6 +12,10 @@ keyframe up to the task's end, none where the track is outside). Only the frames
 box are fetched, one at a time, so video tasks work too. Masks are added beside the boxes
 (source "auto"); nothing is deleted.
 
+With `--detect [--min-score S] [--detector FILE]` every frame is fetched, and on the frames
+without a box the polyp detector looks for polyps, each outlined the same way: a task with no
+boxes at all is pre-annotated (a video task included).
+
 `BoxesToMasks` is a `cvat_sdk.auto_annotation` detection function, but it is driven here rather
 than by `cvat-cli task auto-annotate`: cvat_sdk 2.80's `annotate_task` hands a function only the
 frame's file name, which is the same for every frame of a video task, and downloads every
@@ -41,6 +45,7 @@ from cvat_sdk.auto_annotation import (
     polygon,
 )
 
+from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
@@ -85,13 +90,22 @@ class FrameContext(DetectionFunctionContext):
 
 class BoxesToMasks:
     """A detection function that knows the task's polyp rectangles by frame index and answers
-    each frame with one mask (or polygon, where the caller asks) per rectangle."""
+    each frame with one mask (or polygon, where the caller asks) per rectangle. Given a
+    `detector`, a frame without a rectangle gets one per polyp the detector finds there
+    (scoring at least the context's conf_threshold, else `min_score`, else the detector's own
+    floor)."""
 
     def __init__(
-        self, predictor: ImagePredictor, boxes: Mapping[int, list[Box]], label: str = "polyp"
+        self,
+        predictor: ImagePredictor,
+        boxes: Mapping[int, list[Box]],
+        label: str = "polyp",
+        detector: PolypDetector | None = None,
+        min_score: float | None = None,
     ) -> None:
         self.predictor = predictor
         self.boxes = boxes
+        self.detector, self.min_score = detector, min_score
         self.spec = DetectionFunctionSpec(labels=[label_spec(label, 0, type="mask")])
 
     def detect(
@@ -101,10 +115,14 @@ class BoxesToMasks:
         if not isinstance(index, int):
             # A bare frame name cannot tell the frames of a video task apart (see module doc).
             raise PolypsegError("boxes_to_masks needs the frame's index: run it with FrameContext")
+        frame = as_rgb(np.asarray(image))
         boxes = self.boxes.get(index, [])
+        if not boxes and self.detector is not None:
+            floor = context.conf_threshold if context.conf_threshold is not None else self.min_score
+            boxes = [detection.box for detection in self.detector.detect(frame, floor)]
         if not boxes:
             return []
-        prepared = self.predictor.prepare(as_rgb(np.asarray(image)))
+        prepared = self.predictor.prepare(frame)
         shapes = []
         for box in boxes:
             found = self.predictor.segment(prepared, Prompt(box=box)).mask
@@ -194,8 +212,17 @@ def mask_shapes(
         ]
 
 
-def annotate(client: Any, task_id: int, predictor: ImagePredictor, label: str, mask_label: str) -> int:
-    """Add a mask for every `label` rectangle of a task; the number of masks added."""
+def annotate(
+    client: Any,
+    task_id: int,
+    predictor: ImagePredictor,
+    label: str,
+    mask_label: str,
+    detector: PolypDetector | None = None,
+    min_score: float | None = None,
+) -> int:
+    """Add a mask for every `label` rectangle of a task, and with a `detector` for every polyp
+    it finds on the frames without one; the number of masks added."""
     from cvat_sdk.datasets import MediaDownloadPolicy, TaskDataset
 
     dataset = TaskDataset(
@@ -212,9 +239,13 @@ def annotate(client: Any, task_id: int, predictor: ImagePredictor, label: str, m
         raise PolypsegError(f"task {task_id} has no label {label!r} or {mask_label!r} (its labels: {names})")
     task = client.tasks.retrieve(task_id)
     boxes = task_boxes(task.get_annotations(), box_labels, task.size)
-    frames = sorted(frame for frame in boxes if frame in samples)
-    log.info("task %d: %d frames with %s boxes", task_id, len(frames), label)
-    function = BoxesToMasks(predictor, boxes, mask_label)
+    if detector is not None:
+        frames = sorted(samples)
+        log.info("task %d: %d frames, %d with %s boxes", task_id, len(frames), len(boxes), label)
+    else:
+        frames = sorted(frame for frame in boxes if frame in samples)
+        log.info("task %d: %d frames with %s boxes", task_id, len(frames), label)
+    function = BoxesToMasks(predictor, boxes, mask_label, detector, min_score)
     batch: list[models.LabeledShapeRequest] = []
     added = 0
     shapes_by_frame = mask_shapes(
@@ -247,12 +278,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="polyp", help="label of the boxes (default polyp)")
     parser.add_argument("--mask-label", help="label given to the masks (default: --label)")
     parser.add_argument("--checkpoint", help="box model (default: the shipped U-Net)")
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="also outline the polyps the detector finds on frames without a box",
+    )
+    parser.add_argument("--min-score", type=float, help="with --detect: lowest detection score kept (0..1)")
+    parser.add_argument("--detector", help="with --detect: detector file (default: the shipped one)")
     args = parser.parse_args(argv)
+    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
+        parser.error(f"--min-score {args.min_score:g} is outside 0..1")
+    if (args.min_score is not None or args.detector) and not args.detect:
+        parser.error("--min-score and --detector go with --detect")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from cvat_sdk import make_client
     from cvat_sdk.datasets import UnsupportedDatasetError
     from cvat_sdk.exceptions import ApiException
 
+    from polypseg.detection_job import build_detector
     from polypseg.predictors import build_predictor
 
     password = os.environ.get("CVAT_PASSWORD") or getpass.getpass(f"CVAT password for {args.user}: ")
@@ -264,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 build_predictor(None, args.checkpoint),
                 args.label,
                 args.mask_label or args.label,
+                build_detector(args.detector) if args.detect else None,
+                args.min_score,
             )
     except (PolypsegError, ApiException, UnsupportedDatasetError) as exc:
         log.error("boxes_to_masks: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -1,4 +1,4 @@
-"""The interactor and tracker calls, and the nuclio glue every function's `main.py` uses."""
+"""The interactor, tracker and detector calls, and the nuclio glue every function's `main.py` uses."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from backends.cvat.protocol import (
     SHAPE_KINDS,
     Shape,
     decode_image,
+    detected_object,
+    detection_threshold,
     interaction_answer,
     interaction_prompt,
     parse_shape,
@@ -18,8 +22,11 @@ from backends.cvat.protocol import (
 )
 from backends.cvat.state_store import StateStore
 from backends.request_errors import RequestError
+from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
 from polypseg.model_store import CurrentModel
+from polypseg.predictors.base import ImagePredictor
+from polypseg.prompts import Prompt
 from polypseg.video.tracking import TrackStateError, VideoTracker
 from polypseg.video.tracking_job import build_tracker
 
@@ -28,7 +35,7 @@ log = logging.getLogger("polypseg.cvat")
 # Unusable input (RequestError without a status, PolypsegError) is answered 400, as ever.
 INPUT_ERROR_STATUS = 400
 
-Call = Callable[[dict[str, Any]], dict[str, Any]]
+Call = Callable[[dict[str, Any]], dict[str, Any] | list[Any]]
 
 
 class InteractorFunction:
@@ -45,6 +52,39 @@ class InteractorFunction:
         predictor = self.model.get()
         prediction = predictor.predict(image, prompt)
         return {**interaction_answer(prediction.mask, prediction.score), "model_version": predictor.version}
+
+
+class DetectorFunction:
+    """A whole frame to one mask per detected polyp (CVAT's automatic annotation): the detector
+    finds the polyps, the box model outlines each from its box. The request's threshold, where
+    CVAT sends one, replaces the detector's own score floor."""
+
+    def __init__(self, detector: PolypDetector, model: CurrentModel, label: str = "polyp") -> None:
+        self.detector, self.model, self.label = detector, model, label
+
+    def __call__(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        threshold = detection_threshold(body)
+        image = decode_image(body)
+        found = outlined_polyps(self.detector, self.model.get(), image, threshold)
+        return [detected_object(mask, score, self.label) for mask, score in found]
+
+
+def outlined_polyps(
+    detector: PolypDetector, predictor: ImagePredictor, image: np.ndarray, min_score: float | None
+) -> list[tuple[np.ndarray, float]]:
+    """Each polyp the detector finds (scoring at least `min_score`, default its own floor), best
+    first, as the box model's mask for its box, with the detection's score; a detection whose
+    mask comes out empty is left out."""
+    detections = detector.detect(image, min_score)
+    if not detections:
+        return []
+    prepared = predictor.prepare(image)
+    found = []
+    for detection in detections:
+        mask = predictor.segment(prepared, Prompt(box=detection.box)).mask
+        if mask.any():
+            found.append((mask, detection.score))
+    return found
 
 
 class TrackerFunction:

@@ -15,6 +15,13 @@ Tracker requests: the start call carries `shapes` (one per object, `{"type": "re
 call carries only `states` (the server sends `shapes` empty, or padded with nulls). The answer
 has one shape and one state per object, never null; the UI reduces every shape to its bounding
 box. Bare point lists and polygon/mask shapes are accepted too, for callers that send them.
+
+Detector request (automatic annotation, one call per frame): `{"image": base64 frame,
+"threshold": number}`, the threshold only when the user gave a non-zero one. Answer: a JSON list,
+one object per detected polyp, `{"label", "type": "mask", "mask": <the mask's inclusive box,
+row by row, as 0/1 values, then x1, y1, x2, y2>, "points": <its outline as a polygon>,
+"confidence"}`. The server turns `mask` into its run lengths itself, or takes `points` as a
+polygon when the user asked to convert masks to polygons; it reads no confidence.
 """
 
 from __future__ import annotations
@@ -121,6 +128,35 @@ def interaction_answer(mask: np.ndarray, confidence: float) -> dict[str, Any]:
     value = f"{min(max(confidence, 0.0), 1.0):.4f}"
     shape = {"type": "mask", "points": encode_cvat_mask(mask), "attributes": [{"spec_id": 0, "value": value}]}
     return {"shapes": [shape]}
+
+
+def detection_threshold(body: dict[str, Any]) -> float | None:
+    """The detector request's score floor (0..1), or None where CVAT sent none."""
+    raw = body.get("threshold")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0.0 <= raw <= 1.0:
+        raise RequestError(f"'threshold' must be a number from 0 to 1, not {raw!r}")
+    return float(raw)
+
+
+def detected_object(mask: np.ndarray, confidence: float, label: str) -> dict[str, Any]:
+    """One detected polyp's mask as a CVAT detector answers it: the crop of its inclusive box
+    as 0/1 values row by row, then the box (CVAT run-length encodes it), and its largest
+    outline as the polygon CVAT keeps instead when asked to convert masks to polygons."""
+    ys, xs = np.nonzero(mask)
+    x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+    crop = mask[y1 : y2 + 1, x1 : x2 + 1].astype(np.uint8).ravel().tolist()
+    found: dict[str, Any] = {
+        "label": label,
+        "type": "mask",
+        "mask": crop + [x1, y1, x2, y2],
+        "confidence": f"{min(max(confidence, 0.0), 1.0):.4f}",
+    }
+    outlines = mask_to_polygons(mask)
+    if outlines:  # largest first; a speck has none, and stays a mask
+        found["points"] = outlines[0].outer.reshape(-1).round(1).tolist()
+    return found
 
 
 @dataclass(frozen=True)
