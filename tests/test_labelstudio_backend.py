@@ -29,7 +29,7 @@ from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
-from polypseg.prompts import Point, Prompt
+from polypseg.prompts import Box, Point, Prompt
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 
@@ -569,3 +569,16 @@ def test_bad_clicks_get_a_reason(servers, default_predictor, polyp) -> None:
 
 
 CONFIGS_XML = (CONFIGS / "polyp-image.xml").read_text()
+
+
+def test_click_sessions_keep_the_most_recent_tasks() -> None:
+    """The LRU bound: the least recently used task's box goes first; a task used again stays."""
+    sessions = ClickSessions(max_sessions=2)
+    click = Prompt(points=(Point(5, 5, False),))
+    for task in (1, 2):
+        sessions.remember(task, Prompt(box=Box(0, 0, 10 * task, 10 * task)))
+    sessions.remember(1, sessions.prompt_for(1, click))  # task 1 used again: task 2 is the oldest
+    sessions.remember(3, Prompt(box=Box(0, 0, 30, 30)))
+    assert len(sessions) == 2
+    assert sessions.prompt_for(2, click) == click  # forgotten: the click alone
+    assert sessions.prompt_for(1, click) == Prompt(box=Box(0, 0, 10, 10), points=click.points * 2)
