@@ -10,10 +10,11 @@ def test_default_loads_with_its_metadata():
     path = default_checkpoint()
     assert path.stat().st_size < 50 * 2**20
     predictor = build_predictor()
-    assert predictor.name in ("unet", "unetplusplus")
+    assert predictor.name == "clickunet"  # the click-guided U-Net (docs/models.md)
     metadata = predictor.metadata
     assert metadata["version"] and metadata["training"]["val_list"].endswith("kvasir-seg-val.txt")
     assert metadata["metrics"]["iou@0.1"] > 0.85
+    assert metadata["metrics"]["iou@0.1+3clicks"] > metadata["metrics"]["iou@0.1"] + 0.03  # clicks help
 
 
 def test_default_beats_the_ellipse_on_validation_images(kvasir):

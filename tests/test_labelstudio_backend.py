@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from backends.labelstudio.click_sessions import ClickSessions
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
 from backends.labelstudio.regions import rectangle_box
@@ -22,12 +23,13 @@ from backends.labelstudio.settings import Settings
 from backends.request_errors import RequestError
 from conftest import CLIP_POLYP, DATA, ONE_POLYP, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
+from polypseg.clicks import MAX_CLICKS, next_click
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
-from polypseg.prompts import Point, Prompt
+from polypseg.prompts import Box, Point, Prompt
 
 CLIP = DATA / "video" / "colonoscopy-clip-1.mp4"
 
@@ -103,8 +105,10 @@ def test_clicks_alone_need_sam2_with_the_default_model(client: TestClient, polyp
         "original_height": height,
         "value": {"x": 50 * (x1 + x2) / width, "y": 50 * (y1 + y2) / height, "keypointlabels": ["Polyp"]},
     }
-    answer = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", [click]))
+    # a task no box was drawn on (the module's client keeps other tests' boxes as click sessions)
+    answer = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", [click], id=9001))
     assert answer.status_code == 422 and "needs a box" in answer.json()["error"]
+    assert "draw the box again" in answer.json()["error"]
 
 
 def test_clicks_with_sam2(servers, sam2_checkpoint: Path, polyp) -> None:
@@ -479,3 +483,107 @@ def test_a_bad_setting_stops_the_server_with_its_reason(env, message) -> None:
     command = [sys.executable, "-m", "polypseg.cli", "serve", "labelstudio", "--port", "1"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def keypoint(point: Point, width: int, height: int) -> dict:
+    """A smart keypoint as Label Studio 1.23.2 sends it: alone in `params.context.result`."""
+    label = "On the polyp" if point.positive else "Background"
+    return {
+        "type": "keypointlabels",
+        "from_name": "click",
+        "to_name": "image",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "origin": "manual",
+        "is_positive": True,
+        "value": {"x": 100 * point.x / width, "y": 100 * point.y / height, "keypointlabels": [label]},
+    }
+
+
+def test_clicks_refine_the_box_drawn_before_them(servers, default_predictor, polyp) -> None:
+    """Box, click, click, each request holding only the region just drawn (as Label Studio
+    sends them): each answer is the core's own answer to the box and every click so far; a new
+    box starts over; another task's click does not use this task's box; a session expires."""
+    truth, (x1, y1, x2, y2), width, height = polyp
+    now = [0.0]
+    config = Settings(label_studio_url=servers[0].url, label_studio_api_key=TOKEN)
+    model = PolypModel(config, default_predictor)
+    model.click_sessions = ClickSessions(ttl_s=600, clock=lambda: now[0])
+    client = TestClient(create_app(config, model), raise_server_exceptions=False)
+    image, url = read_image(IMAGE), f"/data/upload/{ONE_POLYP}.jpg"
+    # a loose box: its mask spills outside the polyp, so there is something to correct
+    pad_x, pad_y = 0.15 * (x2 - x1), 0.15 * (y2 - y1)
+    loose = (max(x1 - pad_x, 0), max(y1 - pad_y, 0), min(x2 + pad_x, width - 1), min(y2 + pad_y, height - 1))
+    box = rectangle_box(rectangle(loose, width, height)["value"], width, height)
+
+    def ask(region: dict, task: int = 7):
+        return client.post("/predict", json=predict_body(url, [region], config=CONFIGS_XML, id=task))
+
+    answer = ask(rectangle(loose, width, height, "Polyp box"))
+    assert answer.status_code == 200, answer.text
+    mask = brush_mask(answer.json()["results"][0]["result"][0])
+    clicks: list[Point] = []
+    for _ in range(2):
+        click = next_click(mask, truth)
+        assert click is not None
+        clicks.append(click)
+        answer = ask(keypoint(click, width, height))
+        assert answer.status_code == 200, answer.text
+        mask = brush_mask(answer.json()["results"][0]["result"][0])
+        expected = default_predictor.predict(image, Prompt(box=box, points=tuple(clicks))).mask
+        assert score_masks(mask, expected).iou > 0.99, clicks
+
+    # another task: a click alone, refused by a U-Net with the way out
+    answer = ask(keypoint(clicks[0], width, height), task=8)
+    assert answer.status_code == 422 and "draw the box again" in answer.json()["error"]
+
+    # a new box starts a new session: the clicks before it are not replayed
+    tight = rectangle_box(rectangle((x1, y1, x2, y2), width, height)["value"], width, height)
+    assert ask(rectangle((x1, y1, x2, y2), width, height, "Polyp box")).status_code == 200
+    answer = ask(keypoint(clicks[-1], width, height))
+    expected = default_predictor.predict(image, Prompt(box=tight, points=(clicks[-1],))).mask
+    assert score_masks(brush_mask(answer.json()["results"][0]["result"][0]), expected).iou > 0.99
+
+    # past the time to live, the box is forgotten
+    now[0] += 601
+    answer = ask(keypoint(clicks[-1], width, height))
+    assert answer.status_code == 422 and "draw the box again" in answer.json()["error"]
+
+
+def test_bad_clicks_get_a_reason(servers, default_predictor, polyp) -> None:
+    _, box, width, height = polyp
+    client, _ = make_client(servers[0].url, default_predictor)
+    url = f"/data/upload/{ONE_POLYP}.jpg"
+    inside = Point((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+    def ask(regions: list[dict]):
+        return client.post("/predict", json=predict_body(url, regions, config=CONFIGS_XML))
+
+    assert ask([rectangle(box, width, height, "Polyp box")]).status_code == 200
+    outside = ask([keypoint(Point(width + 40, 10, False), width, height)])
+    assert outside.status_code == 422 and "outside" in outside.json()["error"], outside.text
+    odd = keypoint(inside, width, height)
+    odd["value"]["keypointlabels"] = ["Adenoma"]
+    unknown = ask([odd])
+    assert unknown.status_code == 422 and "neither on the polyp nor background" in unknown.json()["error"]
+    many = ask([keypoint(inside, width, height)] * (MAX_CLICKS + 1))
+    assert many.status_code == 422 and f"at most {MAX_CLICKS}" in many.json()["error"], many.text
+    # none of the refused clicks stayed in the session: one more click is answered
+    assert ask([keypoint(inside, width, height)]).status_code == 200
+
+
+CONFIGS_XML = (CONFIGS / "polyp-image.xml").read_text()
+
+
+def test_click_sessions_keep_the_most_recent_tasks() -> None:
+    """The LRU bound: the least recently used task's box goes first; a task used again stays."""
+    sessions = ClickSessions(max_sessions=2)
+    click = Prompt(points=(Point(5, 5, False),))
+    for task in (1, 2):
+        sessions.remember(task, Prompt(box=Box(0, 0, 10 * task, 10 * task)))
+    sessions.remember(1, sessions.prompt_for(1, click))  # task 1 used again: task 2 is the oldest
+    sessions.remember(3, Prompt(box=Box(0, 0, 30, 30)))
+    assert len(sessions) == 2
+    assert sessions.prompt_for(2, click) == click  # forgotten: the click alone
+    assert sessions.prompt_for(1, click) == Prompt(box=Box(0, 0, 10, 10), points=click.points * 2)

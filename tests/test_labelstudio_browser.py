@@ -12,8 +12,9 @@ import pytest
 
 from backends.labelstudio import launcher
 from backends.labelstudio.regions import prompt_from_context
-from conftest import ONE_POLYP, ROOT, LabelStudioStack
+from conftest import ONE_POLYP, ROOT, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
+from polypseg.clicks import next_click
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
@@ -149,3 +150,146 @@ def test_smart_box_in_the_labelling_page(
     prompt, _ = prompt_from_context([click], "image", width, height)
     (point,) = prompt.points
     assert not point.positive and abs(point.x - (width - 20)) < 30 and abs(point.y - 20) < 30
+
+
+def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, kvasir: Path, boxes) -> None:
+    """README's steps: Auto-Annotation on, Auto-Detect, a loose box, accept; then Key Point,
+    Background, a click where the mask spills over the polyp's edge (the clicks protocol's next
+    negative click on the backend's first answer). Label Studio sends the click alone; the
+    backend's click session adds the box, and the region Label Studio keeps loses the clicked
+    pixel without losing overlap with the polyp."""
+    from playwright.sync_api import expect, sync_playwright
+
+    checkpoint = None  # the shipped default: the click-guided U-Net
+    port = _free_port()
+    backend = launcher.start_backend(
+        port,
+        label_studio.url,
+        label_studio.login.token,
+        label_studio.data_dir / "click-backend.log",
+        extra_env={"POLYPSEG_CHECKPOINT": str(checkpoint)} if checkpoint else None,
+    )
+    try:
+        project = launcher.polyp_project(
+            label_studio.client, "Browser clicks", (CONFIGS / "polyp-image.xml").read_text()
+        )
+        launcher.connect_backend(label_studio.client, project, f"http://127.0.0.1:{port}")
+        with (kvasir / "images" / f"{ONE_POLYP}.jpg").open("rb") as file:
+            label_studio.api("POST", f"/api/projects/{project}/import", files={f"{ONE_POLYP}.jpg": file})
+        task = label_studio.api("GET", f"/api/tasks?project={project}")["tasks"][0]["id"]
+        truth = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+        height, width = truth.shape
+        polyp = boxes[ONE_POLYP][0]
+        # a loose box (25% wider on each side): its mask spills over the polyp's edge
+        pad_x, pad_y = 0.25 * polyp.width, 0.25 * polyp.height
+        loose = (
+            max(polyp.x1 - pad_x, 2),
+            max(polyp.y1 - pad_y, 2),
+            min(polyp.x2 + pad_x, width - 3),
+            min(polyp.y2 + pad_y, height - 3),
+        )
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            answers: list = []  # the backend's answers, as Label Studio hands them to the page
+            page.on("response", lambda r: answers.append(r) if "interactive-annotating" in r.url else None)
+            page.route(
+                "**/*",
+                lambda route: route.continue_() if route.request.url.startswith(LOOPBACK) else route.abort(),
+            )
+            try:
+                _open_task_with_auto_annotation(page, label_studio, project, task)
+                auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
+                auto_detect.click()
+                scale, x0, y0 = _stage(page, width, height)
+                page.mouse.move(x0 + 5, y0 + 5)
+                page.mouse.move(x0 + loose[0] * scale, y0 + loose[1] * scale)
+                page.mouse.down()
+                page.mouse.move(x0 + loose[2] * scale, y0 + loose[3] * scale, steps=12)
+                page.mouse.up()
+                accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
+                expect(accept).to_be_visible(timeout=60_000)
+                accept.click()
+                expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
+                boxed = _brush(answers[-1].json(), width, height)
+
+                # the protocol's next click on the box's answer, negative: only the mask's
+                # false part counts as an error when the truth is cut to the mask
+                click = next_click(boxed, truth & boxed)
+                assert click is not None and not click.positive, "the loose box's mask does not spill over"
+                # README: a click on a shown mask selects it (Label Studio 1.23.2 places no
+                # keypoint there): "hide the regions (the eye in the Regions panel), then Key
+                # Point, Background, and click"
+                page.keyboard.press("Escape")
+                page.get_by_role("button", name="Hide all regions").click()
+                auto_detect.hover()
+                page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
+                page.locator(".lsf-label", has_text="Background").click()
+                expect(page.locator(".lsf-label_selected")).to_have_text(["Background3"])
+                scale, x0, y0 = _stage(page, width, height)  # the layout may have moved
+                asked = len(answers)
+                page.mouse.click(x0 + (click.x + 0.5) * scale, y0 + (click.y + 0.5) * scale)
+                for _ in range(120):
+                    if len(answers) > asked:
+                        break
+                    page.wait_for_timeout(250)
+                assert len(answers) > asked, "the Background click on the mask sent nothing to the backend"
+                expect(accept).to_be_visible(timeout=60_000)
+                page.wait_for_timeout(500)
+                accept.click()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(SCREENSHOTS / "background-click.png"))
+                page.locator('[data-testid="bottombar-submit-button"]').click()
+                page.wait_for_timeout(1500)
+                clicked = answers[-1].request.post_data_json["context"]["result"]
+            except Exception:
+                page.screenshot(path=str(SCREENSHOTS / "click-failure.png"))
+                raise
+            finally:
+                browser.close()
+    finally:
+        launcher.stop(backend)
+
+    # Label Studio sent the click alone, labelled Background, where the page put it
+    (sent,) = clicked
+    assert sent["type"] == "keypointlabels" and sent["value"]["keypointlabels"] == ["Background"]
+    prompt, _ = prompt_from_context([sent], "image", width, height)
+    (point,) = prompt.points
+    assert not point.positive and abs(point.x - click.x) < 4 and abs(point.y - click.y) < 4
+    # the region Label Studio kept from that click: the clicked pixel left the mask
+    annotations = label_studio.api("GET", f"/api/tasks/{task}/annotations")
+    assert annotations, "the annotation was not submitted"
+    brushes = [r for r in annotations[-1]["result"] if r["type"] == "brushlabels"]
+    corrected = decode_brush_rle(brushes[-1]["value"]["rle"], width, height)
+    assert boxed[int(point.y), int(point.x)] and not corrected[int(point.y), int(point.x)]
+    assert score_masks(corrected, truth).iou >= score_masks(boxed, truth).iou
+
+
+def _open_task_with_auto_annotation(page, stack: LabelStudioStack, project: int, task: int) -> None:
+    """Log in, open the task, wait for its image, and turn Auto-Annotation on (README's step 1)."""
+    page.goto(f"{stack.url}/user/login")
+    page.fill("input[name=email]", stack.login.username)
+    page.fill("input[name=password]", stack.login.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+    page.goto(f"{stack.url}/projects/{project}/data?task={task}")
+    page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
+    page.wait_for_function(
+        "() => window.Htx?.annotationStore?.selected?.names?.get('image')?.imageIsLoaded === true",
+        timeout=60_000,
+    )
+    page.locator('input[data-testid="bottombar-auto-annotation-toggle"]').locator("xpath=..").click()
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+
+
+def _stage(page, width: int, height: int) -> tuple[float, float, float]:
+    """Screen pixels per image pixel, and the image's top-left corner on the screen."""
+    stage = page.locator(".konvajs-content").first.bounding_box()
+    assert stage is not None
+    return min(stage["width"] / width, stage["height"] / height), stage["x"], stage["y"]
+
+
+def _brush(answer: dict, width: int, height: int):
+    (region,) = [r for r in answer["data"]["result"] if r["type"] == "brushlabels"]
+    return decode_brush_rle(region["value"]["rle"], width, height)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from polypseg.errors import CheckpointError, PromptError
 from polypseg.predictors import build_predictor
 from polypseg.predictors.sam2 import config_from_weights
@@ -115,8 +116,9 @@ def test_test_time_augmentation_averages_flipped_views(polyp_image) -> None:
 
     image, truth = polyp_image
     prompt = Prompt(box=Box(38, 5, 430, 338))
-    plain = build_predictor(device="cpu").predict(image, prompt).mask
-    tta = build_predictor(device="cpu", tta=True)
+    box_unet = ROOT / "polypseg" / "models" / "box-unet.pt"  # test-time augmentation is the box U-Net's
+    plain = build_predictor(checkpoint=box_unet, device="cpu").predict(image, prompt).mask
+    tta = build_predictor(checkpoint=box_unet, device="cpu", tta=True)
     averaged = tta.probability(image, prompt.fitted_to(image.shape[1], image.shape[0]))
     assert averaged.shape == truth.shape and averaged.min() >= 0 and averaged.max() <= 1
     mask = tta.predict(image, prompt).mask

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from backends.labelstudio.click_sessions import ClickSessions
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.labelstudio.regions import (
@@ -20,7 +21,7 @@ from backends.labelstudio.regions import (
 )
 from backends.labelstudio.settings import Settings
 from backends.request_errors import RequestError
-from polypseg.errors import PolypsegError
+from polypseg.errors import PolypsegError, PromptError
 from polypseg.images import read_image
 from polypseg.model_store import CurrentModel, ModelStore
 from polypseg.predictors import build_predictor
@@ -54,6 +55,8 @@ class PolypModel:
             settings.max_media_bytes,
             settings.fetch_timeout,
         )
+        # Label Studio sends each smart region on its own: the box and the clicks since it
+        self.click_sessions = ClickSessions()
 
     @property
     def predictor(self) -> ImagePredictor:
@@ -107,8 +110,20 @@ class PolypModel:
     ) -> Prediction:
         image = self._image(task, config)
         height, width = image.shape[:2]
-        prompt, labels = prompt_from_context(regions, config.object_name, width, height)
-        prediction = predictor.predict(image, prompt)
+        drawn, labels = prompt_from_context(regions, config.object_name, width, height)
+        session = (task.get("id"), self._media_url(task, config))
+        # a click off the image is refused as itself, before a session can make it look like another refusal
+        prompt = self.click_sessions.prompt_for(session, drawn.fitted_to(width, height))
+        try:
+            prediction = predictor.predict(image, prompt)
+        except PromptError as exc:
+            if prompt.box is None and prompt.points:
+                raise RequestError(
+                    f"{exc}; this backend holds no box drawn on this task (none yet, or it was"
+                    " forgotten after a restart, a long pause, or on another worker): draw the box again"
+                ) from None
+            raise
+        self.click_sessions.remember(session, prompt)
         found = mask_regions(prediction.mask, prediction.score, config, labels)
         return _answer(predictor, found, prediction.score)
 

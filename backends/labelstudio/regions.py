@@ -84,13 +84,21 @@ def image_size_of(region: Region) -> tuple[int, int] | None:
 
 # A click's sign: Label Studio 1.23 sets `is_positive: false` on a smart keypoint placed with
 # Alt held; the shipped config also offers it as a label of its own ("Background", beside "On
-# the polyp"), which Label Studio sends as the keypoint's label with `is_positive: true`.
-NEGATIVE_CLICK_LABELS = frozenset({"background"})
+# the polyp"), which Label Studio sends as the keypoint's label with `is_positive: true`. A
+# label that is neither kind is refused rather than guessed.
+NEGATIVE_CLICK_LABELS = frozenset({"background", "negative"})
+POSITIVE_CLICK_LABELS = frozenset({"on the polyp", "polyp", "positive", "foreground"})
 
 
 def _is_positive_click(region: Region, labels: Any) -> bool:
-    named = labels if isinstance(labels, list) else []
-    negative = any(str(label).strip().lower() in NEGATIVE_CLICK_LABELS for label in named)
+    named = [str(label).strip().lower() for label in labels] if isinstance(labels, list) else []
+    unknown = [label for label in named if label not in NEGATIVE_CLICK_LABELS | POSITIVE_CLICK_LABELS]
+    if unknown:
+        raise RequestError(
+            f"a click labelled {unknown[0]!r} is neither on the polyp nor background; label it "
+            "'On the polyp' or 'Background'"
+        )
+    negative = any(label in NEGATIVE_CLICK_LABELS for label in named)
     return bool(region.get("is_positive", True)) and not negative
 
 

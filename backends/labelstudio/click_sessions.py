@@ -1,0 +1,85 @@
+"""Click sessions: the box and the clicks since it, per task, remembered between requests.
+
+Label Studio 1.23.2 sends each smart region on its own: after a smart box, a smart keypoint
+reaches `/predict` with `params.context.result` holding only that keypoint (seen in the
+labelling page; `ml/api.py` `MLBackendInteractiveAnnotating` forwards the page's context as
+it is). A click model needs the box and every click so far, so the backend keeps them here.
+
+The request identifies the task (`tasks[0].id`, unique in one Label Studio) but not the user
+(only the user's drafts, when some were saved), so a session is per task and image. Sessions
+live in the memory of one backend process: with `--workers N` a click may reach a process
+that never saw the box, and is then answered as a click alone (for a U-Net: a 422 asking to
+draw the box again).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from backends.request_errors import RequestError
+from polypseg.clicks import MAX_CLICKS
+from polypseg.prompts import Box, Point, Prompt
+
+
+@dataclass(frozen=True)
+class ClickSession:
+    """The last box drawn on a task and the clicks made since, in order."""
+
+    box: Box
+    points: tuple[Point, ...]
+    touched: float  # the clock's time of the last request that used it
+
+
+class ClickSessions:
+    """A bounded, thread-safe LRU of click sessions, each forgotten `ttl_s` after its last use."""
+
+    def __init__(
+        self, max_sessions: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._sessions: OrderedDict[Hashable, ClickSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _live(self, key: Hashable) -> ClickSession | None:
+        session = self._sessions.get(key)
+        if session is not None and self._clock() - session.touched > self.ttl_s:
+            del self._sessions[key]
+            return None
+        return session
+
+    def prompt_for(self, key: Hashable, prompt: Prompt) -> Prompt:
+        """The prompt to answer `prompt` with: a box starts afresh; clicks alone on a task with
+        a session get its box and its clicks before them; else `prompt` as it is."""
+        if prompt.box is not None or not prompt.points:
+            return prompt
+        with self._lock:
+            session = self._live(key)
+        if session is None:
+            return prompt
+        points = session.points + prompt.points
+        if len(points) > MAX_CLICKS:
+            raise RequestError(
+                f"{len(points)} clicks since the box; at most {MAX_CLICKS}: draw the box again to start over"
+            )
+        return Prompt(box=session.box, points=points)
+
+    def remember(self, key: Hashable, prompt: Prompt) -> None:
+        """Keep an answered prompt that has a box as the task's session (after the model
+        answered it, so a refused click does not stay in it)."""
+        if prompt.box is None:
+            return
+        with self._lock:
+            self._sessions[key] = ClickSession(prompt.box, prompt.points, self._clock())
+            self._sessions.move_to_end(key)
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
