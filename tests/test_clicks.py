@@ -8,9 +8,6 @@ import pytest
 import torch
 
 from conftest import ONE_POLYP, ROOT
-
-# The box U-Net shipped before the click model, which starts from its weights.
-BOX_UNET = ROOT / "polypseg" / "models" / "box-unet.pt"
 from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.clicks import MAX_CLICKS, click_channels, next_click
 from polypseg.datasets import load_folder_dataset
@@ -23,6 +20,9 @@ from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
 from polypseg.prompts import Box, Point, Prompt
+
+# The box U-Net shipped before the click model, which starts from its weights.
+BOX_UNET = ROOT / "polypseg" / "models" / "box-unet.pt"
 
 
 def square(size: int, x1: int, y1: int, x2: int, y2: int) -> np.ndarray:
