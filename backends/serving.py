@@ -75,5 +75,7 @@ class ServingSettings:
         memory when a SAM2 model runs on a GPU (too slow on a CPU), else the classical one."""
         if self.tracker != "auto":
             return self.tracker
+        from polypseg.families import family
+
         on_gpu = str(getattr(predictor, "device", "cpu")).startswith("cuda")
-        return "sam2" if predictor.name == "sam2" and on_gpu else "classical"
+        return family(predictor.name).tracker(on_gpu)

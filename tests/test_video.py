@@ -16,7 +16,7 @@ from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt
-from polypseg.video.classical import ClassicalTracker
+from polypseg.video.classical import ClassicalState, ClassicalTracker
 from polypseg.video.frames import BACKWARD_CHUNK, open_frames
 from polypseg.video.sam2_memory import PresenceFilter, Sam2MemoryTracker
 from polypseg.video.tracking import TrackStateError
@@ -292,7 +292,8 @@ def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
 
 def test_classical_tracker_reports_a_box_that_left_the_frame_as_lost(clip, classical):
     frame = dict(clip.frames(133, "forward", 1))[133]
-    result = classical._segment(133, frame, Box(600, 500, 700, 600), last_area=1000.0, signature=np.ones(144))
+    state = ClassicalState(frame, Box(500, 400, 560, 480), 1000.0, np.ones(144, dtype=np.float32))
+    result = classical._segment(133, frame, Box(600, 500, 700, 600), state)
     assert result.lost and not result.mask.any()
 
 

@@ -38,7 +38,9 @@ class PolypInteraction:
 
     def __init__(self, predictor: ImagePredictor) -> None:
         self.predictor = predictor
-        needs_box = predictor.name != "sam2"
+        from polypseg.families import family
+
+        needs_box = family(predictor.name).needs_box
         self.spec = InteractionFunctionSpec(
             min_pos_points=0, min_neg_points=0, min_bounding_boxes=1 if needs_box else 0
         )

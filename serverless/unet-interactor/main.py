@@ -1,8 +1,9 @@
-"""CVAT interactor: the shipped polypseg U-Net. A box around the polyp (and optional clicks
-that choose which parts to keep) to the polyp's mask."""
+"""CVAT interactor: the shipped polypseg click-guided U-Net. A box around the polyp, then
+positive and negative clicks that correct its mask."""
 
 from backends.cvat.handlers import InteractorFunction, respond
 from backends.cvat.settings import CvatSettings
+from polypseg.families import family
 from polypseg.predictors import build_predictor
 
 
@@ -13,7 +14,7 @@ def init_context(context):
     model = settings.current_model(
         lambda path: build_predictor(settings.model, path, settings.device, **settings.predictor_options())
     )
-    context.user_data.function = InteractorFunction(model, needs_box=True)
+    context.user_data.function = InteractorFunction(model, needs_box=family(model.get().name).needs_box)
     context.logger.info(f"polypseg U-Net interactor ready: {model.get().version}")
 
 
