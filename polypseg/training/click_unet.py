@@ -28,15 +28,12 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from polypseg.box_input import BoxInputGeometry
-from polypseg.checkpoints import load_checkpoint
 from polypseg.clicks import CLICK_RADIUS, click_channels, next_click
-from polypseg.datasets import load_folder_dataset
-from polypseg.errors import CheckpointError
 from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
 from polypseg.prompts import Point
-from polypseg.training.common import split_names, validation_metrics
+from polypseg.training.common import dataset_split, start_from, validation_metrics
 from polypseg.training.config import ClickUnetTrainConfig
-from polypseg.training.unet import PolypRegions, UnetRun
+from polypseg.training.unet import PolypRegions, UnetRun, bce_dice_loss
 
 
 def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:
@@ -63,17 +60,6 @@ def error_region_at(predicted: np.ndarray, truth: np.ndarray, click: Point) -> n
     return (labels == label).astype(np.float32) if label else np.zeros(error.shape, np.float32)
 
 
-def weighted_bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """BCE with per-pixel weights (normalised per image) plus soft Dice."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    bce = ((bce * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).mean()
-    probability = torch.sigmoid(logits)
-    overlap = (probability * target).sum(dim=(1, 2, 3))
-    total = probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-    dice = 1 - (2 * overlap + 1) / (total + 1)
-    return bce + dice.mean()
-
-
 class ClickUnetRun(UnetRun):
     """A click-guided U-Net run: the U-Net run's data, iterative click rounds in each batch."""
 
@@ -83,22 +69,14 @@ class ClickUnetRun(UnetRun):
     def build(self) -> None:
         c = self.config
         self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
-        samples = load_folder_dataset(c.images, c.masks, c.boxes)
-        self.train_samples, self.val_samples = split_names(samples, c.val_list)
-        if c.limit:
-            self.train_samples = self.train_samples[: c.limit]
+        self.train_samples, self.val_samples = dataset_split(c)
         self.model = create_click_model(c.encoder, c.decoder)
-        if c.init is not None:
-            state, metadata, _ = load_checkpoint(c.init)
-            if metadata.get("architecture") in ("unet", "unetplusplus"):
-                state = widen_box_channel_state(state, self.model)
-            try:
-                self.model.load_state_dict({k: v.float() for k, v in state.items()})
-            except RuntimeError:
-                raise CheckpointError(
-                    f"{c.init}: its weights do not fit a click-guided {c.decoder} with a {c.encoder} encoder "
-                    "(--encoder must match the checkpoint's)"
-                ) from None
+
+        def adapt(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+            box_model = metadata.get("architecture") in ("unet", "unetplusplus")
+            return widen_box_channel_state(state, self.model) if box_model else state
+
+        start_from(self.model, c.init, adapt, f"a click-guided {c.decoder} with a {c.encoder} encoder")
         self.model.to(self.device)
         self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
@@ -146,7 +124,7 @@ class ClickUnetRun(UnetRun):
             return c.presence_weight * presence_loss
         keep = torch.from_numpy(present).to(self.device)
         weight = torch.from_numpy(weights).to(self.device)[keep]
-        mask_loss = weighted_bce_dice_loss(logits[keep].float(), target.to(self.device)[keep], weight)
+        mask_loss = bce_dice_loss(logits[keep].float(), target.to(self.device)[keep], weight)
         return mask_loss + c.presence_weight * presence_loss
 
     @staticmethod

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.datasets import PolypSample
+from polypseg.errors import CheckpointError
 from polypseg.predictors.registry import resolve_device
 
 log = logging.getLogger("polypseg.training")
@@ -34,6 +36,35 @@ def split_names(
         return samples, []
     names = {line.strip() for line in Path(val_list).read_text().splitlines() if line.strip()}
     return [s for s in samples if s.name not in names], [s for s in samples if s.name in names]
+
+
+def dataset_split(config: Any) -> tuple[list[PolypSample], list[PolypSample]]:
+    """A config's image/mask folders as training samples (the first --limit) and validation
+    samples (--val-list)."""
+    from polypseg.datasets import load_folder_dataset
+
+    samples = load_folder_dataset(config.images, config.masks, config.boxes)
+    train, val = split_names(samples, config.val_list)
+    return (train[: config.limit] if config.limit else train), val
+
+
+def start_from(
+    model: torch.nn.Module,
+    init: Path | None,
+    adapt: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
+    what: str,
+) -> None:
+    """Load --init's weights into `model`, after `adapt` fits another family's (e.g. a box
+    U-Net's first convolution); a checkpoint that still does not fit is a named error."""
+    if init is None:
+        return
+    state, metadata, _ = load_checkpoint(init)
+    try:
+        model.load_state_dict({k: v.float() for k, v in adapt(state, metadata).items()})
+    except RuntimeError:
+        raise CheckpointError(
+            f"{init}: its weights do not fit {what} (--model and --encoder must match the checkpoint's)"
+        ) from None
 
 
 def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, float]:

@@ -24,14 +24,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from polypseg.checkpoints import load_checkpoint
-from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
+from polypseg.datasets import PolypSample, polyp_targets
 from polypseg.detection_metrics import ImageDetections, average_precision, best_threshold, precision_recall
 from polypseg.detector import PolypDetector, create_detector_model, detector_input
-from polypseg.errors import CheckpointError
 from polypseg.images import read_image, read_mask
 from polypseg.training.augment import frame_shift, training_transform
-from polypseg.training.common import TrainingRun, split_names
+from polypseg.training.common import TrainingRun, dataset_split, start_from
 from polypseg.training.config import DetectorTrainConfig
 from polypseg.training.unet import bce_dice_loss
 
@@ -104,22 +102,14 @@ class DetectorRun(TrainingRun):
 
     def build(self) -> None:
         c = self.config
-        samples = load_folder_dataset(c.images, c.masks, c.boxes)
-        self.train_samples, self.val_samples = split_names(samples, c.val_list)
-        if c.limit:
-            self.train_samples = self.train_samples[: c.limit]
+        self.train_samples, self.val_samples = dataset_split(c)
         self.model = create_detector_model(c.encoder, c.decoder)
-        if c.init is not None:
-            state, metadata, _ = load_checkpoint(c.init)
-            if metadata.get("architecture") in ("unet", "unetplusplus"):
-                state = detector_state_from(state, self.model)
-            try:
-                self.model.load_state_dict({k: v.float() for k, v in state.items()})
-            except RuntimeError:
-                raise CheckpointError(
-                    f"{c.init}: its weights do not fit a detector with a {c.encoder} encoder "
-                    "(--encoder must match the checkpoint's)"
-                ) from None
+
+        def adapt(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+            box_model = metadata.get("architecture") in ("unet", "unetplusplus")
+            return detector_state_from(state, self.model) if box_model else state
+
+        start_from(self.model, c.init, adapt, f"a detector with a {c.encoder} encoder")
         self.model.to(self.device)
         self.data = WholeFrames(self.train_samples, c.size, c.crop_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)

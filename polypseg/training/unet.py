@@ -24,16 +24,15 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from polypseg.box_input import BoxInputGeometry
-from polypseg.checkpoints import load_checkpoint
-from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
-from polypseg.errors import CheckpointError, PromptError
+from polypseg.datasets import PolypSample, polyp_targets
+from polypseg.errors import PromptError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, frame_shift, training_transform
-from polypseg.training.common import TrainingRun, split_names, validation_metrics
+from polypseg.training.common import TrainingRun, dataset_split, start_from, validation_metrics
 from polypseg.training.config import UnetTrainConfig
 
 log = logging.getLogger(__name__)
@@ -147,8 +146,15 @@ class PolypRegions(Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)[None]
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def bce_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BCE (with per-pixel weights, normalised per image, where given) plus soft Dice."""
+    if weight is None:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+    else:
+        pixels = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        bce = ((pixels * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).mean()
     probability = torch.sigmoid(logits)
     overlap = (probability * target).sum(dim=(1, 2, 3))
     total = probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
@@ -164,20 +170,11 @@ class UnetRun(TrainingRun):
     def build(self) -> None:
         c = self.config
         self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
-        samples = load_folder_dataset(c.images, c.masks, c.boxes)
-        self.train_samples, self.val_samples = split_names(samples, c.val_list)
-        if c.limit:
-            self.train_samples = self.train_samples[: c.limit]
+        self.train_samples, self.val_samples = dataset_split(c)
         self.model = create_box_channel_model(c.architecture, c.encoder, c.encoder_weights).to(self.device)
-        if c.init is not None:
-            state, _, _ = load_checkpoint(c.init)
-            try:
-                self.model.load_state_dict({k: v.float() for k, v in state.items()})
-            except RuntimeError:
-                raise CheckpointError(
-                    f"{c.init}: its weights do not fit a {c.architecture} with a {c.encoder} encoder "
-                    "(--model and --encoder must match the checkpoint's)"
-                ) from None
+        start_from(
+            self.model, c.init, lambda state, _: state, f"a {c.architecture} with a {c.encoder} encoder"
+        )
         self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
