@@ -76,7 +76,7 @@ def brush_mask(region: dict) -> np.ndarray:
 
 def test_health_setup_and_versions(client: TestClient) -> None:
     health = client.get("/health").json()
-    assert health["status"] == "UP" and health["model_version"].startswith("unet-")
+    assert health["status"] == "UP" and health["model_version"].startswith("clickunet-")
     answer = client.post("/setup", json={"project": "3.17", "schema": image_config()})
     assert answer.status_code == 200 and answer.json() == {"model_version": health["model_version"]}
     assert client.get("/versions").json() == {"versions": [health["model_version"]]}

@@ -102,7 +102,7 @@ def test_a_server_for_another_architecture_keeps_its_own_model(
             store, lambda path: build_predictor("sam2", path, "cpu"), fallback=sam2_checkpoint
         )
     assert isinstance(current.get(), Sam2Predictor)
-    assert "holds a unet model, not sam2" in caplog.text
+    assert "holds a clickunet model, not sam2" in caplog.text
     with pytest.raises(CheckpointError):  # its own model broken: that is an error to stop on
         CurrentModel(None, lambda path: build_predictor("sam2", path, "cpu"), fallback=default_checkpoint())
 
