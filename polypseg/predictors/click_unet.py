@@ -19,7 +19,6 @@ is `Prediction.presence`, which trackers read to say "lost".
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from polypseg.box_input import BoxInputGeometry
 from polypseg.cache import EmbeddingCache
 from polypseg.clicks import MAX_CLICKS, click_channels
+from polypseg.environment import Environment
 from polypseg.errors import CheckpointError, PromptError
 from polypseg.images import image_digest
 from polypseg.masks import clean_mask, ellipse_in_box
@@ -37,8 +37,9 @@ from polypseg.prompts import Box, Point, Prompt
 
 IN_CHANNELS = 7  # RGB, box, positive clicks, negative clicks, previous probability
 DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
-# Previous answers kept for replay: a crop-sized float map each (224 px: 200 kB).
-REPLAY_CACHE_BYTES = int(os.environ.get("POLYPSEG_CLICK_CACHE_BYTES", 64 << 20))
+# Previous answers kept for replay: a crop-sized float map each (224 px: 200 kB), so 64 MiB
+# hold some 300 click sessions' last answers (POLYPSEG_CLICK_CACHE_BYTES, read at build).
+REPLAY_CACHE_BYTES = 64 << 20
 
 
 def create_click_model(encoder: str = "resnet18", decoder: str = "unet") -> torch.nn.Module:
@@ -125,7 +126,8 @@ class ClickUnetPredictor(ImagePredictor):
         self.threshold = threshold
         # (image digest, box, window, clicks) -> (previous probability, presence)
         self.answers: EmbeddingCache[tuple[np.ndarray, float]] = EmbeddingCache(
-            REPLAY_CACHE_BYTES, lambda answer: answer[0].nbytes
+            Environment().integer("POLYPSEG_CLICK_CACHE_BYTES", REPLAY_CACHE_BYTES),
+            lambda answer: answer[0].nbytes,
         )
         self.forward_passes = 0
 
