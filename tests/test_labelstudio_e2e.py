@@ -195,7 +195,7 @@ def test_retrieve_predictions_tracks_a_saved_video_box(
     assert sequence[151] == SAVED_KEYFRAME  # the annotator's keyframe, as drawn
     assert list(sequence) == sorted(sequence) and min(sequence) < 140  # tracked backward too
     # Forward: every frame up to 176 (the clip's 175; the polyp's last in view is 176, which the
-    # click model, whose score folds in its presence, may already give up on), ended there.
+    # click model may already give up on), ended there.
     last = max(sequence)
     assert set(range(151, 177)) <= set(sequence) and last in (176, 177)
     assert all(sequence[f]["enabled"] for f in range(151, last)) and not sequence[last]["enabled"]

@@ -205,7 +205,7 @@ class ClickUnetPredictor(ImagePredictor):
         mask = self._mask(probability, prompt)
         inside = probability[mask]
         confidence = float(inside.mean()) if inside.size else 0.0
-        return Prediction(mask=mask, score=confidence * presence, presence=presence)
+        return Prediction(mask=mask, score=confidence, presence=presence)
 
     def _mask(self, probability: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The polyp at the threshold; where that is empty, the model's best guess (its most

@@ -97,6 +97,7 @@ class ClassicalTracker(VideoTracker):
         self.max_area_change = max_area_change
         self.min_area = min_area
         self.sure_score = sure_score
+        self.min_presence = 0.5
         self.detector = detector
         self.reacquire_score = reacquire_score
 
@@ -217,7 +218,10 @@ class ClassicalTracker(VideoTracker):
         prediction = self.predictor.predict(image, prompt)
         area = float(prediction.mask.sum())
         found = mask_box(prediction.mask)
-        if found is None or area < self.min_area:
+        # A model with a presence output says itself when no polyp is in the box (its mask is
+        # then only its best guess, never empty).
+        absent = prediction.presence is not None and prediction.presence < self.min_presence
+        if found is None or area < self.min_area or absent:
             return lost_frame(index, image.shape, prediction.score)
         change = max(area / state.area, state.area / area) if state.area else 1.0
         assert state.signature is not None and state.box is not None
