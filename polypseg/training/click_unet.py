@@ -18,7 +18,6 @@ new channels, so training starts from that model's answers) or a click model to 
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,25 +136,10 @@ class ClickUnetRun(UnetRun):
 
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config
-        return {
-            "architecture": "clickunet",
-            "decoder": c.decoder,
-            "encoder": c.encoder,
-            "input": self.geometry.as_dict(),
-            "version": f"clickunet-{c.encoder}-{self.geometry.mode}{c.size}"
-            f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "training": {
-                "images": str(c.images),
-                "train_images": len(self.train_samples),
-                "val_images": len(self.val_samples),
-                "val_list": str(c.val_list) if c.val_list else None,
-                "epochs": c.epochs,
-                "init": str(c.init) if c.init else None,
-                **self.training_record(),
-            },
-            "metrics": metrics or {},
-        }
+        metadata = super().metadata(metrics)  # the U-Net run's record; architecture clickunet
+        metadata["decoder"] = c.decoder
+        metadata["training"]["init"] = str(c.init) if c.init else None
+        return metadata
 
     def predictor(self) -> ClickUnetPredictor:
         return ClickUnetPredictor(self.model, self.metadata(), device=str(self.device))
