@@ -32,6 +32,7 @@ class ServingSettings:
     tracker: str = "auto"  # POLYPSEG_TRACKER: classical, sam2, or auto (sam2 for a SAM2 model on a GPU)
     sam2_size: int | None = None  # POLYPSEG_SAM2_SIZE: SAM2's working size (default: its own)
     cache_bytes: int = DEFAULT_CACHE_BYTES  # POLYPSEG_CACHE_BYTES: image embeddings kept
+    detector: Path | None = None  # POLYPSEG_DETECTOR: the polyp detector (default: the shipped one)
 
     @classmethod
     def from_env(
@@ -52,6 +53,7 @@ class ServingSettings:
             tracker=env.choice("POLYPSEG_TRACKER", TRACKERS, tracker),
             sam2_size=size or None,
             cache_bytes=cache_size(env),
+            detector=env.path("POLYPSEG_DETECTOR"),
             **platform,
         )
 

@@ -23,7 +23,7 @@ from polypseg.detection_metrics import (
     coco_average_precision,
     precision_recall,
 )
-from polypseg.detector import Detection, PolypDetector, detections_from_probability, frame_uncertainty
+from polypseg.detector import Detection, PolypDetector
 from polypseg.errors import CheckpointError, InputImageError, ModelError
 from polypseg.images import read_image, read_mask, write_mask
 from polypseg.predictors.base import ImagePredictor
@@ -92,12 +92,47 @@ class DetectedFrame:
         return body
 
 
-def refine(predictor: ImagePredictor, image: np.ndarray, detections: list[Detection]) -> np.ndarray:
-    """The union of the box model's masks for the detections' boxes."""
+@dataclass
+class FoundPolyp:
+    """A detection and the box model's outline of it."""
+
+    detection: Detection
+    mask: np.ndarray
+    confidence: float  # the box model's confidence in the mask
+
+
+@dataclass
+class FoundPolyps:
+    polyps: list[FoundPolyp]  # best detection first; detections outlined as nothing are left out
+    uncertainty: float  # the detector's, over the whole frame (frame_uncertainty)
+
+
+def outline(predictor: ImagePredictor, image: np.ndarray, detections: list[Detection]) -> list[FoundPolyp]:
+    """Each detection outlined by the box model from its box; those outlined as nothing are dropped."""
+    if not detections:
+        return []
     prepared = predictor.prepare(image)
-    mask = np.zeros(image.shape[:2], dtype=bool)
+    found = []
     for detection in detections:
-        mask |= predictor.segment(prepared, Prompt(box=detection.box)).mask
+        prediction = predictor.segment(prepared, Prompt(box=detection.box))
+        if prediction.mask.any():
+            found.append(FoundPolyp(detection, prediction.mask, prediction.score))
+    return found
+
+
+def find_polyps(
+    detector: PolypDetector, predictor: ImagePredictor, image: np.ndarray, min_score: float | None = None
+) -> FoundPolyps:
+    """Every polyp the detector finds on a frame (scoring at least `min_score`, default its own
+    floor), outlined: what pre-annotation puts on a frame before anyone draws."""
+    detections, uncertainty = detector.find(image, min_score)
+    return FoundPolyps(outline(predictor, image, detections), uncertainty)
+
+
+def union_mask(shape: tuple[int, ...], polyps: list[FoundPolyp]) -> np.ndarray:
+    mask = np.zeros(shape[:2], dtype=bool)
+    for polyp in polyps:
+        mask |= polyp.mask
     return mask
 
 
@@ -108,11 +143,9 @@ def detect_frame(
     key: dict[str, Any],
     min_score: float | None,
 ) -> DetectedFrame:
-    probability = detector.probability(image)
-    floor = detector.threshold if min_score is None else min_score
-    detections = detections_from_probability(probability, image.shape[1], image.shape[0], floor)
-    mask = refine(predictor, image, detections) if predictor is not None else None
-    return DetectedFrame(key, detections, mask, frame_uncertainty(probability))
+    detections, uncertainty = detector.find(image, min_score)
+    mask = union_mask(image.shape, outline(predictor, image, detections)) if predictor is not None else None
+    return DetectedFrame(key, detections, mask, uncertainty)
 
 
 @dataclass

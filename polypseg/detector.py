@@ -137,9 +137,14 @@ class PolypDetector:
     def detect(self, image: np.ndarray, min_score: float | None = None) -> list[Detection]:
         """Polyps in a frame, best first; only those scoring at least `min_score` (default:
         the detector's shipped threshold)."""
+        return self.find(image, min_score)[0]
+
+    def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:
+        """`detect` and `uncertainty` from one pass of the network."""
         height, width = image.shape[:2]
         floor = self.threshold if min_score is None else min_score
-        return detections_from_probability(self.probability(image), width, height, floor)
+        probability = self.probability(image)
+        return detections_from_probability(probability, width, height, floor), frame_uncertainty(probability)
 
     def uncertainty(self, image: np.ndarray) -> float:
         return frame_uncertainty(self.probability(image))

@@ -38,7 +38,7 @@ from nuclio_sdk.test import Platform
 from scipy import ndimage
 
 from conftest import ROOT
-from polypseg.detection_job import build_detector, refine
+from polypseg.detection_job import build_detector
 from polypseg.formats.cvat_mask import decode_cvat_mask
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
@@ -121,12 +121,12 @@ def function() -> tuple[Platform, object]:
 @pytest.fixture(scope="module")
 def core():
     """The core's own answer: the shipped detector's detections, and the box model's mask for
-    each detection's box (`refine` on that one detection)."""
+    each detection's box."""
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
 
     def answer(image: np.ndarray, threshold: float | None) -> tuple[list, list[np.ndarray]]:
         detections = detector.detect(image, threshold)
-        return detections, [refine(predictor, image, [d]) for d in detections]
+        return detections, [predictor.predict(image, Prompt(box=d.box)).mask for d in detections]
 
     return answer
 

@@ -24,6 +24,7 @@ from backends.request_errors import RequestError
 from conftest import CLIP_POLYP, DATA, ONE_POLYP, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
 from polypseg.clicks import MAX_CLICKS, next_click
+from polypseg.detection_job import build_detector, find_polyps
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
@@ -165,7 +166,7 @@ def test_rotated_rectangles_become_their_bounding_box() -> None:
 
 
 def test_batch_turns_the_task_boxes_into_masks(
-    client: TestClient, polyp, kvasir: Path, boxes, core_mask
+    client: TestClient, polyp, kvasir: Path, boxes, core_mask, default_predictor
 ) -> None:
     mask, box, width, height = polyp
     annotation = {"id": 1, "updated_at": "2026-11-29T10:00:00Z", "result": [rectangle(box, width, height)]}
@@ -180,14 +181,30 @@ def test_batch_turns_the_task_boxes_into_masks(
     two_boxes = [rectangle((b.x1, b.y1, b.x2, b.y2), w2, h2) for b in boxes[two]]
     body = predict_body(f"/data/upload/{two}.jpg", None, predictions=[{"id": 4, "result": two_boxes}])
     body["tasks"] += [
-        {"id": 8, "data": {"image": f"/data/upload/{ONE_POLYP}.jpg"}},  # no boxes: empty result
+        {"id": 8, "data": {"image": f"/data/upload/{ONE_POLYP}.jpg"}},  # no box: pre-annotated
         {"id": 9, "data": {"image": "/data/upload/missing.jpg"}, "annotations": [annotation]},  # fails alone
     ]
-    results = client.post("/predict", json=body).json()["results"]
-    assert [len(r["result"]) for r in results] == [2, 0, 0]
-    union = brush_mask(results[0]["result"][0]) | brush_mask(results[0]["result"][1])
+    boxed, detected, failed = client.post("/predict", json=body).json()["results"]
+    assert len(boxed["result"]) == 2 and failed == []  # no prediction: Label Studio asks again next time
+    union = brush_mask(boxed["result"][0]) | brush_mask(boxed["result"][1])
     expected = core_mask(kvasir / "images" / f"{two}.jpg", *[(b.x1, b.y1, b.x2, b.y2) for b in boxes[two]])
     assert score_masks(union, expected).iou > 0.99
+    # The task without a box: the detector's polyps, outlined by the model, as the core finds them.
+    found = find_polyps(build_detector(device="cpu"), default_predictor, read_image(IMAGE))
+    assert [r["type"] for r in detected["result"]] == ["brushlabels"] * len(found.polyps)
+    assert detected["score"] == pytest.approx(1 - found.uncertainty, abs=1e-4)
+    for region, polyp in zip(detected["result"], found.polyps, strict=True):
+        assert score_masks(brush_mask(region), polyp.mask).iou > 0.99
+        assert region["value"]["brushlabels"] == ["Polyp"]
+    assert score_masks(brush_mask(detected["result"][0]), mask).iou > 0.6  # on the polyp (0.75 measured)
+
+
+def test_pre_annotation_is_off_when_the_settings_say_so(servers, default_predictor) -> None:
+    client, _ = make_client(servers[0].url, default_predictor, preannotate=False)
+    (prediction,) = client.post("/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", None)).json()[
+        "results"
+    ]
+    assert prediction["result"] == []
 
 
 def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:

@@ -20,7 +20,7 @@ import PIL.Image
 from cvat_sdk import models
 from cvat_sdk.auto_annotation import DetectionFunctionSpec, label_spec, mask, polygon
 
-from backends.cvat.handlers import outlined_polyps
+from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
@@ -37,7 +37,9 @@ class PolypDetection:
 
     def detect(self, context: Any, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
         frame = as_rgb(np.asarray(image))
-        masks = [m for m, _ in outlined_polyps(self.detector, self.predictor, frame, context.conf_threshold)]
+        masks = [
+            p.mask for p in find_polyps(self.detector, self.predictor, frame, context.conf_threshold).polyps
+        ]
         if context.conv_mask_to_poly:
             # The largest outline of each polyp's mask: one polygon per polyp.
             outlines = [mask_to_polygons(m) for m in masks]

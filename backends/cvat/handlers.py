@@ -7,8 +7,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from backends.cvat.protocol import (
     SHAPE_KINDS,
     Shape,
@@ -22,11 +20,10 @@ from backends.cvat.protocol import (
 )
 from backends.cvat.state_store import StateStore
 from backends.request_errors import RequestError
+from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
 from polypseg.model_store import CurrentModel
-from polypseg.predictors.base import ImagePredictor
-from polypseg.prompts import Prompt
 from polypseg.video.tracking import TrackStateError, VideoTracker
 from polypseg.video.tracking_job import build_tracker
 
@@ -65,26 +62,8 @@ class DetectorFunction:
     def __call__(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         threshold = detection_threshold(body)
         image = decode_image(body)
-        found = outlined_polyps(self.detector, self.model.get(), image, threshold)
-        return [detected_object(mask, score, self.label) for mask, score in found]
-
-
-def outlined_polyps(
-    detector: PolypDetector, predictor: ImagePredictor, image: np.ndarray, min_score: float | None
-) -> list[tuple[np.ndarray, float]]:
-    """Each polyp the detector finds (scoring at least `min_score`, default its own floor), best
-    first, as the box model's mask for its box, with the detection's score; a detection whose
-    mask comes out empty is left out."""
-    detections = detector.detect(image, min_score)
-    if not detections:
-        return []
-    prepared = predictor.prepare(image)
-    found = []
-    for detection in detections:
-        mask = predictor.segment(prepared, Prompt(box=detection.box)).mask
-        if mask.any():
-            found.append((mask, detection.score))
-    return found
+        found = find_polyps(self.detector, self.model.get(), image, threshold)
+        return [detected_object(p.mask, p.detection.score, self.label) for p in found.polyps]
 
 
 class TrackerFunction:

@@ -6,14 +6,12 @@ plus the tracker's own, read and checked once, in `init_context`.
 - CVAT_REDIS_HOST, CVAT_REDIS_PORT, CVAT_REDIS_PASSWORD (as CVAT's own services take them):
   where tracker states live; without a host, in the function's process.
 - POLYPSEG_TRACK_TTL: seconds a tracker state is kept (CVAT's own limit, 8 hours, by default).
-- POLYPSEG_DETECTOR: the detector function's polyp detector (default: the one polypseg ships).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from backends.cvat.protocol import SHAPE_KINDS
 from backends.cvat.state_store import DEFAULT_TTL
@@ -39,7 +37,6 @@ class CvatSettings(ServingSettings):
     redis_host: str = ""
     redis_port: int = 6379
     redis_password: str = ""
-    detector: Path | None = None
 
     @classmethod
     def from_env(  # type: ignore[override]
@@ -55,5 +52,4 @@ class CvatSettings(ServingSettings):
             redis_host=env.text("CVAT_REDIS_HOST"),
             redis_port=env.integer("CVAT_REDIS_PORT", 6379, minimum=1),
             redis_password=env.text("CVAT_REDIS_PASSWORD"),
-            detector=env.path("POLYPSEG_DETECTOR"),
         )

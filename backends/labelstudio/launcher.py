@@ -92,6 +92,9 @@ def start_label_studio(
         "ML_BLOCK_LOCAL_IP": "false",  # the backend is on this machine
         "SSRF_PROTECTION_ENABLED": "false",  # Label Studio also makes a webhook for the backend's URL
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # "Retrieve predictions" sends the selected tasks in one request (pre-annotation takes
+        # about half a second a frame): Label Studio's 100 s would cut off a selection of 200.
+        "ML_TIMEOUT_PREDICT": os.environ.get("ML_TIMEOUT_PREDICT", "3600"),
         # The login by environment, not on the command line (where `ps` shows it to every user).
         "LABEL_STUDIO_USERNAME": login.username,
         "LABEL_STUDIO_PASSWORD": login.password,
@@ -154,15 +157,20 @@ def client(url: str, token: str) -> Any:
     return LabelStudio(base_url=url, api_key=token)
 
 
-def polyp_project(ls: Any, title: str, config: str) -> int:
-    """The project called `title` (created with `config` if there is none); its id."""
+def polyp_project(ls: Any, title: str, config: str, preannotate: bool = False) -> int:
+    """The project called `title` (created with `config` if there is none); its id. With
+    `preannotate`, a task opened without a prediction asks the backend for one (the detector's
+    polyps, outlined); else the annotator's box is all polypseg answers."""
     for project in ls.projects.list():
         if project.title == title:
             return int(project.id)
     project = ls.projects.create(title=title, label_config=config)
-    # Label Studio asks the backend for context-free predictions whenever a task opens unless
-    # told not to; the annotator's box is what polypseg answers.
-    ls.projects.update(id=project.id, evaluate_predictions_automatically=False, show_collab_predictions=False)
+    # "show_collab_predictions" (Settings > Annotation > "Use predictions to prelabel tasks")
+    # retrieves a prediction when a task without one opens; "evaluate_predictions_automatically"
+    # would also retrieve them for every page of the Data Manager as it loads, which stalls it.
+    ls.projects.update(
+        id=project.id, evaluate_predictions_automatically=False, show_collab_predictions=preannotate
+    )
     return int(project.id)
 
 

@@ -21,6 +21,7 @@ from backends.labelstudio.regions import (
 )
 from backends.labelstudio.settings import Settings
 from backends.request_errors import RequestError
+from polypseg.detection_job import build_detector, find_polyps
 from polypseg.errors import PolypsegError, PromptError
 from polypseg.images import read_image
 from polypseg.model_store import CurrentModel, ModelStore
@@ -57,6 +58,8 @@ class PolypModel:
         )
         # Label Studio sends each smart region on its own: the box and the clicks since it
         self.click_sessions = ClickSessions()
+        # Pre-annotation: loaded at start, so that a bad POLYPSEG_DETECTOR stops the server
+        self.detector = build_detector(settings.detector, settings.device) if settings.preannotate else None
 
     @property
     def predictor(self) -> ImagePredictor:
@@ -72,10 +75,12 @@ class PolypModel:
 
     def predict(
         self, tasks: Any, label_config: str | None, context: dict[str, Any] | None
-    ) -> list[Prediction]:
-        """One prediction per task: interactive when `context` holds the user's regions, else
-        every rectangle already on each task becomes a mask (images), or every video rectangle
-        on each task is tracked from its keyframes (videos)."""
+    ) -> list[Prediction | list[Prediction]]:
+        """One prediction per task (none, an empty list, for a task of a batch that failed):
+        interactive when `context` holds the user's regions, else
+        every rectangle already on each task becomes a mask (images; on a task without one,
+        every polyp the detector finds), or every video rectangle on each task is tracked from
+        its keyframes (videos)."""
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise RequestError("tasks must be a list of task objects", 400)
         config = parse_label_config(label_config)
@@ -132,7 +137,7 @@ class PolypModel:
     ) -> Prediction:
         boxes = task_rectangles(task, config.object_name)
         if not boxes:
-            return _answer(predictor, [], 0.0)
+            return self.preannotate(predictor, task, config)
         prepared = predictor.prepare(self._image(task, config))
         found: list[Region] = []
         scores = []
@@ -145,19 +150,34 @@ class PolypModel:
             scores.append(prediction.score)
         return _answer(predictor, found, sum(scores) / len(scores))
 
+    def preannotate(self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig) -> Prediction:
+        """Every polyp the detector finds, outlined by the model: one mask region each. The
+        prediction's score is 1 - the detector's uncertainty about the frame, so that the Data
+        Manager, sorted by prediction score, puts the frames most worth a human's time first."""
+        if self.detector is None:
+            return _answer(predictor, [], 0.0)
+        found = find_polyps(self.detector, predictor, self._image(task, config))
+        regions = [
+            r for polyp in found.polyps for r in mask_regions(polyp.mask, polyp.confidence, config, [])
+        ]
+        return _answer(predictor, regions, 1.0 - found.uncertainty)
+
     def _batch_task(
         self,
         from_task: Callable[[ImagePredictor, dict[str, Any], LabelConfig], Prediction],
         predictor: ImagePredictor,
         task: dict[str, Any],
         config: LabelConfig,
-    ) -> Prediction:
-        """In a batch, a task that fails gets an empty prediction; the others still get theirs."""
+    ) -> Prediction | list[Prediction]:
+        """In a batch, a task that fails gets no prediction (an empty list: Label Studio 1.23's
+        ml/models.py `_get_predictions_from_ml_backend` saves one prediction per item of a
+        task's list, so that the next "Retrieve predictions" asks again); the others still get
+        theirs."""
         try:
             return from_task(predictor, task, config)
         except (RequestError, PolypsegError) as exc:
             log.warning("task %s: no prediction: %s", task.get("id"), exc)
-            return _answer(predictor, [], 0.0)
+            return []
 
     def track(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]

@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
         )
         ls = launcher.client(url, login.token)
         config = (launcher.CONFIGS / "polyp-image.xml").read_text()
-        project = launcher.polyp_project(ls, args.title, config)
+        project = launcher.polyp_project(ls, args.title, config, preannotate=True)
         tasks = launcher.add_image_folder(ls, project, folder)
         backend = f"http://127.0.0.1:{args.backend_port}"
         launcher.connect_backend(ls, project, backend, basic_auth=launcher.basic_auth_from_env())

@@ -26,6 +26,8 @@ class Settings(ServingSettings):
     retrain_after: int = 20  # RETRAIN_AFTER: annotation events that start a retrain (0: START_TRAINING only)
     # RETRAIN_ARGS: more `polypseg retrain` flags ("--epochs 5 --tolerance 0")
     retrain_args: tuple[str, ...] = ()
+    # POLYPSEG_PREANNOTATE (1 or 0): a task without a box is answered with the detector's polyps
+    preannotate: bool = True
 
     @classmethod
     def from_env(  # type: ignore[override]
@@ -47,4 +49,5 @@ class Settings(ServingSettings):
             dataset=env.path("POLYPSEG_DATASET"),
             retrain_after=env.integer("RETRAIN_AFTER", 20),
             retrain_args=tuple(shlex.split(text("RETRAIN_ARGS", ""))),
+            preannotate=env.choice("POLYPSEG_PREANNOTATE", ("1", "0"), "1") == "1",
         )
