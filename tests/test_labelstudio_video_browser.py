@@ -13,11 +13,11 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
 
 from backends.labelstudio import launcher
 from conftest import CLIP_POLYP, DATA, LabelStudioStack, _free_port, box_iou
 from labelstudio_fixtures import CONFIGS
+from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
 
 pytestmark = pytest.mark.slow
 
