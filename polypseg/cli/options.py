@@ -59,9 +59,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def add_reacquire_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--no-reacquire",
-        action="store_true",
-        help="classical tracker: do not look for a lost polyp with the detector",
+        "--reacquire",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="classical tracker: look for a lost polyp with the detector (off by default: the "
+        "shipped detector takes folds for polyps on the real clip, docs/models.md)",
     )
     parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
 

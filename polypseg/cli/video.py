@@ -66,7 +66,7 @@ def build_tracker_from_args(args: argparse.Namespace) -> VideoTracker:
     options = {"image_size": args.sam2_size} if args.sam2_size else {}
     predictor = build_predictor(args.model, args.checkpoint, args.device, **options)
     detector = None
-    if args.tracker == "classical" and not args.no_reacquire:
+    if args.tracker == "classical" and args.reacquire:
         from polypseg.detection_job import build_detector
 
         detector = build_detector(args.detector, args.device)
