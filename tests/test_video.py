@@ -237,7 +237,8 @@ def test_track_cli_reacquires_a_lost_track_with_the_detector(tmp_path):
     is tighter than the polyp)."""
     out = tmp_path / "track"
     result = _polypseg(
-        "track", CLIP, "--frame", 133, "--box", "60,60,160,160", "--max-frames", 4, "--reacquire", "--out", out
+        "track", CLIP, "--frame", 133, "--box", "60,60,160,160", "--max-frames", 4, "--reacquire",
+        "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     track = json.loads((out / "track.json").read_text())

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     ls = launcher.client(args.label_studio, token)
-    project = launcher.polyp_project(ls, args.title, (launcher.CONFIGS / "polyp-image.xml").read_text())
+    config = (launcher.CONFIGS / "polyp-image.xml").read_text()
+    project = launcher.polyp_project(ls, args.title, config, preannotate=True)
     tasks = launcher.add_image_folder(ls, project, args.images)
     launcher.connect_backend(ls, project, args.backend, basic_auth=launcher.basic_auth_from_env())
     log.info("project %d (%s): %d images, backend %s connected", project, args.title, tasks, args.backend)
