@@ -109,3 +109,28 @@ def test_detect_writes_boxes_per_image_and_skips_an_unreadable_one(kvasir, tmp_p
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [
         n.replace(".jpg", ".png") for n in names
     ]
+
+
+@pytest.mark.slow
+def test_evaluate_detection_under_a_shift_and_the_ranking_check(kvasir, tmp_path, capsys, caplog) -> None:
+    """`evaluate-detection --shift`: a row per shift; each row's ranking check is the mean
+    refined IoU of the images the detector is least and most sure about, from its own per-image
+    numbers."""
+    from polypseg.cli import main
+
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(sorted(p.stem for p in (kvasir / "images").iterdir())[:8]))
+    out = tmp_path / "scores.json"
+    args = ["evaluate-detection", "--images", str(kvasir / "images"), "--masks", str(kvasir / "masks")]
+    assert main([*args, "--names", str(names), "--shift", "jpeg", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["shifts"]
+    assert list(rows) == ["clean", "jpeg"]
+    table = capsys.readouterr().out
+    assert "| clean |" in table and "| jpeg |" in table
+    for body in rows.values():
+        per_image = sorted(body["per_image"], key=lambda entry: -entry["uncertainty"])
+        ious = [float(np.mean(e["refined_iou"])) if e["refined_iou"] else 0.0 for e in per_image]
+        assert body["refined_iou_most_uncertain_quarter"] == pytest.approx(np.mean(ious[:2]))
+        assert body["refined_iou_least_uncertain_quarter"] == pytest.approx(np.mean(ious[-2:]))
+    assert main([*args, "--shift", "sepia"]) != 0
+    assert "unknown shift 'sepia'; known: downscale-0.5" in caplog.text

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from polypseg.cli.options import DEVICE_HELP, add_model_options, log, min_score, names_file
+from polypseg.cli.options import DEVICE_HELP, add_model_options, known_shifts, log, min_score, names_file
 from polypseg.errors import PolypsegError
 
 
@@ -65,22 +66,36 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
     samples = load_folder_dataset(args.images, args.masks, args.boxes, names_file(args.names))
     if args.limit:
         samples = samples[: args.limit]
+    from polypseg.shifts import shift_names
+
+    try:
+        shifts = [None, *shift_names(args.shift)] if args.shift else [None]
+    except ValueError as exc:
+        raise PolypsegError(str(exc)) from None
     detector = build_detector(args.detector, args.device)
     predictor = build_predictor(args.model, args.checkpoint, args.device)
-    scores = evaluate_detection(detector, predictor, samples, args.min_score)
-    body = scores.as_dict()
     print(
-        f"{body['n']} images, {body['polyps']} polyps, detector {detector.version}, "
-        f"refined by {predictor.version}\n\n"
-        "| min score | precision@0.5 | recall@0.5 | AP50 | AP50:95 | refined mask IoU (all polyps) |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| {body['min_score']:.3f} | {body['precision@0.5']:.4f} | {body['recall@0.5']:.4f} | "
-        f"{body['ap50']:.4f} | {body['ap50_95']:.4f} | {body['mean_refined_iou']:.4f} |"
+        f"{len(samples)} images, detector {detector.version}, refined by {predictor.version}\n\n"
+        "| frames | min score | precision@0.5 | recall@0.5 | AP50 | AP50:95 | refined mask IoU "
+        "(all polyps) | ... most / least uncertain quarter |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
+    bodies = {}
+    for shift in shifts:
+        body = evaluate_detection(detector, predictor, samples, args.min_score, shift=shift).as_dict()
+        bodies[shift or "clean"] = body
+        print(
+            f"| {shift or 'clean'} | {body['min_score']:.3f} | {body['precision@0.5']:.4f} | "
+            f"{body['recall@0.5']:.4f} | {body['ap50']:.4f} | {body['ap50_95']:.4f} | "
+            f"{body['mean_refined_iou']:.4f} | {body['refined_iou_most_uncertain_quarter']:.4f} / "
+            f"{body['refined_iou_least_uncertain_quarter']:.4f} |",
+            flush=True,
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        body.update(detector=detector.version, model=predictor.version)
-        args.json.write_text(json.dumps(body, indent=1))
+        out: dict[str, Any] = dict(bodies["clean"]) if not args.shift else {"shifts": bodies}
+        out.update(detector=detector.version, model=predictor.version)
+        args.json.write_text(json.dumps(out, indent=1))
         log.info("wrote %s", args.json)
 
 
@@ -130,6 +145,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     detection_eval.add_argument("--limit", type=int, help="only the first N images")
     detection_eval.add_argument("--min-score", type=min_score, help="score floor (default: the detector's)")
     detection_eval.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
+    detection_eval.add_argument(
+        "--shift",
+        help="also under named other-centre shifts (comma-separated, or all): " + ", ".join(known_shifts()),
+    )
     detection_eval.add_argument(
         "--detector", type=Path, help="detector checkpoint (default: the shipped one)"
     )
