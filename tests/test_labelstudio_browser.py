@@ -5,34 +5,21 @@ accepted; a "Background" click for a correction; submitted."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from backends.labelstudio import launcher
 from backends.labelstudio.regions import prompt_from_context
-from conftest import ONE_POLYP, ROOT, LabelStudioStack, _free_port
+from conftest import ONE_POLYP, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
+from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
 from polypseg.clicks import next_click
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = ROOT / "runs" / "browser"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-LOOPBACK = ("http://127.0.0.1", "http://localhost", "data:", "blob:")
 
 
 def test_smart_box_in_the_labelling_page(
@@ -54,7 +41,7 @@ def test_smart_box_in_the_labelling_page(
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = new_page(browser)
         asked: list[dict] = []  # what the labelling page sends to the backend, through Label Studio
         page.on(
             "request",
@@ -62,16 +49,8 @@ def test_smart_box_in_the_labelling_page(
                 asked.append(request.post_data_json) if "interactive-annotating" in request.url else None
             ),
         )
-        page.route(
-            "**/*",
-            lambda route: route.continue_() if route.request.url.startswith(LOOPBACK) else route.abort(),
-        )
         try:
-            page.goto(f"{label_studio.url}/user/login")
-            page.fill("input[name=email]", label_studio.login.username)
-            page.fill("input[name=password]", label_studio.login.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
+            log_in(page, label_studio)
 
             page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
             page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
@@ -193,13 +172,9 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = new_page(browser)
             answers: list = []  # the backend's answers, as Label Studio hands them to the page
             page.on("response", lambda r: answers.append(r) if "interactive-annotating" in r.url else None)
-            page.route(
-                "**/*",
-                lambda route: route.continue_() if route.request.url.startswith(LOOPBACK) else route.abort(),
-            )
             try:
                 _open_task_with_auto_annotation(page, label_studio, project, task)
                 auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
@@ -270,11 +245,7 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
 
 def _open_task_with_auto_annotation(page, stack: LabelStudioStack, project: int, task: int) -> None:
     """Log in, open the task, wait for its image, and turn Auto-Annotation on (README's step 1)."""
-    page.goto(f"{stack.url}/user/login")
-    page.fill("input[name=email]", stack.login.username)
-    page.fill("input[name=password]", stack.login.password)
-    page.click("button[type=submit]")
-    page.wait_for_url(lambda url: "/user/login" not in url)
+    log_in(page, stack)
     page.goto(f"{stack.url}/projects/{project}/data?task={task}")
     page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
     page.wait_for_function(
