@@ -48,6 +48,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return content["model"], dict(content.get("polypseg") or {}), extra
 
 
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: object, what: str) -> None:
+    """`state` (fp16 or fp32) into `model`; weights that do not fit are a CheckpointError naming
+    `source` (a file) and `what` the model is."""
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit {what} ({str(exc).splitlines()[0]})") from None
+
+
 def _why_unreadable(path: Path, exc: Exception) -> str:
     """One short reason, in place of torch's paragraph (which suggests `weights_only=False`, the
     very thing a file of unknown origin must not get)."""

@@ -23,7 +23,8 @@ import torch
 from scipy import ndimage
 
 from polypseg.box_input import MEAN, STD
-from polypseg.errors import CheckpointError, ModelError
+from polypseg.checkpoints import load_weights
+from polypseg.errors import ModelError
 from polypseg.images import as_rgb
 from polypseg.prompts import Box
 
@@ -118,14 +119,9 @@ class PolypDetector:
     def from_state(
         cls, state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
     ) -> PolypDetector:
-        model = create_detector_model(metadata.get("encoder", "resnet18"), metadata.get("decoder", "unet"))
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: weights do not fit a detector with encoder {metadata.get('encoder')} "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
+        encoder = metadata.get("encoder", "resnet18")
+        model = create_detector_model(encoder, metadata.get("decoder", "unet"))
+        load_weights(model, state, path, f"a detector with encoder {encoder}")
         return cls(model, metadata, **kwargs)
 
     def probability(self, image: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ import segmentation_models_pytorch as smp
 import torch
 
 from polypseg.box_input import BoxInputGeometry
-from polypseg.errors import CheckpointError, PromptError
+from polypseg.checkpoints import load_weights
+from polypseg.errors import PromptError
 from polypseg.masks import clean_mask
 from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
 from polypseg.prompts import Prompt
@@ -73,14 +74,8 @@ class BoxChannelPredictor(ImagePredictor):
         cls, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
     ) -> BoxChannelPredictor:
         model = create_box_channel_model(metadata["architecture"], metadata.get("encoder"))
-        try:
-            model.load_state_dict({k: v.float() for k, v in state_dict.items()})
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(
-                f"{path}: weights do not fit {metadata['architecture']} with encoder "
-                f"{metadata.get('encoder')} ({first})"
-            ) from None
+        what = f"{metadata['architecture']} with encoder {metadata.get('encoder')}"
+        load_weights(model, state_dict, path, what)
         return cls(model, metadata, **kwargs)
 
     def _encode(self, image: np.ndarray) -> tuple[Any, int]:

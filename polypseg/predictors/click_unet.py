@@ -27,9 +27,10 @@ import torch
 
 from polypseg.box_input import BoxInputGeometry
 from polypseg.cache import EmbeddingCache
+from polypseg.checkpoints import load_weights
 from polypseg.clicks import MAX_CLICKS, click_channels
 from polypseg.environment import Environment
-from polypseg.errors import CheckpointError, PromptError
+from polypseg.errors import PromptError
 from polypseg.images import image_digest
 from polypseg.masks import clean_mask, ellipse_in_box
 from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
@@ -135,14 +136,9 @@ class ClickUnetPredictor(ImagePredictor):
     def from_state(
         cls, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
     ) -> ClickUnetPredictor:
-        model = create_click_model(metadata.get("encoder", "resnet18"), metadata.get("decoder", "unet"))
-        try:
-            model.load_state_dict({k: v.float() for k, v in state_dict.items()})
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: weights do not fit a click-guided {metadata.get('decoder', 'unet')} with encoder "
-                f"{metadata.get('encoder')} ({str(exc).splitlines()[0]})"
-            ) from None
+        decoder, encoder = metadata.get("decoder", "unet"), metadata.get("encoder", "resnet18")
+        model = create_click_model(encoder, decoder)
+        load_weights(model, state_dict, path, f"a click-guided {decoder} with encoder {encoder}")
         return cls(model, metadata, **kwargs)
 
     def _encode(self, image: np.ndarray) -> tuple[Any, int]:

@@ -20,9 +20,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from polypseg.checkpoints import load_checkpoint, save_checkpoint
+from polypseg.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from polypseg.datasets import PolypSample
-from polypseg.errors import CheckpointError
 from polypseg.predictors.registry import resolve_device
 
 log = logging.getLogger("polypseg.training")
@@ -59,12 +58,9 @@ def start_from(
     if init is None:
         return
     state, metadata, _ = load_checkpoint(init)
-    try:
-        model.load_state_dict({k: v.float() for k, v in adapt(state, metadata).items()})
-    except RuntimeError:
-        raise CheckpointError(
-            f"{init}: its weights do not fit {what} (--model and --encoder must match the checkpoint's)"
-        ) from None
+    load_weights(
+        model, adapt(state, metadata), init, f"{what}: --model and --encoder must match the checkpoint's"
+    )
 
 
 def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, float]:
