@@ -172,7 +172,8 @@ def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
         return 1
     log.info(
         "\nLabel Studio is ready: %s/projects/%d (%d images)\n  login: %s\n  password: %s\n"
-        "Open a task, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
+        "Open a task: the polyps the detector finds are already outlined (check them). To outline "
+        "one yourself, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
         "sparkle, key M) and draw a box around the polyp; accept the suggestion.\n"
         "Logs in %s. Ctrl-C stops both servers.",
         url,
