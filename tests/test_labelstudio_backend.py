@@ -196,7 +196,7 @@ def test_batch_turns_the_task_boxes_into_masks(
     for region, polyp in zip(detected["result"], found.polyps, strict=True):
         assert score_masks(brush_mask(region), polyp.mask).iou > 0.99
         assert region["value"]["brushlabels"] == ["Polyp"]
-    assert score_masks(brush_mask(detected["result"][0]), mask).iou > 0.6  # on the polyp (0.75 measured)
+    assert score_masks(brush_mask(detected["result"][0]), mask).iou > 0.6  # on the polyp (0.80 measured)
 
 
 def test_pre_annotation_is_off_when_the_settings_say_so(servers, default_predictor) -> None:

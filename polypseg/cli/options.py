@@ -63,7 +63,7 @@ def add_reacquire_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="classical tracker: look for a lost polyp with the detector (off by default: the "
-        "shipped detector takes folds for polyps on the real clip, docs/models.md)",
+        "shipped detector takes a fold for a polyp on the real clip, docs/models.md)",
     )
     parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
 
