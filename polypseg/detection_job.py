@@ -250,6 +250,7 @@ class DetectionScores:
 
     def as_dict(self) -> dict[str, Any]:
         precision, recall = precision_recall(self.images, self.min_score)
+        most_uncertain, least_uncertain = self.ranking_check()
         return {
             "n": len(self.images),
             "polyps": sum(len(i.truths) for i in self.images),
@@ -259,8 +260,8 @@ class DetectionScores:
             "ap50": average_precision(self.images, 0.5),
             "ap50_95": coco_average_precision(self.images),
             "mean_refined_iou": self.mean_polyp_iou,
-            "refined_iou_most_uncertain_quarter": self.ranking_check()[0],
-            "refined_iou_least_uncertain_quarter": self.ranking_check()[1],
+            "refined_iou_most_uncertain_quarter": most_uncertain,
+            "refined_iou_least_uncertain_quarter": least_uncertain,
             "per_image": [
                 {
                     "name": image.name,

@@ -62,12 +62,11 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
     from polypseg.datasets import load_folder_dataset
     from polypseg.detection_job import build_detector, evaluate_detection
     from polypseg.predictors import build_predictor
+    from polypseg.shifts import shift_names
 
     samples = load_folder_dataset(args.images, args.masks, args.boxes, names_file(args.names))
     if args.limit:
         samples = samples[: args.limit]
-    from polypseg.shifts import shift_names
-
     try:
         shifts = [None, *shift_names(args.shift)] if args.shift else [None]
     except ValueError as exc:
