@@ -3,7 +3,8 @@
 A platform package declares an entry point in the group `polypseg.plugins` (pyproject.toml's
 `[project.entry-points."polypseg.plugins"]`) naming a function that takes the `Plugins`
 registry and adds what it offers: kinds of label source that `polypseg retrain` pulls from
-(with their flags), and servers that `polypseg serve <name>` starts. The core reads only this
+(with their flags), servers that `polypseg serve <name>` starts, and commands of their own
+(`polypseg video-tasks`). The core reads only this
 registry; a core installed without the platforms simply offers neither.
 """
 
@@ -44,10 +45,24 @@ class Server:
     run: Callable[[argparse.Namespace], None]
 
 
+@dataclass(frozen=True)
+class Command:
+    """`polypseg <name>`: a platform's own command, with its flags."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
 @dataclass
 class Plugins:
     source_kinds: dict[str, SourceKind] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
+
+    def add_command(self, command: Command) -> None:
+        self.commands[command.name] = command
 
     def add_source_kind(self, kind: SourceKind) -> None:
         self.source_kinds[kind.name] = kind

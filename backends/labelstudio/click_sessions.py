@@ -32,13 +32,14 @@ class ClickSession:
     box: Box
     points: tuple[Point, ...]
     touched: float  # the clock's time of the last request that used it
+    anchored: bool = False  # a box the annotator drew (not one the tracker found) on a clip's page
 
 
 class ClickSessions:
     """A bounded, thread-safe LRU of click sessions, each forgotten `ttl_s` after its last use."""
 
     def __init__(
-        self, max_sessions: int = 256, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic
+        self, max_sessions: int = 4096, ttl_s: float = 900.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.max_sessions = max_sessions
         self.ttl_s = ttl_s
@@ -73,13 +74,20 @@ class ClickSessions:
             )
         return Prompt(box=session.box, points=points)
 
-    def remember(self, key: Hashable, prompt: Prompt) -> None:
+    def anchor(self, key: Hashable) -> Box | None:
+        """The box the annotator drew in session `key`, if it is live and was drawn (not tracked)."""
+        with self._lock:
+            session = self._live(key)
+        return session.box if session is not None and session.anchored else None
+
+    def remember(self, key: Hashable, prompt: Prompt, anchored: bool = False) -> None:
         """Keep an answered prompt that has a box as the task's session (after the model
-        answered it, so a refused click does not stay in it)."""
+        answered it, so a refused click does not stay in it); `anchored`: the annotator drew
+        the box on a clip's page (the track runs from it)."""
         if prompt.box is None:
             return
         with self._lock:
-            self._sessions[key] = ClickSession(prompt.box, prompt.points, self._clock())
+            self._sessions[key] = ClickSession(prompt.box, prompt.points, self._clock(), anchored)
             self._sessions.move_to_end(key)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)

@@ -98,7 +98,9 @@ class LabelStudioProject(LabelSource):
     def source(self) -> str:
         return f"labelstudio:{urllib.parse.urlsplit(self.url).netloc}:{self.project}"
 
-    def _get(self, path: str) -> Any:
+    def get(self, path: str) -> Any:
+        """A Label Studio API read (JSON), retried on network failures and server errors."""
+
         def call() -> Any:
             try:
                 response = requests.get(
@@ -122,8 +124,8 @@ class LabelStudioProject(LabelSource):
 
     def pull(self, store: DatasetStore) -> PullReport:
         try:
-            config = parse_label_config(self._get(f"/api/projects/{self.project}")["label_config"])
-            tasks = self._get(f"/api/projects/{self.project}/export?exportType=JSON&download_all_tasks=false")
+            config = parse_label_config(self.get(f"/api/projects/{self.project}")["label_config"])
+            tasks = self.get(f"/api/projects/{self.project}/export?exportType=JSON&download_all_tasks=false")
         except RequestError as exc:  # unreachable after retries, refused, not a project to pull
             raise PullError(f"{self.name}: {exc.reason}") from None
         report, present = PullReport(), set()

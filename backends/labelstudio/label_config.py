@@ -40,6 +40,9 @@ class LabelConfig:
     object_name: str  # the Image / Video tag's name (to_name)
     data_key: str  # the task data field that holds its URL ("image" for value="$image")
     controls: tuple[Control, ...] = field(default_factory=tuple)
+    # <Image valueList="$frames">: the field holds a list of image URLs shown as pages (a
+    # video clip's frames), and every region names its page by `item_index`
+    paged: bool = False
 
     def first(self, tags: tuple[str, ...]) -> Control | None:
         return next((c for c in self.controls if c.tag in tags), None)
@@ -72,9 +75,11 @@ def parse_label_config(xml: object) -> LabelConfig:
     obj = next((el for el in root.iter() if el.tag in ("Image", "Video")), None)
     if obj is None:
         raise RequestError("label_config has no <Image> or <Video> tag for polypseg to segment")
-    name, value = obj.get("name"), obj.get("value", "")
+    name = obj.get("name")
+    paged = obj.tag == "Image" and obj.get("valueList") is not None
+    value = obj.get("valueList", "") if paged else obj.get("value", "")
     if not name or not value.startswith("$"):
-        raise RequestError(f'<{obj.tag}> needs a name and value="$field"')
+        raise RequestError(f'<{obj.tag}> needs a name and value="$field" (or valueList="$field")')
     controls = tuple(
         Control(
             tag=el.tag,
@@ -85,7 +90,7 @@ def parse_label_config(xml: object) -> LabelConfig:
         for el in root.iter()
         if el.get("toName") and name in el.get("toName", "").split(",")
     )
-    config = LabelConfig(obj.tag.lower(), name, value[1:], controls)
+    config = LabelConfig(obj.tag.lower(), name, value[1:], controls, paged)
     if config.kind == "image" and config.mask_control is None and config.polygon_control is None:
         raise RequestError(
             f"label_config has no <BrushLabels> (or <PolygonLabels>) for image {name!r}: "

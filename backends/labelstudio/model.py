@@ -9,6 +9,7 @@ from typing import Any
 from backends.labelstudio.click_sessions import ClickSessions
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
+from backends.labelstudio.pages import PagedAnswer, PagedTasks, checked_regions, on_page, page_of, page_urls
 from backends.labelstudio.regions import (
     Region,
     as_object,
@@ -60,6 +61,7 @@ class PolypModel:
         self.click_sessions = ClickSessions()
         # Pre-annotation: loaded at start, so that a bad POLYPSEG_DETECTOR stops the server
         self.detector = build_detector(settings.detector, settings.device) if settings.preannotate else None
+        self.pages = PagedTasks(self.click_sessions, self.tracker_kind, self.detector, self._fetcher_of)
 
     @property
     def predictor(self) -> ImagePredictor:
@@ -92,7 +94,9 @@ class PolypModel:
             if config.kind == "video":
                 return [self.track(predictor, tasks[0], config, regions)]
             return [self.interactive(predictor, tasks[0], config, regions)]
-        from_task = self.track_task_boxes if config.kind == "video" else self.from_task_boxes
+        from_task = {"video": self.track_task_boxes, "image": self.from_task_boxes}[config.kind]
+        if config.paged:
+            from_task = self.from_clip_task
         if len(tasks) == 1:
             return [from_task(predictor, tasks[0], config)]
         return [self._batch_task(from_task, predictor, task, config) for task in tasks]
@@ -104,21 +108,40 @@ class PolypModel:
         return url
 
     def _image(self, task: dict[str, Any], config: LabelConfig):
-        url = self._media_url(task, config)
-        try:
-            return read_image(self.fetcher.fetch(url, task.get("id")))
-        except PolypsegError as exc:
-            raise RequestError(f"{url}: {exc}") from None
+        return self._fetcher_of(task.get("id"))(self._media_url(task, config))
+
+    def _fetcher_of(self, task_id: Any) -> Callable[[str], Any]:
+        """Reads an image URL of task `task_id` (with Label Studio's token where it goes there)."""
+
+        def fetch(url: str):  # type: ignore[no-untyped-def]
+            try:
+                return read_image(self.fetcher.fetch(url, task_id))
+            except PolypsegError as exc:
+                raise RequestError(f"{url}: {exc}") from None
+
+        return fetch
 
     def interactive(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig, regions: list[Region]
     ) -> Prediction:
-        image = self._image(task, config)
+        """The mask of the user's box or clicks; on a clip task (paged frames), a box is
+        tracked through the clip and a click refines the page it is on."""
+        page = None
+        if config.paged:
+            urls = page_urls(task, config)
+            page = page_of([r for r in regions if r.get("to_name") in (None, config.object_name)], len(urls))
+            url = urls[page]
+        else:
+            url = self._media_url(task, config)
+        image = self._fetcher_of(task.get("id"))(url)
         height, width = image.shape[:2]
         drawn, labels = prompt_from_context(regions, config.object_name, width, height)
-        session = (task.get("id"), self._media_url(task, config))
+        session = (task.get("id"), url)
         # a click off the image is refused as itself, before a session can make it look like another refusal
         prompt = self.click_sessions.prompt_for(session, drawn.fitted_to(width, height))
+        if page is not None and drawn.box is not None:
+            tracked = self.pages.box(predictor, task.get("id"), urls, page, image, prompt, config, labels)
+            return self._paged_answer(predictor, tracked)
         try:
             prediction = predictor.predict(image, prompt)
         except PromptError as exc:
@@ -128,9 +151,20 @@ class PolypModel:
                     " forgotten after a restart, a long pause, or on another worker): draw the box again"
                 ) from None
             raise
-        self.click_sessions.remember(session, prompt)
+        anchored = self.click_sessions.anchor(session) is not None  # a click keeps a drawn box drawn
+        self.click_sessions.remember(session, prompt, anchored)
         found = mask_regions(prediction.mask, prediction.score, config, labels)
+        if page is not None:
+            found = on_page(found, page)
         return _answer(predictor, found, prediction.score)
+
+    def from_clip_task(
+        self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig
+    ) -> Prediction:
+        return self._paged_answer(predictor, self.pages.from_task(predictor, task, config))
+
+    def _paged_answer(self, predictor: ImagePredictor, answer: PagedAnswer) -> Prediction:
+        return _answer(predictor, checked_regions(answer.regions), answer.score)
 
     def from_task_boxes(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig

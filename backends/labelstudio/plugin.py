@@ -1,15 +1,18 @@
 """Label Studio plugged into the core (entry point `polypseg.plugins`): `polypseg retrain`
-pulls projects (--label-studio-url, --api-key, --label-studio-project), and `polypseg serve
-labelstudio` runs the ML backend. Imports stay light: the backend loads only when run."""
+pulls projects (--label-studio-url, --api-key, --label-studio-project), `polypseg serve
+labelstudio` runs the ML backend, and `polypseg video-tasks` / `export-video-masks` turn a
+video into clip tasks and submitted clips into per-frame masks. Imports stay light: the
+backend and the commands load only when run."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from polypseg.errors import PolypsegError
 from polypseg.label_sources import LabelSource
-from polypseg.plugins import Plugins, Server, SourceKind
+from polypseg.plugins import Command, Plugins, Server, SourceKind
 
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +56,43 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args.host, args.port, args.workers)
 
 
+def _add_video_tasks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, help="the video file (mp4, avi, ...)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the frames and the tasks JSON")
+    parser.add_argument("--clip-frames", type=int, default=30, help="frames per clip task (default 30)")
+    parser.add_argument("--stride", type=int, default=1, help="take every n-th frame (default 1: all)")
+    parser.add_argument(
+        "--files-root",
+        type=Path,
+        default=Path(os.environ.get("LOCAL_FILES_DOCUMENT_ROOT", "/")),
+        help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default $LOCAL_FILES_DOCUMENT_ROOT or /)",
+    )
+    parser.add_argument("--frames-url", help="serve the frames from this URL prefix instead of local files")
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_source_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the sequence folders")
+
+
+def _video_tasks(args: argparse.Namespace) -> None:
+    from backends.labelstudio.clips import video_tasks
+
+    video_tasks(args.video, args.out, args.clip_frames, args.stride, args.files_root, args.frames_url)
+
+
+def _export_video_masks(args: argparse.Namespace) -> None:
+    if args.label_studio_project is None:
+        raise PolypsegError("--label-studio-project is needed: the clip project to export")
+    if not args.label_studio_url:
+        raise PolypsegError("--label-studio-url (or LABEL_STUDIO_URL) is needed")
+    from backends.labelstudio.clips import export_video_masks
+    from backends.labelstudio.export import LabelStudioProject
+
+    project = LabelStudioProject(args.label_studio_url, args.api_key or "", args.label_studio_project)
+    export_video_masks(project, args.out)
+
+
 def register(plugins: Plugins) -> None:
     plugins.add_source_kind(SourceKind("labelstudio", _add_source_arguments, _sources))
     plugins.add_server(
@@ -61,5 +101,21 @@ def register(plugins: Plugins) -> None:
             "the Label Studio ML backend (settings from LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, ...)",
             _add_server_arguments,
             _serve,
+        )
+    )
+    plugins.add_command(
+        Command(
+            "video-tasks",
+            "cut a video into Label Studio clip tasks (paged frames, masks on every frame)",
+            _add_video_tasks_arguments,
+            _video_tasks,
+        )
+    )
+    plugins.add_command(
+        Command(
+            "export-video-masks",
+            "write a Label Studio clip project's submitted masks as per-frame PNGs (sequence folders)",
+            _add_export_arguments,
+            _export_video_masks,
         )
     )

@@ -27,7 +27,7 @@ from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
 from polypseg.video.frames import VideoFileSource, VideoInfo
 from polypseg.video.tracking import TrackedFrame
-from polypseg.video.tracking_job import build_tracker
+from polypseg.video.tracking_job import build_tracker, track_anchored
 
 Keyframe = dict[str, Any]
 
@@ -97,14 +97,8 @@ def track_video_region(
         for k in drawn
         if k.get("enabled", True)
     }
-    first, last = min(anchors), max(anchors)
     tracker = build_tracker(tracker_kind, predictor)
-    results: dict[int, TrackedFrame] = {}
-    for result in tracker.track(source.frames(first, "backward", max_frames + 1), anchors[first]):
-        results[result.index] = result
-    forward = source.frames(first, "forward", last - first + max_frames + 1)
-    for result in tracker.track(forward, anchors[first], anchors):
-        results[result.index] = result
+    results = track_anchored(source, tracker, anchors, max_frames)
 
     found: dict[int, Keyframe | None] = {int(k["frame"]): dict(k) for k in drawn}  # None: lost
     for index in sorted(set(results) - set(anchors)):

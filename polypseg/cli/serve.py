@@ -1,4 +1,4 @@
-"""`polypseg serve PLATFORM`: the servers the installed platforms plug in."""
+"""`polypseg serve PLATFORM`, and the other commands the installed platforms plug in."""
 
 from __future__ import annotations
 
@@ -19,3 +19,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         add_model_options(serve_cmd)
         server.add_arguments(serve_cmd)
         serve_cmd.set_defaults(run=server.run)
+    for command in plugins.commands.values():  # video-tasks, export-video-masks, ...
+        parser = commands.add_parser(command.name, help=command.help)
+        command.add_arguments(parser)
+        parser.set_defaults(run=command.run)

@@ -39,6 +39,23 @@ def build_tracker(kind: str, predictor: ImagePredictor, detector: Any = None) ->
     raise ModelError(f"unknown tracker {kind!r}: one of {', '.join(TRACKERS)}")
 
 
+def track_anchored(
+    source: FrameSource, tracker: VideoTracker, anchors: Mapping[int, Prompt], reach: int | None = None
+) -> dict[int, TrackedFrame]:
+    """One track through `source` from prompts on some of its frames (`anchors`, by frame):
+    backward from the first anchor, and forward from it through the others, re-anchored on
+    each; `reach` frames at most before the first and after the last (default: to the ends)."""
+    first, last = min(anchors), max(anchors)
+    results: dict[int, TrackedFrame] = {}
+    backward = source.frames(first, "backward", None if reach is None else reach + 1)
+    for result in tracker.track(backward, anchors[first]):
+        results[result.index] = result
+    forward = source.frames(first, "forward", None if reach is None else last - first + reach + 1)
+    for result in tracker.track(forward, anchors[first], anchors):
+        results[result.index] = result
+    return results
+
+
 def mask_path(out: Path, index: int) -> Path:
     return out / f"mask_{index:06d}.png"
 
