@@ -43,8 +43,8 @@ system-packages:
 # The main job: Label Studio with the polypseg backend and a project of the images in IMAGES
 # (another IMAGES folder joins the same project TITLE as more tasks).
 annotate: install install-labelstudio
-	$(BIN)/python -m backends.labelstudio.quickstart --images "$(IMAGES)" --title "$(TITLE)" \
-		--port $(PORT) --backend-port $(BACKEND_PORT)
+	$(BIN)/python -m backends.labelstudio.quickstart $(if $(VIDEO),--video "$(VIDEO)",--images "$(IMAGES)") \
+		--title "$(TITLE)" --port $(PORT) --backend-port $(BACKEND_PORT)
 
 lint: install
 	$(BIN)/ruff check $(CODE)

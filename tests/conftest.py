@@ -196,6 +196,7 @@ def label_studio_stack(
 
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
-    """Label Studio on SQLite with the backend connected (see `label_studio_stack`)."""
-    with label_studio_stack(tmp_path_factory.mktemp("label-studio"), kvasir.parent) as stack:
+    """Label Studio on SQLite with the backend connected (see `label_studio_stack`), serving
+    local files from `/` as the quickstart does (a folder is served once a storage names it)."""
+    with label_studio_stack(tmp_path_factory.mktemp("label-studio"), Path("/")) as stack:
         yield stack

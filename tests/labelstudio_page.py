@@ -38,3 +38,23 @@ def log_in(page: Any, stack: LabelStudioStack) -> None:
     page.fill("input[name=password]", stack.login.password)
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/user/login" not in url)
+
+
+def open_task_with_auto_annotation(page, stack: LabelStudioStack, project: int, task: int) -> None:
+    """Log in, open the task, wait for its image, and turn Auto-Annotation on (README's step 1)."""
+    log_in(page, stack)
+    page.goto(f"{stack.url}/projects/{project}/data?task={task}")
+    page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
+    page.wait_for_function(
+        "() => window.Htx?.annotationStore?.selected?.names?.get('image')?.imageIsLoaded === true",
+        timeout=60_000,
+    )
+    page.locator('input[data-testid="bottombar-auto-annotation-toggle"]').locator("xpath=..").click()
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+
+
+def stage_scale(page, width: int, height: int) -> tuple[float, float, float]:
+    """Screen pixels per image pixel, and the image's top-left corner on the screen."""
+    stage = page.locator(".konvajs-content").first.bounding_box()
+    assert stage is not None
+    return min(stage["width"] / width, stage["height"] / height), stage["x"], stage["y"]

@@ -13,7 +13,15 @@ from backends.labelstudio import launcher
 from backends.labelstudio.regions import prompt_from_context
 from conftest import ONE_POLYP, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
-from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
+from labelstudio_page import (
+    CHROMIUM,
+    FLAGS,
+    SCREENSHOTS,
+    log_in,
+    new_page,
+    open_task_with_auto_annotation,
+    stage_scale,
+)
 from polypseg.clicks import next_click
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
@@ -176,10 +184,10 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
             answers: list = []  # the backend's answers, as Label Studio hands them to the page
             page.on("response", lambda r: answers.append(r) if "interactive-annotating" in r.url else None)
             try:
-                _open_task_with_auto_annotation(page, label_studio, project, task)
+                open_task_with_auto_annotation(page, label_studio, project, task)
                 auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
                 auto_detect.click()
-                scale, x0, y0 = _stage(page, width, height)
+                scale, x0, y0 = stage_scale(page, width, height)
                 page.mouse.move(x0 + 5, y0 + 5)
                 page.mouse.move(x0 + loose[0] * scale, y0 + loose[1] * scale)
                 page.mouse.down()
@@ -204,7 +212,7 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
                 page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
                 page.locator(".lsf-label", has_text="Background").click()
                 expect(page.locator(".lsf-label_selected")).to_have_text(["Background3"])
-                scale, x0, y0 = _stage(page, width, height)  # the layout may have moved
+                scale, x0, y0 = stage_scale(page, width, height)  # the layout may have moved
                 asked = len(answers)
                 page.mouse.click(x0 + (click.x + 0.5) * scale, y0 + (click.y + 0.5) * scale)
                 for _ in range(120):
@@ -241,26 +249,6 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
     corrected = decode_brush_rle(brushes[-1]["value"]["rle"], width, height)
     assert boxed[int(point.y), int(point.x)] and not corrected[int(point.y), int(point.x)]
     assert score_masks(corrected, truth).iou >= score_masks(boxed, truth).iou
-
-
-def _open_task_with_auto_annotation(page, stack: LabelStudioStack, project: int, task: int) -> None:
-    """Log in, open the task, wait for its image, and turn Auto-Annotation on (README's step 1)."""
-    log_in(page, stack)
-    page.goto(f"{stack.url}/projects/{project}/data?task={task}")
-    page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
-    page.wait_for_function(
-        "() => window.Htx?.annotationStore?.selected?.names?.get('image')?.imageIsLoaded === true",
-        timeout=60_000,
-    )
-    page.locator('input[data-testid="bottombar-auto-annotation-toggle"]').locator("xpath=..").click()
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-
-
-def _stage(page, width: int, height: int) -> tuple[float, float, float]:
-    """Screen pixels per image pixel, and the image's top-left corner on the screen."""
-    stage = page.locator(".konvajs-content").first.bounding_box()
-    assert stage is not None
-    return min(stage["width"] / width, stage["height"] / height), stage["x"], stage["y"]
 
 
 def _brush(answer: dict, width: int, height: int):

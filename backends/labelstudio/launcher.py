@@ -194,6 +194,24 @@ def add_image_folder(ls: Any, project: int, folder: Path) -> int:
     return int(ls.projects.get(id=project).task_number or 0)
 
 
+def add_clip_tasks(ls: Any, project: int, folder: Path, tasks: list[dict[str, Any]]) -> int:
+    """Import clip tasks (`polypseg video-tasks`) whose frames lie in `folder` (served as
+    local files: Label Studio serves only files inside a storage's folder; the storage is never
+    synced, so the frames do not become tasks of their own); a clip already in the project
+    (same video and first frame) is not imported again. The number of tasks after importing."""
+    folder = folder.resolve()
+    if not any(s.path == str(folder) for s in ls.import_storage.local.list(project=project)):
+        ls.import_storage.local.create(project=project, path=str(folder), title=folder.name, use_blob_urls=True)
+    held = {
+        (task.data.get("video"), task.data.get("frame_start"))
+        for task in ls.tasks.list(project=project, fields="all")
+    }
+    new = [t for t in tasks if (t["data"]["video"], t["data"]["frame_start"]) not in held]
+    if new:
+        ls.projects.import_tasks(id=project, request=new)
+    return int(ls.projects.get(id=project).task_number or 0)
+
+
 def basic_auth_from_env() -> tuple[str, str] | None:
     """The backend's basic-auth credentials as it reads them (BASIC_AUTH_USER / _PASS), if any."""
     user = os.environ.get("BASIC_AUTH_USER", "")

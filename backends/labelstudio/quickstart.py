@@ -2,8 +2,11 @@
 polypseg backend connected to it, and a project of the polyp images in a folder.
 
     python -m backends.labelstudio.quickstart --images FOLDER
+    python -m backends.labelstudio.quickstart --video FILE
 
-prints the URL and the login, and runs until Ctrl-C. Run again, it reuses the same database,
+prints the URL and the login, and runs until Ctrl-C. A video is cut into clip tasks of 30 frames
+(`polypseg video-tasks`, frames in DATA_DIR/clips) in a project of its own ("TITLE video"): a
+box on one frame gives the polyp's mask on every frame of the clip. Run again, it reuses the same database,
 project and tasks; run with another folder, that folder's images join the project as a second
 local-files storage (every folder stays served: Label Studio's local-files root is `/`, and it
 serves only files inside a storage's folder). A second run on the same DATA_DIR while one is
@@ -25,6 +28,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from backends.labelstudio import launcher
 
@@ -113,7 +117,9 @@ def _login(data_dir: Path, username: str) -> launcher.Login:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quickstart", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder of polyp images")
+    media = parser.add_mutually_exclusive_group(required=True)
+    media.add_argument("--images", type=Path, help="folder of polyp images")
+    media.add_argument("--video", type=Path, help="a colonoscopy video, cut into clip tasks")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".labelstudio", help="Label Studio's data")
     parser.add_argument(
         "--label-studio", type=Path, default=ROOT / ".venv-labelstudio" / "bin" / "label-studio"
@@ -126,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # label-studio-sdk's request log
 
-    folder = args.images.resolve()
-    if not folder.is_dir():
+    if args.video is not None and not args.video.is_file():
+        log.error("%s: no such video file", args.video)
+        return 2
+    if args.images is not None and not args.images.is_dir():
         log.error("%s: no such folder of images", args.images)
         return 2
     url = f"http://127.0.0.1:{args.port}"
@@ -139,13 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             )
             _claim(lock, url)
             _note_files_root(args.data_dir)
-            return _run(args, folder, url)
+            return _run(args, url)
     except AlreadyRunning as exc:
         log.error("%s", exc)
         return 1
 
 
-def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
+def _add_video(ls: Any, args: argparse.Namespace) -> tuple[int, int]:
+    """The video's clip tasks in the project "TITLE video" (cut and imported once); the
+    project's id and task count."""
+    from backends.labelstudio.clips import video_tasks
+
+    config = (launcher.CONFIGS / "polyp-video-masks.xml").read_text()
+    project = launcher.polyp_project(ls, f"{args.title} video", config, preannotate=True)
+    clips = (args.data_dir / "clips").resolve()
+    log.info("cutting %s into clips of 30 frames ...", args.video)
+    tasks = json.loads(video_tasks(args.video.resolve(), clips, files_root=FILES_ROOT).read_text())
+    return project, launcher.add_clip_tasks(ls, project, clips, tasks)
+
+
+def _run(args: argparse.Namespace, url: str) -> int:
     login = _login(args.data_dir, args.username)
     log.info("starting Label Studio on %s (first start: about a minute) ...", url)
     processes = []
@@ -160,9 +181,14 @@ def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
             launcher.start_backend(args.backend_port, url, login.token, args.data_dir / "backend.log")
         )
         ls = launcher.client(url, login.token)
-        config = (launcher.CONFIGS / "polyp-image.xml").read_text()
-        project = launcher.polyp_project(ls, args.title, config, preannotate=True)
-        tasks = launcher.add_image_folder(ls, project, folder)
+        if args.video is not None:
+            project, tasks = _add_video(ls, args)
+            what = "clips"
+        else:
+            config = (launcher.CONFIGS / "polyp-image.xml").read_text()
+            project = launcher.polyp_project(ls, args.title, config, preannotate=True)
+            tasks = launcher.add_image_folder(ls, project, args.images.resolve())
+            what = "images"
         backend = f"http://127.0.0.1:{args.backend_port}"
         launcher.connect_backend(ls, project, backend, basic_auth=launcher.basic_auth_from_env())
     except (launcher.ServerFailed, OSError, KeyboardInterrupt) as exc:
@@ -171,7 +197,7 @@ def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
             launcher.stop(process)
         return 1
     log.info(
-        "\nLabel Studio is ready: %s/projects/%d (%d images)\n  login: %s\n  password: %s\n"
+        "\nLabel Studio is ready: %s/projects/%d (%d %s)\n  login: %s\n  password: %s\n"
         "Open a task: the polyps the detector finds are already outlined (check them). To outline "
         "one yourself, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
         "sparkle, key M) and draw a box around the polyp; accept the suggestion.\n"
@@ -179,6 +205,7 @@ def _run(args: argparse.Namespace, folder: Path, url: str) -> int:
         url,
         project,
         tasks,
+        what,
         login.username,
         login.password,
         args.data_dir,
