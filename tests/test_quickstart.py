@@ -27,17 +27,20 @@ from polypseg.metrics import score_masks
 
 pytestmark = pytest.mark.slow
 
-READY = re.compile(r"Label Studio is ready: (http://\S+)/projects/(\d+) \((\d+) images\)")
+READY = re.compile(r"Label Studio is ready: (http://\S+)/projects/(\d+) \((\d+) (?:images|clips)\)")
+CLIP = ROOT.parent / "shared" / "data" / "video" / "colonoscopy-clip-1.mp4"
 
 
 class Quickstart:
     """The command as a user runs it, its output read line by line."""
 
-    def __init__(self, images: Path, data_dir: Path, port: int, backend_port: int) -> None:
+    def __init__(self, media: Path, data_dir: Path, port: int, backend_port: int) -> None:
+        """`make annotate IMAGES=media`, or VIDEO=media for a file."""
         executable = os.environ.get(
             "POLYPSEG_LABEL_STUDIO", ROOT / ".venv-labelstudio" / "bin" / "label-studio"
         )
-        command = [sys.executable, "-m", "backends.labelstudio.quickstart", "--images", str(images)]
+        kind = "--video" if media.is_file() else "--images"
+        command = [sys.executable, "-m", "backends.labelstudio.quickstart", kind, str(media)]
         command += ["--data-dir", str(data_dir), "--label-studio", str(executable)]
         command += ["--port", str(port), "--backend-port", str(backend_port)]
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -201,6 +204,35 @@ def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasi
                 assert served[image.name] == image.read_bytes(), image
     finally:
         assert second.stop(signal.SIGTERM) == 0
+
+    # `make annotate VIDEO=...` on the same Label Studio: the video's clip tasks in a project of
+    # their own, frames served, a box on a page answered on the clip's pages
+    video = Quickstart(CLIP, data_dir, port, backend_port)
+    try:
+        url, clips_project, tasks, _, _ = video.wait_ready()
+        assert clips_project != project and tasks == 7  # 181 frames: 6 clips of 30, then 1
+        listed = requests.get(
+            f"{url}/api/tasks?project={clips_project}&page_size=10", headers=headers, timeout=60
+        ).json()["tasks"]
+        task = next(t for t in listed if t["data"]["frame_start"] == 150)
+        frame = requests.get(url + task["data"]["frames"][10], headers=headers, timeout=60)
+        assert (
+            frame.status_code == 200
+            and frame.content == (data_dir / "clips" / CLIP.stem / "000160.jpg").read_bytes()
+        )
+        (backend,) = requests.get(f"{url}/api/ml?project={clips_project}", headers=headers, timeout=60).json()
+        box = {**rectangle((264, 290, 355, 418), 560, 480), "item_index": 10}  # conftest CLIP_POLYP[160]
+        answer = requests.post(
+            f"{url}/api/ml/{backend['id']}/interactive-annotating",
+            json={"task": task["id"], "context": {"result": [box]}},
+            headers=headers,
+            timeout=300,
+        )
+        assert answer.status_code == 200, answer.text[:500]
+        pages = [r["item_index"] for r in answer.json()["data"]["result"]]
+        assert 10 in pages and len(set(pages)) == len(pages) >= 25
+    finally:
+        assert video.stop(signal.SIGTERM) == 0
 
 
 def test_a_data_dir_from_before_the_fixed_files_root_is_pointed_out(tmp_path: Path, kvasir: Path) -> None:

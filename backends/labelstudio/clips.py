@@ -13,7 +13,7 @@ over DIR for Label Studio to serve them), or `--frames-url PREFIX` + the path in
 frames served by any web server.
 
 Why 30 frames a clip by default: the backend answers a box with the track through the whole
-clip in one request, and 30 frames take about 8 s on 2 CPU cores (docs/benchmarks.md), well
+clip in one request, and 30 frames take about 7 s on 2 CPU cores (docs/benchmarks.md), well
 inside Label Studio's time-out; 30 pages are also what an annotator reviews with the arrow
 keys in about a minute, and at 25 frames per second they are 1.2 s of video, short enough for
 one box to hold the polyp through the clip.
