@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from backends.labelstudio import launcher
+from backends.labelstudio.export import LabelStudioProject
 from conftest import CLIP_POLYP, DATA, LabelStudioStack, box_iou
 from labelstudio_fixtures import CONFIGS
 from labelstudio_page import (
@@ -29,6 +30,7 @@ from labelstudio_page import (
     stage_scale,
 )
 from polypseg.cli import main
+from polypseg.data_store import DatasetStore
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.masks import mask_box
@@ -142,3 +144,17 @@ def test_a_box_on_one_page_gives_masks_on_every_page(label_studio: LabelStudioSt
         assert np.array_equal(written, expected), index
     sequence = read_sequence(folder)  # the SAM2 video fine-tune's reader takes it as it is
     assert len(sequence.frames) == 30 and len(sequence.masks) == 30
+
+    # The retraining pull takes the same clip: a still per page with a mask, named by the
+    # video's frame, and the clip from its first masked page to its last as one sequence
+    store = DatasetStore(tmp_path / "store")
+    source = LabelStudioProject(label_studio.url, label_studio.login.token, project)
+    report = source.pull(store)
+    assert (report.new, report.sequences, report.failed) == (len(masks), 1, {})
+    assert {e["task"] for e in store.index.values()} == {f"{task}:{FIRST + p}" for p in masks}
+    (entry,) = store.sequences.values()
+    assert entry["frames"] == max(masks) - min(masks) + 1
+    pulled = read_sequence(store.root / entry["folder"])
+    assert len(pulled.masks) == entry["frames"]
+    again = source.pull(store)  # nothing changed: nothing fetched again
+    assert (again.new, again.unchanged, again.sequences) == (0, len(masks), 0)

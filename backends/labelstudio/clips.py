@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.labelstudio.export import LabelStudioProject, annotation_mask, latest_annotation
+from backends.labelstudio.export import LabelStudioProject, latest_annotation, page_masks
 from backends.labelstudio.label_config import parse_label_config
 from backends.request_errors import RequestError
 from polypseg.atomic import write_atomic
@@ -102,26 +102,6 @@ def run_video_tasks(args: argparse.Namespace) -> None:
     video_tasks(args.video, args.out, args.clip_frames, args.stride, args.files_root, args.frames_url)
 
 
-def page_masks(task: dict[str, Any], object_name: str) -> dict[int, Any] | None:
-    """A mask per page of a clip task's latest annotation (empty where the page has no
-    region), or None where the task has no annotation that counts."""
-    annotation = latest_annotation(task)
-    frames = (task.get("data") or {}).get("frames")
-    if annotation is None or not isinstance(frames, list):
-        return None
-    masks: dict[int, Any] = {}
-    by_page: dict[int, list[dict[str, Any]]] = {}
-    for region in annotation["result"]:
-        page = region.get("item_index")
-        if isinstance(page, int) and 0 <= page < len(frames):
-            by_page.setdefault(page, []).append(region)
-    for page, regions in by_page.items():
-        mask = annotation_mask(regions, object_name)
-        if mask is not None:
-            masks[page] = mask
-    return masks
-
-
 def export_video_masks(project: LabelStudioProject, out: Path) -> int:
     """Every submitted clip of `project` as a sequence folder in `out`; how many were written."""
     try:
@@ -133,9 +113,10 @@ def export_video_masks(project: LabelStudioProject, out: Path) -> int:
         raise PolypsegError(f"{project.name}: not a clip project (its <Image> has no valueList)")
     written = 0
     for task in tasks:
-        masks = page_masks(task, config.object_name)
-        if masks is None:
+        annotation, frames = latest_annotation(task), (task.get("data") or {}).get("frames")
+        if annotation is None or not isinstance(frames, list):
             continue
+        masks = page_masks(annotation["result"], config.object_name, len(frames))
         try:
             _write_clip(project, task, masks, out)
             written += 1

@@ -5,7 +5,9 @@ task's latest annotation that is not cancelled (the core's rule, `polypseg.label
 becomes a mask (BrushLabels RLE and PolygonLabels, every region united) and its image is
 downloaded with Label Studio's token. A task whose annotation the store already holds (the
 same regions on the same image URL, whatever its update time) is not downloaded again; tasks
-no longer labelled are dropped from the store. Label Studio's reads
+no longer labelled are dropped from the store. A clip task (paged frames, `<Image valueList>`)
+gives a still per labelled page ("<task>:<frame>") and a sequence for `finetune sam2-video`
+from its first labelled page to its last. Label Studio's reads
 are retried with backoff; an image that fails is reported and skipped, never a crash.
 """
 
@@ -27,7 +29,7 @@ from backends.labelstudio.errors import MediaError
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.request_errors import RequestError
-from polypseg.data_store import DatasetStore, LabelledImage
+from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
 from polypseg.errors import PolypsegError
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
@@ -128,36 +130,124 @@ class LabelStudioProject(LabelSource):
             tasks = self.get(f"/api/projects/{self.project}/export?exportType=JSON&download_all_tasks=false")
         except RequestError as exc:  # unreachable after retries, refused, not a project to pull
             raise PullError(f"{self.name}: {exc.reason}") from None
-        report, present = PullReport(), set()
+        report, present, clips = PullReport(), set[str](), set[str]()
         for task in tasks:
             annotation = latest_annotation(task)
-            mask = annotation_mask(annotation["result"], config.object_name) if annotation else None
-            if annotation is None or mask is None:
+            if annotation is None:
                 continue
-            task_id = str(task["id"])
-            updated = str(annotation.get("updated_at") or "")
-            url = (task.get("data") or {}).get(config.data_key, "")
-            version = annotation_version(_regions_digest(annotation["result"]), str(url))
-            present.add(task_id)
-            if store.holds(self.source, task_id, version):
-                report.unchanged += 1
+            if config.paged:
+                self._pull_clip(store, report, task, annotation, config.object_name, present, clips)
                 continue
-            known = store.has(self.source, task_id)
-
-            def download(url: str = url, task: dict[str, Any] = task) -> bytes:
-                return self.fetcher.fetch(url, task["id"])
-
-            try:
-                image = with_retries(download, f"image of task {task_id}")
-                suffix = Path(urllib.parse.urlsplit(url).path).suffix.lower() or ".jpg"
-                store.put(LabelledImage(self.source, task_id, version, updated, image, suffix[:6], mask))
-            except (RequestError, PolypsegError, ValueError) as exc:
-                report.failed[task_id] = str(exc)
-                log.warning("task %s skipped: %s", task_id, exc)
+            mask = annotation_mask(annotation["result"], config.object_name)
+            if mask is None:
                 continue
-            if known:
-                report.changed += 1
-            else:
-                report.new += 1
+            url = str((task.get("data") or {}).get(config.data_key, ""))
+            version = annotation_version(_regions_digest(annotation["result"]), url)
+            self._put_still(store, report, present, task, str(task["id"]), version, annotation, url, mask)
         report.removed = len(store.remove_missing(self.source, present))
+        for gone in {e["source"] for e in store.sequences.values()} - clips:
+            if gone.startswith(f"{self.source}:clip:"):
+                store.remove_sequence(gone)
         return report
+
+    def _put_still(
+        self,
+        store: DatasetStore,
+        report: PullReport,
+        present: set[str],
+        task: dict[str, Any],
+        item: str,
+        version: str,
+        annotation: dict[str, Any],
+        url: str,
+        mask: np.ndarray,
+    ) -> None:
+        """One labelled image into the store, unless it holds this version already."""
+        present.add(item)
+        if store.holds(self.source, item, version):
+            report.unchanged += 1
+            return
+        known = store.has(self.source, item)
+        try:
+            image = with_retries(lambda: self.fetcher.fetch(url, task["id"]), f"image of {item}")
+            suffix = Path(urllib.parse.urlsplit(url).path).suffix.lower() or ".jpg"
+            updated = str(annotation.get("updated_at") or "")
+            store.put(LabelledImage(self.source, item, version, updated, image, suffix[:6], mask))
+        except (RequestError, PolypsegError, ValueError) as exc:
+            report.failed[item] = str(exc)
+            log.warning("task %s skipped: %s", item, exc)
+            return
+        if known:
+            report.changed += 1
+        else:
+            report.new += 1
+
+    def _pull_clip(
+        self,
+        store: DatasetStore,
+        report: PullReport,
+        task: dict[str, Any],
+        annotation: dict[str, Any],
+        object_name: str,
+        present: set[str],
+        clips: set[str],
+    ) -> None:
+        """A clip task's labelled pages as stills ("<task>:<frame>", frames numbered as in the
+        video), and the clip from its first labelled page to its last as one sequence, every
+        page in it labelled (empty where the annotator left no region: not in view)."""
+        data = task.get("data") or {}
+        urls = data.get("frames")
+        masks = page_masks(annotation["result"], object_name, len(urls) if isinstance(urls, list) else 0)
+        if not isinstance(urls, list) or not masks:
+            return
+        start, step = int(data.get("frame_start", 0)), int(data.get("frame_step", 1))
+        for page, mask in masks.items():
+            digest = _regions_digest([r for r in annotation["result"] if r.get("item_index") == page])
+            version = annotation_version(digest, str(urls[page]))
+            item = f"{task['id']}:{start + page * step}"
+            self._put_still(store, report, present, task, item, version, annotation, urls[page], mask)
+        first, last = min(masks), max(masks)
+        if last == first:
+            return
+        source = f"{self.source}:clip:{task['id']}"
+        clips.add(source)
+        fingerprint = hashlib.sha1(
+            (_regions_digest(annotation["result"]) + json.dumps(urls[first : last + 1])).encode()
+        ).hexdigest()[:16]
+        if store.sequence_is_current(source, fingerprint):
+            return
+        empty = np.zeros_like(next(iter(masks.values())))
+
+        def image_of(url: str) -> Callable[[], bytes]:
+            return lambda: with_retries(lambda: self.fetcher.fetch(url, task["id"]), f"frame {url}")
+
+        def mask_of(page: int) -> Callable[[], np.ndarray]:
+            return lambda: masks.get(page, empty)
+
+        frames = [
+            SequenceFrame(start + page * step, _suffix(urls[page]), image_of(urls[page]), mask_of(page))
+            for page in range(first, last + 1)
+        ]
+        try:
+            updated = str(annotation.get("updated_at") or "")
+            store.put_sequence(LabelledSequence(source, fingerprint, updated, frames))
+        except (RequestError, PolypsegError) as exc:
+            log.warning("%s: sequence not stored: %s", source, getattr(exc, "reason", exc))
+            return
+        report.sequences += 1
+
+
+def _suffix(url: str) -> str:
+    return (Path(urllib.parse.urlsplit(url).path).suffix.lower() or ".jpg")[:6]
+
+
+def page_masks(result: list[dict[str, Any]], object_name: str, pages: int) -> dict[int, np.ndarray]:
+    """The polyp mask of each page of a clip annotation that has regions (all its brush and
+    polygon regions united), by page."""
+    by_page: dict[int, list[dict[str, Any]]] = {}
+    for region in result:
+        page = region.get("item_index")
+        if isinstance(page, int) and 0 <= page < pages:
+            by_page.setdefault(page, []).append(region)
+    masks = {page: annotation_mask(regions, object_name) for page, regions in by_page.items()}
+    return {page: mask for page, mask in sorted(masks.items()) if mask is not None}

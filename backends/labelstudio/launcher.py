@@ -201,7 +201,9 @@ def add_clip_tasks(ls: Any, project: int, folder: Path, tasks: list[dict[str, An
     (same video and first frame) is not imported again. The number of tasks after importing."""
     folder = folder.resolve()
     if not any(s.path == str(folder) for s in ls.import_storage.local.list(project=project)):
-        ls.import_storage.local.create(project=project, path=str(folder), title=folder.name, use_blob_urls=True)
+        ls.import_storage.local.create(
+            project=project, path=str(folder), title=folder.name, use_blob_urls=True
+        )
     held = {
         (task.data.get("video"), task.data.get("frame_start"))
         for task in ls.tasks.list(project=project, fields="all")
