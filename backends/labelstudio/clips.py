@@ -28,7 +28,6 @@ reviewed and left without a region says the polyp is not in view there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -96,10 +95,6 @@ def video_tasks(
     write_atomic(path, json.dumps(tasks, indent=1).encode())
     log.info("%d clip tasks of up to %d frames in %s (frames in %s)", len(tasks), clip_frames, path, folder)
     return path
-
-
-def run_video_tasks(args: argparse.Namespace) -> None:
-    video_tasks(args.video, args.out, args.clip_frames, args.stride, args.files_root, args.frames_url)
 
 
 def export_video_masks(project: LabelStudioProject, out: Path) -> int:
