@@ -5,9 +5,10 @@ frames or a long video is never held in memory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from polypseg.detection_metrics import (
     precision_recall,
 )
 from polypseg.detector import Detection, PolypDetector
-from polypseg.errors import CheckpointError, InputImageError, ModelError
+from polypseg.errors import CheckpointError, InputImageError, ModelError, PolypsegError
 from polypseg.images import read_image, read_mask, write_mask
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
@@ -337,15 +338,23 @@ def _refined_ious(
     return ious
 
 
-def rank_images(detector: PolypDetector, files: Sequence[Path]) -> tuple[list[tuple[str, float]], list[str]]:
-    """Images by the detector's uncertainty, most uncertain first; and the unreadable ones."""
+def rank_images(
+    detector: PolypDetector, images: Iterable[tuple[str, Callable[[], np.ndarray]]]
+) -> tuple[list[tuple[str, float]], list[str]]:
+    """Named images by the detector's uncertainty, most uncertain first; and the names of
+    those that could not be read. Each is read when its turn comes."""
     ranked, skipped = [], []
-    for path in tqdm(files, desc="ranking", unit="image"):
+    for name, read in tqdm(images, desc="ranking", unit="image"):
         try:
-            image = read_image(path)
-        except InputImageError as exc:
-            log.warning("skipped %s", exc)
-            skipped.append(path.name)
+            image = read()
+        except PolypsegError as exc:
+            log.warning("skipped %s: %s", name, exc)
+            skipped.append(name)
             continue
-        ranked.append((path.name, detector.uncertainty(image)))
+        ranked.append((name, detector.uncertainty(image)))
     return sorted(ranked, key=lambda item: -item[1]), skipped
+
+
+def named_files(files: Sequence[Path]) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """Image files as named images for `rank_images`."""
+    return [(path.name, functools.partial(read_image, path)) for path in files]

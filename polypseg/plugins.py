@@ -3,8 +3,8 @@
 A platform package declares an entry point in the group `polypseg.plugins` (pyproject.toml's
 `[project.entry-points."polypseg.plugins"]`) naming a function that takes the `Plugins`
 registry and adds what it offers: kinds of label source that `polypseg retrain` pulls from
-(with their flags), servers that `polypseg serve <name>` starts, and commands of their own
-(`polypseg video-tasks`). The core reads only this
+(with their flags), servers that `polypseg serve <name>` starts, commands of their own
+(`polypseg video-tasks`), and image sources that `polypseg rank NAME:WHICH` reads. The core reads only this
 registry; a core installed without the platforms simply offers neither.
 """
 
@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+
+import numpy as np
 
 from polypseg.label_sources import LabelSource
 
@@ -55,11 +57,31 @@ class Command:
     run: Callable[[argparse.Namespace], None]
 
 
+# One image of an image source: its name for the ranking, and a reader of its pixels (raises
+# PolypsegError where it cannot be read).
+NamedImage = tuple[str, Callable[[], np.ndarray]]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Unlabelled images kept on a platform, named on the command line as `NAME:WHICH`
+    (`labelstudio:3`: project 3's tasks without an annotation), with the flags that reach it."""
+
+    name: str
+    help: str  # what WHICH names
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    images: Callable[[str, argparse.Namespace], Iterable[NamedImage]]
+
+
 @dataclass
 class Plugins:
     source_kinds: dict[str, SourceKind] = field(default_factory=dict)
     servers: dict[str, Server] = field(default_factory=dict)
     commands: dict[str, Command] = field(default_factory=dict)
+    image_sources: dict[str, ImageSource] = field(default_factory=dict)
+
+    def add_image_source(self, source: ImageSource) -> None:
+        self.image_sources[source.name] = source
 
     def add_command(self, command: Command) -> None:
         self.commands[command.name] = command

@@ -257,3 +257,35 @@ def test_connect_as_docker_compose_runs_it(label_studio: LabelStudioStack, kvasi
     assert len(projects) == 1
     backends = label_studio.api("GET", f"/api/ml?project={projects[0]['id']}")
     assert [b["url"] for b in backends] == [label_studio.backend_url]
+
+
+def test_rank_a_project_by_the_detectors_uncertainty(
+    label_studio: LabelStudioStack, kvasir: Path, tmp_path: Path, capsys
+) -> None:
+    """`polypseg rank labelstudio:P`: the project's tasks without an annotation (a cancelled one
+    does not count), most uncertain first, each scored as the detector scores the image."""
+    import json
+
+    from polypseg.cli import main
+    from polypseg.detection_job import build_detector
+
+    project, _ = new_project(label_studio, "Ranking", (CONFIGS / "polyp-image.xml").read_text())
+    names = sorted(p.name for p in (kvasir / "images").iterdir())[10:15]
+    tasks = {name: upload(label_studio, project, kvasir / "images" / name)["id"] for name in names}
+    label_studio.api("POST", f"/api/tasks/{tasks[names[0]]}/annotations", json={"result": []})
+    label_studio.api(
+        "POST", f"/api/tasks/{tasks[names[1]]}/annotations", json={"result": [], "was_cancelled": True}
+    )
+    out = tmp_path / "rank.json"
+    token = label_studio.login.token
+    command = ["rank", f"labelstudio:{project}", "--label-studio-url", label_studio.url, "--api-key", token]
+    assert main([*command, "--json", str(out)]) == 0
+    ranked = json.loads(out.read_text())["ranked"]
+    by_task = {int(r["image"].split()[1]): r["uncertainty"] for r in ranked}
+    assert set(by_task) == {tasks[name] for name in names[1:]}  # the annotated task is left out
+    assert [r["uncertainty"] for r in ranked] == sorted(by_task.values(), reverse=True)
+    detector = build_detector()
+    for name in names[1:]:
+        expected = detector.uncertainty(read_image(kvasir / "images" / name))
+        assert abs(by_task[tasks[name]] - expected) < 1e-6, name
+    assert main(["rank", "labelstudio:x", "--label-studio-url", label_studio.url]) == 2

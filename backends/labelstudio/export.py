@@ -33,6 +33,7 @@ from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, S
 from polypseg.errors import PolypsegError
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
+from polypseg.images import read_image
 from polypseg.label_sources import LabelSource, PullError, PullReport, annotation_version
 from polypseg.label_sources import latest_annotation as _latest
 
@@ -235,6 +236,36 @@ class LabelStudioProject(LabelSource):
             log.warning("%s: sequence not stored: %s", source, getattr(exc, "reason", exc))
             return
         report.sequences += 1
+
+
+def unlabelled_images(project: LabelStudioProject) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """The image tasks of `project` without an annotation that counts (cancelled ones do not),
+    each named "task ID URL" and read from Label Studio when its turn comes."""
+    try:
+        config = parse_label_config(project.get(f"/api/projects/{project.project}")["label_config"])
+        tasks = project.get(f"/api/projects/{project.project}/export?exportType=JSON&download_all_tasks=true")
+    except RequestError as exc:
+        raise PullError(f"{project.name}: {exc.reason}") from None
+    if config.kind != "image" or config.paged:
+        raise PolypsegError(f"{project.name}: ranking reads projects of single images, not clips or videos")
+
+    def reader(url: str, task_id: int) -> Callable[[], np.ndarray]:
+        def read() -> np.ndarray:
+            try:
+                return read_image(
+                    with_retries(lambda: project.fetcher.fetch(url, task_id), f"task {task_id}")
+                )
+            except RequestError as exc:
+                raise PolypsegError(exc.reason) from None
+
+        return read
+
+    named = []
+    for task in tasks:
+        url = (task.get("data") or {}).get(config.data_key)
+        if latest_annotation(task) is None and isinstance(url, str):
+            named.append((f"task {task['id']} {url}", reader(url, task["id"])))
+    return named
 
 
 def _suffix(url: str) -> str:

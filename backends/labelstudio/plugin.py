@@ -12,16 +12,38 @@ from pathlib import Path
 
 from polypseg.errors import PolypsegError
 from polypseg.label_sources import LabelSource
-from polypseg.plugins import Command, Plugins, Server, SourceKind
+from polypseg.plugins import Command, ImageSource, NamedImage, Plugins, Server, SourceKind
 
 
-def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("Label Studio")
-    group.add_argument("--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"))
+    group.add_argument(
+        "--label-studio-url", default=os.environ.get("LABEL_STUDIO_URL"), help="default: $LABEL_STUDIO_URL"
+    )
     group.add_argument(
         "--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"), help="default: $LABEL_STUDIO_API_KEY"
     )
+    return group
+
+
+def _add_rank_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_connection_arguments(parser)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    group = _add_connection_arguments(parser)
     group.add_argument("--label-studio-project", type=int, help="pull this project's labelled images")
+
+
+def _unlabelled(which: str, args: argparse.Namespace) -> list[NamedImage]:
+    """`polypseg rank labelstudio:P`: project P's image tasks without an annotation."""
+    if not which.isdigit():
+        raise PolypsegError(f"labelstudio:{which}: name the project by its number (labelstudio:3)")
+    if not args.label_studio_url:
+        raise PolypsegError("--label-studio-url (or LABEL_STUDIO_URL) is needed to rank a project")
+    from backends.labelstudio.export import LabelStudioProject, unlabelled_images
+
+    return unlabelled_images(LabelStudioProject(args.label_studio_url, args.api_key or "", int(which)))
 
 
 def _sources(args: argparse.Namespace) -> list[LabelSource]:
@@ -94,6 +116,14 @@ def _export_video_masks(args: argparse.Namespace) -> None:
 
 
 def register(plugins: Plugins) -> None:
+    plugins.add_image_source(
+        ImageSource(
+            "labelstudio",
+            "P (project P's tasks without an annotation)",
+            _add_rank_arguments,
+            _unlabelled,
+        )
+    )
     plugins.add_source_kind(SourceKind("labelstudio", _add_source_arguments, _sources))
     plugins.add_server(
         Server(

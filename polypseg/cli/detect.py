@@ -98,11 +98,27 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
         log.info("wrote %s", args.json)
 
 
+def _rank_inputs(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Named images from files and folders, and from platforms' sources (`labelstudio:3`)."""
+    from polypseg.detection_job import image_files, named_files
+    from polypseg.plugins import load_plugins
+
+    sources = load_plugins().image_sources
+    images: list[tuple[str, Any]] = []
+    for given in args.inputs:
+        scheme, _, which = given.partition(":")
+        if which and scheme in sources and not Path(given).exists():
+            images += sources[scheme].images(which, args)
+        else:
+            images += named_files(image_files([Path(given)]))
+    return images
+
+
 def cmd_rank(args: argparse.Namespace) -> None:
-    from polypseg.detection_job import build_detector, image_files, rank_images
+    from polypseg.detection_job import build_detector, rank_images
 
     detector = build_detector(args.detector, args.device)
-    ranked, skipped = rank_images(detector, image_files(args.inputs))
+    ranked, skipped = rank_images(detector, _rank_inputs(args))
     for name, uncertainty in ranked:
         print(f"{uncertainty:.5f}  {name}")
     if skipped:
@@ -154,9 +170,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_model_options(detection_eval)
     detection_eval.set_defaults(run=cmd_evaluate_detection)
 
+    from polypseg.plugins import load_plugins
+
+    sources = load_plugins().image_sources
     rank = commands.add_parser("rank", help="order unlabelled images by the detector's uncertainty")
-    rank.add_argument("inputs", nargs="+", type=Path, help="images or folders of images")
+    rank.add_argument(
+        "inputs",
+        nargs="+",
+        help="images or folders of images" + "".join(f", or {s.name}:{s.help}" for s in sources.values()),
+    )
     rank.add_argument("--json", type=Path, help="write the ranking as JSON")
     rank.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
     rank.add_argument("--device", help=DEVICE_HELP)
+    for source in sources.values():
+        source.add_arguments(rank)
     rank.set_defaults(run=cmd_rank)

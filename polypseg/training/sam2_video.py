@@ -33,9 +33,7 @@ from polypseg.prompts import Box, Prompt
 from polypseg.training.augment import annotator_box
 from polypseg.training.config import Sam2VideoConfig
 from polypseg.training.sam2_finetune import Sam2Run, mask_losses, normalise
-from polypseg.video.sam2_memory import Sam2MemoryTracker
-
-MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr")
+from polypseg.video.sam2_memory import Sam2MemoryTracker, empty_memory, memory_step
 
 
 def _numbered(folder: Path) -> list[tuple[int, Path]]:
@@ -154,33 +152,17 @@ def sequence_loss(
     the last frame only, or on every labelled frame ("annotated"); an unlabelled frame's mask
     is never read."""
     length = frames.shape[0]
-    memory: dict[str, dict[int, dict[str, Any]]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    memory = empty_memory()
     counted = [t for t in range(length) if labelled[t] and (loss_frames == "annotated" or t == length - 1)]
     if length - 1 not in counted:
         raise DatasetError("the last frame of a training sequence must be labelled")
     total = frames.new_zeros(())
     for t in range(length):
-        backbone = model.forward_image(frames[t : t + 1])
-        _, feats, pos, sizes = model._prepare_backbone_features(backbone)
         points = None
         if t == 0:
             labels = torch.tensor([[2, 3]], dtype=torch.int, device=frames.device)
             points = {"point_coords": box.view(1, 2, 2), "point_labels": labels}
-        out = model.track_step(
-            frame_idx=t,
-            is_init_cond_frame=t == 0,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=points,
-            mask_inputs=None,
-            output_dict=memory,
-            num_frames=length,
-            run_mem_encoder=True,
-        )
-        memory["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = {
-            key: out[key] for key in MEMORY_KEYS if key in out
-        }
+        out = memory_step(model, memory, t, frames[t : t + 1], points, num_frames=length)
         for kind in memory.values():  # truncated back-propagation through time
             for old in kind:
                 if t - old >= bptt:

@@ -32,6 +32,47 @@ STREAM_LENGTH = 1 << 30
 MEMORY_KEYS = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")
 
 
+def empty_memory() -> dict[str, dict[int, dict[str, Any]]]:
+    """SAM2's memory bank: the prompted (conditioning) frames' outputs and the others'."""
+    return {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+
+
+def memory_step(
+    model: Any,
+    memory: dict[str, dict[int, dict[str, Any]]],
+    index: int,
+    frame: torch.Tensor,
+    point_inputs: dict[str, torch.Tensor] | None = None,
+    mask_inputs: torch.Tensor | None = None,
+    num_frames: int = STREAM_LENGTH,
+    reverse: bool = False,
+) -> dict[str, Any]:
+    """One frame (a (1, 3, S, S) model input) through SAM2's memory, as its video predictor
+    steps a frame (`SAM2Base.track_step`): the frame's features attend to the memory bank, the
+    mask is decoded (from the prompt where one is given), and the frame's own memory joins
+    the bank (as a conditioning frame where prompted). The tracker (inference) and the video
+    fine-tune (training, gradients kept) both step frames with this. Returns the step's output."""
+    backbone = model.forward_image(frame)
+    _, feats, pos, sizes = model._prepare_backbone_features(backbone)
+    prompted = point_inputs is not None or mask_inputs is not None
+    out = model.track_step(
+        frame_idx=index,
+        is_init_cond_frame=prompted,
+        current_vision_feats=feats,
+        current_vision_pos_embeds=pos,
+        feat_sizes=sizes,
+        point_inputs=point_inputs,
+        mask_inputs=mask_inputs,
+        output_dict=memory,
+        num_frames=num_frames,
+        track_in_reverse=reverse,
+        run_mem_encoder=True,
+    )
+    kind = "cond_frame_outputs" if prompted else "non_cond_frame_outputs"
+    memory[kind][index] = {key: out[key] for key in MEMORY_KEYS if key in out}
+    return out
+
+
 class PresenceFilter:
     """Debounces SAM2's per-frame object presence into a lost flag."""
 
@@ -50,9 +91,7 @@ class Sam2State:
     """SAM2's memory bank (prompted frames and the recent frames it can attend to), the
     smoothed presence, the last frame's index and the direction of travel."""
 
-    memory: dict[str, dict[int, dict[str, Any]]] = field(
-        default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
-    )
+    memory: dict[str, dict[int, dict[str, Any]]] = field(default_factory=empty_memory)
     presence: float = 1.0
     previous: int | None = None
     backward: bool | None = None
@@ -91,7 +130,6 @@ class Sam2MemoryTracker(VideoTracker):
         if backward is None and state.previous is not None:
             backward = index < state.previous
         height, width = image.shape[:2]
-        features = self._features(image)
         point_inputs = mask_inputs = None
         if anchor is not None:
             anchor = anchor.fitted_to(width, height)
@@ -100,21 +138,10 @@ class Sam2MemoryTracker(VideoTracker):
                 point_inputs = {"point_coords": points[0], "point_labels": points[1]}
             else:  # started from a mask: SAM2 takes it as this frame's answer
                 mask_inputs = self._mask_inputs(anchor.previous_mask)
-        out = self.model.track_step(
-            frame_idx=index,
-            is_init_cond_frame=anchor is not None,
-            current_vision_feats=features[0],
-            current_vision_pos_embeds=features[1],
-            feat_sizes=features[2],
-            point_inputs=point_inputs,
-            mask_inputs=mask_inputs,
-            output_dict=state.memory,
-            num_frames=STREAM_LENGTH,
-            track_in_reverse=bool(backward),
-            run_mem_encoder=True,
+        frame = self.predictor.transforms(image)[None].to(self.predictor.device)
+        out = memory_step(
+            self.model, state.memory, index, frame, point_inputs, mask_inputs, reverse=bool(backward)
         )
-        kind = "cond_frame_outputs" if anchor is not None else "non_cond_frame_outputs"
-        state.memory[kind][index] = {key: out[key] for key in MEMORY_KEYS}
         self._forget(state.memory["non_cond_frame_outputs"], index)
         presence = PresenceFilter(self.smoothing, 1.0 if anchor is not None else state.presence)
         probability = float(torch.sigmoid(out["object_score_logits"]).max())
@@ -164,14 +191,6 @@ class Sam2MemoryTracker(VideoTracker):
         }
         backward = None if data["backward"] < 0 else bool(data["backward"])
         return Sam2State(memory, float(data["presence"]), data["previous"], backward)
-
-    def _features(
-        self, image: np.ndarray
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
-        x = self.predictor.transforms(image)[None].to(self.predictor.device)
-        backbone = self.model.forward_image(x)
-        _, feats, pos, sizes = self.model._prepare_backbone_features(backbone)
-        return feats, pos, sizes
 
     def _mask_inputs(self, mask: np.ndarray | None) -> torch.Tensor:
         size = self.model.image_size
