@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 
 from backends.labelstudio import launcher
+from benchmark_table import print_table
 from polypseg.clicks import next_click
 from polypseg.datasets import read_boxes_json
 from polypseg.images import read_image, read_mask
@@ -157,13 +158,11 @@ def main() -> None:
         ("backend HTTP: box + 3 clicks, in a session", f"{1000 * median(http_warm):.0f} ms"),
         ("backend 3-click round trip / core (goal <= 1.3x)", f"{median(http_warm) / median(warm):.2f}x"),
     ]
-    print(
+    title = (
         f"model {predictor.version}, {len(sessions)} images, {platform.machine()}, "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )
-    width = max(len(r[0]) for r in rows)
-    for label, value in rows:
-        print(f"| {label} | {value} |" if args.markdown else f"{label:<{width}}  {value}")
+    print_table(title, ("measurement", "value"), rows, args.markdown)
 
 
 def _base64(path: Path) -> str:

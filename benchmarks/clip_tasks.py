@@ -31,6 +31,7 @@ from backends.labelstudio.clips import video_tasks  # noqa: E402
 from backends.labelstudio.model import PolypModel  # noqa: E402
 from backends.labelstudio.server import create_app  # noqa: E402
 from backends.labelstudio.settings import Settings  # noqa: E402
+from benchmark_table import print_table  # noqa: E402
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, rectangle  # noqa: E402
 from polypseg.predictors import build_predictor  # noqa: E402
 from polypseg.prompts import Box, Prompt  # noqa: E402
@@ -98,17 +99,11 @@ def main() -> None:
                     ("Retrieve predictions, 30-frame clip", f"{pre_s:.1f} s", "detector on 30 pages + track")
                 )
 
-    print(
+    title = (
         f"{platform.processor() or platform.machine()}, {args.threads} torch threads, "
         f"model {predictor.version}"
     )
-    if args.markdown:
-        print("\n| request | answered in | against |\n|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        for row in rows:
-            print(f"{row[0]:<40} {row[1]:>8}   {row[2]}")
+    print_table(title, ("request", "answered in", "against"), rows, args.markdown)
 
 
 def _ok(response) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmark_table import print_table
 from polypseg.detection_job import build_detector, find_polyps
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt
@@ -101,17 +102,11 @@ def main() -> None:
         )
     )
 
-    print(
+    title = (
         f"{platform.processor() or platform.machine()}, {args.threads} torch threads, "
         f"detector {detector.version}, model {predictor.version}"
     )
-    if args.markdown:
-        print("\n| measurement | cost | against |\n|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        for row in rows:
-            print(f"{row[0]:<45} {row[1]:>14}   {row[2]}")
+    print_table(title, ("measurement", "cost", "against"), rows, args.markdown)
 
 
 if __name__ == "__main__":

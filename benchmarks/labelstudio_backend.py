@@ -26,6 +26,7 @@ from pathlib import Path
 import requests
 
 from backends.labelstudio import launcher
+from benchmark_table import print_table
 from polypseg.datasets import read_boxes_json
 from polypseg.formats.brush import encode_brush_rle
 from polypseg.images import read_image
@@ -139,13 +140,11 @@ def main() -> None:
         (f"throughput, {args.clients} clients", f"{served:.1f} requests/s"),
         ("core alone, one after another (reference)", f"{core_rate:.1f} images/s"),
     ]
-    print(
+    title = (
         f"model {predictor.version}, {platform.machine()}, python {platform.python_version()}, "
         f"{args.requests} images"
     )
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"| {name} | {value} |" if args.markdown else f"{name:<{width}}  {value}")
+    print_table(title, ("measurement", "value"), rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from labelstudio_backend import KVASIR, body, serve_folder
 
 from backends.labelstudio import launcher
-from benchmarks.labelstudio_backend import KVASIR, body, serve_folder
+from benchmark_table import print_table
 from polypseg.datasets import read_boxes_json
 from polypseg.images import read_image
 
@@ -126,22 +127,20 @@ def main() -> None:
     finally:
         files.shutdown()
 
-    print(
+    title = (
         f"{os.cpu_count()} cores, think time {THINK[0]}-{THINK[1]} s, {args.seconds:.0f} s per measurement, "
         f"POLYPSEG_MODEL_CONCURRENCY={args.concurrency or 'default'}"
     )
     header = (
-        "| workers | 1 annotator: median ms (n) | 8 annotators: median ms | p95 ms (n) | p95 / 1 median | "
-        "failed | load average (1 min) |"
-    )
-    print(header if args.markdown else header.replace("|", " "))
-    if args.markdown:
-        print("|---" * 7 + "|")
-    for workers, one, n_one, median, high, n_team, failures, before, after in rows:
-        print(
-            f"| {workers} | {1000 * one:.0f} ({n_one}) | {1000 * median:.0f} | "
-            f"{1000 * high:.0f} ({n_team}) | {high / one:.2f}x | {failures} | {before:.1f} -> {after:.1f} |"
-        )
+        "workers", "1 annotator: median ms (n)", "8 annotators: median ms", "p95 ms (n)", "p95 / 1 median",
+        "failed", "load average (1 min)",
+    )  # fmt: skip
+    cells = [
+        (workers, f"{1000 * one:.0f} ({n_one})", f"{1000 * median:.0f}", f"{1000 * high:.0f} ({n_team})",
+         f"{high / one:.2f}x", failures, f"{before:.1f} -> {after:.1f}")
+        for workers, one, n_one, median, high, n_team, failures, before, after in rows
+    ]  # fmt: skip
+    print_table(title, header, cells, args.markdown)
 
 
 def launcher_port() -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark_table import print_table
 from polypseg.checkpoints import save_checkpoint
 from polypseg.images import read_image
 from polypseg.predictors import build_predictor, default_checkpoint
@@ -131,15 +132,9 @@ def main() -> None:
             Path(folder), image, args.repeats
         )
     cpu = platform.processor() or platform.machine()
-    header = f"576x720 frame, {torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}"
-    if args.markdown:
-        print(f"{header}\n\n| model | step | median ms |\n|---|---|---|")
-        for model, step, seconds in rows:
-            print(f"| {model} | {step} | {seconds * 1000:.1f} |")
-    else:
-        print(header)
-        for model, step, seconds in rows:
-            print(f"{model:24} {step:45} {seconds * 1000:9.1f} ms")
+    title = f"576x720 frame, {torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}"
+    cells = [(model, step, f"{seconds * 1000:.1f}") for model, step, seconds in rows]
+    print_table(title, ("model", "step", "median ms"), cells, args.markdown)
 
 
 if __name__ == "__main__":
