@@ -19,7 +19,8 @@ import torch
 from polypseg.box_input import BoxInputGeometry
 from polypseg.datasets import load_folder_dataset
 from polypseg.predictors.box_channel import create_box_channel_model
-from polypseg.training.unet import PolypRegions, bce_dice_loss
+from polypseg.training.losses import bce_dice_loss
+from polypseg.training.unet import PolypRegions
 
 KVASIR = Path(__file__).resolve().parents[2] / "shared/data/kvasir-seg"
 

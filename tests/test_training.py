@@ -20,7 +20,8 @@ from polypseg.images import read_image, read_mask
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import create_box_channel_model
 from polypseg.training.augment import training_transform
-from polypseg.training.unet import UnetTrainConfig, bce_dice_loss, train_unet
+from polypseg.training.losses import bce_dice_loss
+from polypseg.training.unet import UnetTrainConfig, train_unet
 
 SIZE = 64
 

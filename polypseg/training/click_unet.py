@@ -32,7 +32,8 @@ from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_mode
 from polypseg.prompts import Point
 from polypseg.training.common import dataset_split, start_from, validation_metrics
 from polypseg.training.config import ClickUnetTrainConfig
-from polypseg.training.unet import PolypRegions, UnetRun, bce_dice_loss
+from polypseg.training.losses import bce_dice_loss
+from polypseg.training.unet import PolypRegions, UnetRun
 
 
 def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:

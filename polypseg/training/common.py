@@ -182,8 +182,11 @@ class TrainingRun(ABC):
     def build(self) -> None:
         """Set self.model (on self.device), self.data and self.optimizer."""
 
-    @abstractmethod
-    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler: ...
+    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """One-cycle (10% warm-up to the config's rate, then cosine down); SAM2 runs differ."""
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=self.config.lr, total_steps=total_steps, pct_start=0.1
+        )
 
     @abstractmethod
     def batch_loss(self, batch: Any) -> torch.Tensor: ...

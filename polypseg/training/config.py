@@ -31,10 +31,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+@dataclass(kw_only=True)
 class LoopConfig:
-    """Mixed into each trainer's config dataclass, whose fields include the loop's: out,
-    epochs, batch_size, lr, weight_decay, accumulate, workers, seed, resume, max_steps, limit,
-    save_every, device and command (polypseg.training.common.TrainingRun reads them)."""
+    """The training loop's fields, which polypseg.training.common.TrainingRun reads; each
+    trainer's config derives from it, adds its own fields and may change these defaults."""
+
+    out: Path
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    accumulate: int = 1
+    workers: int = 1
+    seed: int = 0
+    resume: bool = False
+    max_steps: int | None = None  # stop early after this many optimiser steps (tests, probes)
+    limit: int | None = None  # use only the first N training items (tests, probes)
+    save_every: int = 100  # steps between resumable snapshots within an epoch
+    device: str = "auto"
+    command: str = ""
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -89,50 +104,60 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass(kw_only=True)
-class UnetTrainConfig(LoopConfig):
-    model_field: ClassVar[str] = "architecture"  # the field --model sets
+class FolderTrainConfig(LoopConfig):
+    """A network trained on an image/mask folder dataset (the U-Nets and the detector): its
+    data, its encoder, the checkpoint it starts from, and the shift augmentations."""
+
     images: Path
     masks: Path
-    out: Path
     boxes: Path | None = None
     val_list: Path | None = None
-    architecture: str = "unet"
     encoder: str = "resnet18"
+    init: Path | None = None  # start from this checkpoint's weights
+    shift_augment: float = 0.0  # chance of the shift-suite degradations per draw (0: off)
+
+    @classmethod
+    def add_folder_arguments(cls, parser: argparse.ArgumentParser, init_help: str) -> None:
+        """The dataset, --out, --encoder, --lr, the loop's flags, --init and --shift-augment."""
+        default = cls.default
+        add_dataset_arguments(parser)
+        parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+        parser.add_argument(
+            "--encoder", default=default("encoder"), help="any segmentation-models-pytorch encoder"
+        )
+        parser.add_argument("--lr", type=float, default=default("lr"))
+        cls.add_loop_arguments(parser)
+        parser.add_argument("--init", type=Path, help=init_help)
+        parser.add_argument(
+            "--shift-augment",
+            type=float,
+            default=default("shift_augment"),
+            help="chance per draw of the other-centre degradations of the shift suite (0: off)",
+        )
+
+
+@dataclass(kw_only=True)
+class UnetTrainConfig(FolderTrainConfig):
+    model_field: ClassVar[str] = "architecture"  # the field --model sets
+    architecture: str = "unet"
     encoder_weights: str | None = None
     geometry: str = "crop"
     size: int = 224
     margin: float = 0.25
     negative_fraction: float = 0.1
     epochs: int = 36
-    batch_size: int = 8
     lr: float = 2e-3
-    weight_decay: float = 1e-4
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None  # stop early after this many optimiser steps (tests, probes)
-    limit: int | None = None  # use only the first N training images (tests, probes)
-    save_every: int = 100  # steps between resumable snapshots within an epoch
-    device: str = "auto"
-    command: str = ""
-    init: Path | None = None  # start from this checkpoint's weights (same architecture and encoder)
-    shift_augment: float = 0.0  # chance of the shift-suite degradations per draw (0: off)
     select: str = "clean"  # best checkpoint by "clean" IoU or by "worst-shift" IoU
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         default = cls.default
-        add_dataset_arguments(parser)
-        parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+        cls.add_folder_arguments(parser, "start from this checkpoint's weights (fine-tuning)")
         parser.add_argument(
             "--model",
             dest=cls.model_field,
             choices=("unet", "unetplusplus"),
             default=default(cls.model_field),
-        )
-        parser.add_argument(
-            "--encoder", default=default("encoder"), help="any segmentation-models-pytorch encoder"
         )
         parser.add_argument(
             "--encoder-weights", help="pretrained encoder weights (e.g. imagenet) where reachable"
@@ -149,15 +174,6 @@ class UnetTrainConfig(LoopConfig):
             type=float,
             default=default("negative_fraction"),
             help="share of draws that are boxes without a polyp",
-        )
-        parser.add_argument("--lr", type=float, default=default("lr"))
-        cls.add_loop_arguments(parser)
-        parser.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tuning)")
-        parser.add_argument(
-            "--shift-augment",
-            type=float,
-            default=default("shift_augment"),
-            help="chance per draw of the other-centre degradations of the shift suite (0: off)",
         )
         parser.add_argument(
             "--select",
@@ -209,42 +225,18 @@ class ClickUnetTrainConfig(UnetTrainConfig):
 
 
 @dataclass(kw_only=True)
-class DetectorTrainConfig(LoopConfig):
-    images: Path
-    masks: Path
-    out: Path
-    boxes: Path | None = None
-    val_list: Path | None = None
-    encoder: str = "resnet18"
+class DetectorTrainConfig(FolderTrainConfig):
     decoder: str = "unet"
     size: int = 320
     crop_fraction: float = 0.3  # share of draws cut to a random part of the frame
     epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None
-    limit: int | None = None
-    save_every: int = 100
-    device: str = "auto"
-    command: str = ""
-    init: Path | None = None
-    shift_augment: float = 0.0
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         default = cls.default
-        add_dataset_arguments(parser)
-        parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
+        cls.add_folder_arguments(parser, "a detector, or a box U-Net of the same encoder, to start from")
         parser.add_argument(
             "--model", dest="decoder", choices=("unet", "unetplusplus"), default=default("decoder")
-        )
-        parser.add_argument(
-            "--encoder", default=default("encoder"), help="any segmentation-models-pytorch encoder"
         )
         parser.add_argument(
             "--size", type=int, default=default("size"), help="working size of the whole frame"
@@ -255,22 +247,10 @@ class DetectorTrainConfig(LoopConfig):
             default=default("crop_fraction"),
             help="share of draws cut to a part of the frame",
         )
-        parser.add_argument("--lr", type=float, default=default("lr"))
-        cls.add_loop_arguments(parser)
-        parser.add_argument(
-            "--init", type=Path, help="a detector, or a box U-Net of the same encoder, to start from"
-        )
-        parser.add_argument(
-            "--shift-augment",
-            type=float,
-            default=default("shift_augment"),
-            help="chance per draw of the other-centre degradations",
-        )
 
 
 @dataclass(kw_only=True)
 class Sam2FinetuneConfig(LoopConfig):
-    out: Path
     images: Path | None = None
     masks: Path | None = None
     boxes: Path | None = None
@@ -282,21 +262,10 @@ class Sam2FinetuneConfig(LoopConfig):
     loss: str = "focal"  # or bce
     clicks: int = 1  # correction rounds after the box, each with one click from the error region
     iou_weight: float = 1.0
-    epochs: int = 10
     batch_size: int = 4
     lr: float = 5e-5
     encoder_lr: float = 5e-6
-    weight_decay: float = 1e-4
     warmup_steps: int = 50
-    accumulate: int = 1
-    workers: int = 1
-    seed: int = 0
-    resume: bool = False
-    max_steps: int | None = None
-    limit: int | None = None
-    save_every: int = 100
-    device: str = "auto"
-    command: str = ""
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -31,7 +31,7 @@ from polypseg.images import read_image, read_mask
 from polypseg.training.augment import frame_shift, training_transform
 from polypseg.training.common import TrainingRun, dataset_split, start_from
 from polypseg.training.config import DetectorTrainConfig
-from polypseg.training.unet import bce_dice_loss
+from polypseg.training.losses import bce_dice_loss
 
 
 class WholeFrames(Dataset):
@@ -114,11 +114,6 @@ class DetectorRun(TrainingRun):
         self.data = WholeFrames(self.train_samples, c.size, c.crop_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.threshold = 0.5
-
-    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=self.config.lr, total_steps=total_steps, pct_start=0.1
-        )
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         x, y = (t.to(self.device) for t in batch)

@@ -42,6 +42,7 @@ from polypseg.predictors.sam2 import (
 from polypseg.training.augment import annotator_box, training_transform
 from polypseg.training.common import TrainingRun, split_names, validation_metrics
 from polypseg.training.config import Sam2FinetuneConfig
+from polypseg.training.losses import focal, soft_dice
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +109,10 @@ def mask_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(focal or BCE) + Dice per sample, and the IoU head's squared error, both batch means."""
     if kind == "focal":
-        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        p = torch.sigmoid(logits)
-        p_t = p * target + (1 - p) * (1 - target)
-        alpha = 0.25 * target + 0.75 * (1 - target)
-        pixel = (alpha * (1 - p_t) ** 2 * bce).mean(dim=(1, 2, 3)) * 20  # SAM's focal weight
+        pixel = focal(logits, target)
     else:
         pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2, 3))
-    probability = torch.sigmoid(logits)
-    overlap = (probability * target).sum(dim=(1, 2, 3))
-    dice = 1 - (2 * overlap + 1) / (probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    dice = soft_dice(logits, target)
     with torch.no_grad():
         hard = (logits > 0).float()
         union = ((hard + target) > 0).float().sum(dim=(1, 2, 3))

@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, frame_shift, training_transform
 from polypseg.training.common import TrainingRun, dataset_split, start_from, validation_metrics
 from polypseg.training.config import UnetTrainConfig
+from polypseg.training.losses import bce_dice_loss
 
 log = logging.getLogger(__name__)
 
@@ -146,22 +146,6 @@ class PolypRegions(Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)[None]
 
 
-def bce_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """BCE (with per-pixel weights, normalised per image, where given) plus soft Dice."""
-    if weight is None:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-    else:
-        pixels = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-        bce = ((pixels * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).mean()
-    probability = torch.sigmoid(logits)
-    overlap = (probability * target).sum(dim=(1, 2, 3))
-    total = probability.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-    dice = 1 - (2 * overlap + 1) / (total + 1)
-    return bce + dice.mean()
-
-
 class UnetRun(TrainingRun):
     """A U-Net / U-Net++ run: one sample per polyp region, BCE + Dice, AdamW with one-cycle."""
 
@@ -177,11 +161,6 @@ class UnetRun(TrainingRun):
         )
         self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-
-    def make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        return torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=self.config.lr, total_steps=total_steps, pct_start=0.1
-        )
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         x, y = (t.to(self.device) for t in batch)
