@@ -211,6 +211,9 @@ def _run(args: argparse.Namespace, url: str) -> int:
         args.data_dir,
     )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C stops both servers even when started from a shell that ignores SIGINT (a
+    # background job), which Python would otherwise keep ignoring.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         processes[0].wait()
     except (KeyboardInterrupt, SystemExit):
