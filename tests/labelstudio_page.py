@@ -4,6 +4,8 @@ loopback: what the browser tests share."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from conftest import ROOT, LabelStudioStack
@@ -58,3 +60,22 @@ def stage_scale(page, width: int, height: int) -> tuple[float, float, float]:
     stage = page.locator(".konvajs-content").first.bounding_box()
     assert stage is not None
     return min(stage["width"] / width, stage["height"] / height), stage["x"], stage["y"]
+
+
+@contextmanager
+def labelling_page(failure_screenshot: str) -> Iterator[Any]:
+    """A page in headless Chromium kept on loopback, closed afterwards; where the block fails,
+    a screenshot of the page goes to SCREENSHOTS under `failure_screenshot`."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = new_page(browser)
+        try:
+            yield page
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / failure_screenshot))
+            raise
+        finally:
+            browser.close()

@@ -14,11 +14,8 @@ from backends.labelstudio.regions import prompt_from_context
 from conftest import ONE_POLYP, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
 from labelstudio_page import (
-    CHROMIUM,
-    FLAGS,
     SCREENSHOTS,
-    log_in,
-    new_page,
+    labelling_page,
     open_task_with_auto_annotation,
     stage_scale,
 )
@@ -33,7 +30,7 @@ pytestmark = pytest.mark.slow
 def test_smart_box_in_the_labelling_page(
     label_studio: LabelStudioStack, kvasir: Path, boxes, core_mask
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     project = launcher.polyp_project(
         label_studio.client, "Browser", (CONFIGS / "polyp-image.xml").read_text()
@@ -45,11 +42,8 @@ def test_smart_box_in_the_labelling_page(
     truth = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
     height, width = truth.shape
     polyp = boxes[ONE_POLYP][0]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = new_page(browser)
+    with labelling_page("failure.png") as page:
         asked: list[dict] = []  # what the labelling page sends to the backend, through Label Studio
         page.on(
             "request",
@@ -57,63 +51,42 @@ def test_smart_box_in_the_labelling_page(
                 asked.append(request.post_data_json) if "interactive-annotating" in request.url else None
             ),
         )
-        try:
-            log_in(page, label_studio)
+        # README: "turn on Auto-Annotation in the bottom bar"
+        open_task_with_auto_annotation(page, label_studio, project, task)
+        # The box's label is selected from the start (no label to hunt for first).
+        expect(page.locator(".lsf-label_selected")).to_have_text(["Polyp box1"])
+        # README: "click Auto-Detect in the toolbar (the sparkle) and draw a box around the polyp"
+        auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
+        auto_detect.click()
 
-            page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
-            page.wait_for_selector(".konvajs-content canvas", timeout=60_000)
-            page.wait_for_function(
-                "() => window.Htx?.annotationStore?.selected?.names?.get('image')?.imageIsLoaded === true",
-                timeout=60_000,
-            )
-            # README: "turn on Auto-Annotation in the bottom bar"
-            toggle = page.locator('input[data-testid="bottombar-auto-annotation-toggle"]')
-            toggle.locator("xpath=..").click()
-            page.evaluate("() => document.activeElement && document.activeElement.blur()")
-            # The box's label is selected from the start (no label to hunt for first).
-            expect(page.locator(".lsf-label_selected")).to_have_text(["Polyp box1"])
-            # README: "click Auto-Detect in the toolbar (the sparkle) and draw a box around the polyp"
-            auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
-            auto_detect.click()
+        scale, x0, y0 = stage_scale(page, width, height)
+        page.mouse.move(x0 + 5, y0 + 5)
+        page.mouse.move(x0 + polyp.x1 * scale, y0 + polyp.y1 * scale)
+        page.mouse.down()
+        page.mouse.move(x0 + polyp.x2 * scale, y0 + polyp.y2 * scale, steps=12)
+        page.mouse.up()
 
-            stage = page.locator(".konvajs-content").first.bounding_box()
-            assert stage is not None
-            scale = min(stage["width"] / width, stage["height"] / height)
-            x0, y0 = stage["x"], stage["y"]
-            page.mouse.move(x0 + 5, y0 + 5)
-            page.mouse.move(x0 + polyp.x1 * scale, y0 + polyp.y1 * scale)
-            page.mouse.down()
-            page.mouse.move(x0 + polyp.x2 * scale, y0 + polyp.y2 * scale, steps=12)
-            page.mouse.up()
+        # README: "accept the suggestion (the check mark in the bottom bar)"
+        accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
+        expect(accept).to_be_visible(timeout=60_000)
+        accept.click()
+        expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(SCREENSHOTS / "brush-region.png"))
+        boxed = len(asked)
 
-            # README: "accept the suggestion (the check mark in the bottom bar)"
-            accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
-            expect(accept).to_be_visible(timeout=60_000)
-            accept.click()
-            expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(SCREENSHOTS / "brush-region.png"))
-            boxed = len(asked)
-
-            # README: "to correct, pick Key Point under Auto-Detect, then On the polyp or
-            # Background, and click"
-            auto_detect.hover()
-            page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
-            page.locator(".lsf-label", has_text="Background").click()
-            stage = page.locator(".konvajs-content").first.bounding_box()  # the layout may have moved
-            assert stage is not None
-            x0, y0 = stage["x"], stage["y"]
-            page.mouse.click(x0 + (width - 20) * scale, y0 + 20 * scale)  # top right: no polyp there
-            for _ in range(60):
-                if len(asked) > boxed:
-                    break
-                page.wait_for_timeout(250)
-            page.locator('[data-testid="bottombar-submit-button"]').click()
-            page.wait_for_timeout(1500)
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "failure.png"))
-            raise
-        finally:
-            browser.close()
+        # README: "to correct, pick Key Point under Auto-Detect, then On the polyp or
+        # Background, and click"
+        auto_detect.hover()
+        page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
+        page.locator(".lsf-label", has_text="Background").click()
+        _, x0, y0 = stage_scale(page, width, height)  # the layout may have moved
+        page.mouse.click(x0 + (width - 20) * scale, y0 + 20 * scale)  # top right: no polyp there
+        for _ in range(60):
+            if len(asked) > boxed:
+                break
+            page.wait_for_timeout(250)
+        page.locator('[data-testid="bottombar-submit-button"]').click()
+        page.wait_for_timeout(1500)
 
     annotations = label_studio.api("GET", f"/api/tasks/{task}/annotations")
     assert annotations, "the annotation was not submitted"
@@ -147,7 +120,7 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
     negative click on the backend's first answer). Label Studio sends the click alone; the
     backend's click session adds the box, and the region Label Studio keeps loses the clicked
     pixel without losing overlap with the polyp."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     checkpoint = None  # the shipped default: the click-guided U-Net
     port = _free_port()
@@ -177,62 +150,53 @@ def test_background_click_corrects_the_box_mask(label_studio: LabelStudioStack, 
             min(polyp.x2 + pad_x, width - 3),
             min(polyp.y2 + pad_y, height - 3),
         )
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = new_page(browser)
+        with labelling_page("click-failure.png") as page:
             answers: list = []  # the backend's answers, as Label Studio hands them to the page
             page.on("response", lambda r: answers.append(r) if "interactive-annotating" in r.url else None)
-            try:
-                open_task_with_auto_annotation(page, label_studio, project, task)
-                auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
-                auto_detect.click()
-                scale, x0, y0 = stage_scale(page, width, height)
-                page.mouse.move(x0 + 5, y0 + 5)
-                page.mouse.move(x0 + loose[0] * scale, y0 + loose[1] * scale)
-                page.mouse.down()
-                page.mouse.move(x0 + loose[2] * scale, y0 + loose[3] * scale, steps=12)
-                page.mouse.up()
-                accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
-                expect(accept).to_be_visible(timeout=60_000)
-                accept.click()
-                expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
-                boxed = _brush(answers[-1].json(), width, height)
+            open_task_with_auto_annotation(page, label_studio, project, task)
+            auto_detect = page.locator("button.lsf-tool_smart", has_text="Auto-Detect")
+            auto_detect.click()
+            scale, x0, y0 = stage_scale(page, width, height)
+            page.mouse.move(x0 + 5, y0 + 5)
+            page.mouse.move(x0 + loose[0] * scale, y0 + loose[1] * scale)
+            page.mouse.down()
+            page.mouse.move(x0 + loose[2] * scale, y0 + loose[3] * scale, steps=12)
+            page.mouse.up()
+            accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
+            expect(accept).to_be_visible(timeout=60_000)
+            accept.click()
+            expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
+            boxed = _brush(answers[-1].json(), width, height)
 
-                # the protocol's next click on the box's answer, negative: only the mask's
-                # false part counts as an error when the truth is cut to the mask
-                click = next_click(boxed, truth & boxed)
-                assert click is not None and not click.positive, "the loose box's mask does not spill over"
-                # README: a click on a shown mask selects it (Label Studio 1.23.2 places no
-                # keypoint there): "hide the regions (the eye in the Regions panel), then Key
-                # Point, Background, and click"
-                page.keyboard.press("Escape")
-                page.get_by_role("button", name="Hide all regions").click()
-                auto_detect.hover()
-                page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
-                page.locator(".lsf-label", has_text="Background").click()
-                expect(page.locator(".lsf-label_selected")).to_have_text(["Background3"])
-                scale, x0, y0 = stage_scale(page, width, height)  # the layout may have moved
-                asked = len(answers)
-                page.mouse.click(x0 + (click.x + 0.5) * scale, y0 + (click.y + 0.5) * scale)
-                for _ in range(120):
-                    if len(answers) > asked:
-                        break
-                    page.wait_for_timeout(250)
-                assert len(answers) > asked, "the Background click on the mask sent nothing to the backend"
-                expect(accept).to_be_visible(timeout=60_000)
-                page.wait_for_timeout(500)
-                accept.click()
-                page.wait_for_timeout(1000)
-                page.screenshot(path=str(SCREENSHOTS / "background-click.png"))
-                page.locator('[data-testid="bottombar-submit-button"]').click()
-                page.wait_for_timeout(1500)
-                clicked = answers[-1].request.post_data_json["context"]["result"]
-            except Exception:
-                page.screenshot(path=str(SCREENSHOTS / "click-failure.png"))
-                raise
-            finally:
-                browser.close()
+            # the protocol's next click on the box's answer, negative: only the mask's
+            # false part counts as an error when the truth is cut to the mask
+            click = next_click(boxed, truth & boxed)
+            assert click is not None and not click.positive, "the loose box's mask does not spill over"
+            # README: a click on a shown mask selects it (Label Studio 1.23.2 places no
+            # keypoint there): "hide the regions (the eye in the Regions panel), then Key
+            # Point, Background, and click"
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Hide all regions").click()
+            auto_detect.hover()
+            page.locator('button.lsf-tool_smart[aria-label="key-point-tool"]').click()
+            page.locator(".lsf-label", has_text="Background").click()
+            expect(page.locator(".lsf-label_selected")).to_have_text(["Background3"])
+            scale, x0, y0 = stage_scale(page, width, height)  # the layout may have moved
+            asked = len(answers)
+            page.mouse.click(x0 + (click.x + 0.5) * scale, y0 + (click.y + 0.5) * scale)
+            for _ in range(120):
+                if len(answers) > asked:
+                    break
+                page.wait_for_timeout(250)
+            assert len(answers) > asked, "the Background click on the mask sent nothing to the backend"
+            expect(accept).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(500)
+            accept.click()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(SCREENSHOTS / "background-click.png"))
+            page.locator('[data-testid="bottombar-submit-button"]').click()
+            page.wait_for_timeout(1500)
+            clicked = answers[-1].request.post_data_json["context"]["result"]
     finally:
         launcher.stop(backend)
 

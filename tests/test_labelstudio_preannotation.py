@@ -17,7 +17,7 @@ import pytest
 from backends.labelstudio import launcher
 from conftest import ONE_POLYP, LabelStudioStack
 from labelstudio_fixtures import CONFIGS
-from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
+from labelstudio_page import SCREENSHOTS, labelling_page, log_in
 from polypseg.detection_job import build_detector, find_polyps
 from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_image, read_mask
@@ -42,7 +42,7 @@ def _predictions(stack: LabelStudioStack, task: int) -> list[dict]:
 def test_retrieve_predictions_pre_annotates_the_project(
     label_studio: LabelStudioStack, kvasir: Path, two_polyp_name: str
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     config = (CONFIGS / "polyp-image.xml").read_text()
     project = launcher.polyp_project(label_studio.client, "Pre-annotation", config, preannotate=True)
@@ -54,39 +54,30 @@ def test_retrieve_predictions_pre_annotates_the_project(
         f"/api/projects/{project}/import?return_task_ids=true",
         json=[{"image": "/data/upload/1/no-such-frame.jpg"}],
     )["task_ids"]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = new_page(browser)
-        try:
-            log_in(page, label_studio)
-            # Data Manager: select every task, Actions ("3 Tasks" once selected), Retrieve
-            # Predictions, OK.
-            page.goto(f"{label_studio.url}/projects/{project}/data")
-            expect(page.get_by_text("Tasks: 3 / 3")).to_be_visible(timeout=60_000)
-            select_all = page.locator("input[type=checkbox]").first
-            select_all.locator("xpath=..").click()
-            expect(select_all).to_be_checked()
-            page.locator("button", has_text=re.compile(r"^\s*3 Tasks")).click()
-            page.get_by_text("Retrieve Predictions").click()
-            page.locator('[data-testid="dialog-ok-button"]').click()
-            expect(page.get_by_text("Predictions: 2")).to_be_visible(timeout=300_000)
-            page.screenshot(path=str(SCREENSHOTS / "retrieved-predictions.png"))
+    with labelling_page("pre-annotation-failure.png") as page:
+        log_in(page, label_studio)
+        # Data Manager: select every task, Actions ("3 Tasks" once selected), Retrieve
+        # Predictions, OK.
+        page.goto(f"{label_studio.url}/projects/{project}/data")
+        expect(page.get_by_text("Tasks: 3 / 3")).to_be_visible(timeout=60_000)
+        select_all = page.locator("input[type=checkbox]").first
+        select_all.locator("xpath=..").click()
+        expect(select_all).to_be_checked()
+        page.locator("button", has_text=re.compile(r"^\s*3 Tasks")).click()
+        page.get_by_text("Retrieve Predictions").click()
+        page.locator('[data-testid="dialog-ok-button"]').click()
+        expect(page.get_by_text("Predictions: 2")).to_be_visible(timeout=300_000)
+        page.screenshot(path=str(SCREENSHOTS / "retrieved-predictions.png"))
 
-            # A new task in this pre-labelling project: opened, it shows its polyps at once.
-            fresh = _upload(label_studio, project, kvasir / "images" / f"{two_polyp_name}.jpg")
-            page.goto(f"{label_studio.url}/projects/{project}/data?task={fresh}")
-            page.wait_for_selector(".konvajs-content canvas", timeout=120_000)
-            shown = page.locator(".lsf-tree__node_type_brushregion")
-            expect(shown.first).to_be_visible(timeout=120_000)
-            page.screenshot(path=str(SCREENSHOTS / "pre-labelled-task.png"))
-            regions_shown = shown.count()
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "pre-annotation-failure.png"))
-            raise
-        finally:
-            browser.close()
+        # A new task in this pre-labelling project: opened, it shows its polyps at once.
+        fresh = _upload(label_studio, project, kvasir / "images" / f"{two_polyp_name}.jpg")
+        page.goto(f"{label_studio.url}/projects/{project}/data?task={fresh}")
+        page.wait_for_selector(".konvajs-content canvas", timeout=120_000)
+        shown = page.locator(".lsf-tree__node_type_brushregion")
+        expect(shown.first).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(SCREENSHOTS / "pre-labelled-task.png"))
+        regions_shown = shown.count()
 
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
     for name, task in tasks.items():

@@ -17,7 +17,7 @@ import pytest
 from backends.labelstudio import launcher
 from conftest import CLIP_POLYP, DATA, LabelStudioStack, _free_port, box_iou
 from labelstudio_fixtures import CONFIGS
-from labelstudio_page import CHROMIUM, FLAGS, SCREENSHOTS, log_in, new_page
+from labelstudio_page import SCREENSHOTS, labelling_page, log_in
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def pixels(keyframe: dict) -> tuple[float, float, float, float]:
 def test_video_box_tracked_through_the_labelling_page(
     label_studio: LabelStudioStack, tracking_backend: str
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     config = (CONFIGS / "polyp-video.xml").read_text()
     project = launcher.polyp_project(label_studio.client, "Video in the page", config)
@@ -104,72 +104,63 @@ def test_video_box_tracked_through_the_labelling_page(
     with CLIP.open("rb") as file:
         label_studio.api("POST", f"/api/projects/{project}/import", files={CLIP.name: file})
     task = label_studio.api("GET", f"/api/tasks?project={project}")["tasks"][0]["id"]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     seen: dict[int, tuple[float, float, float, float]] = {}
     annotations_url = f"{label_studio.url}/api/tasks/{task}/annotations"
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = new_page(browser)
+    with labelling_page("video-failure.png") as page:
         VIDEO_READY = (
             "() => window.Htx?.annotationStore?.selected?.names?.get('video')?.ref?.current?.duration > 0"
         )
-        try:
-            log_in(page, label_studio)
-            # 1. Open the task, go to a frame where the polyp is in view, label a box around it, Submit.
-            page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
-            page.wait_for_function(VIDEO_READY, timeout=60_000)
-            go_to_frame(page, DRAWN_FRAME)
-            page.locator(".lsf-label", has_text="Polyp").first.click()
-            stage = VideoStage(page)
-            x1, y1, x2, y2 = POLYP_ON_133
-            page.mouse.move(*stage.on_screen(x1, y1))
-            page.mouse.down()
-            page.mouse.move(*stage.on_screen(x2, y2), steps=12)
-            page.mouse.up()
-            with page.expect_response(
-                lambda r: r.url.startswith(annotations_url) and r.request.method == "POST"
-            ) as saved:
-                page.get_by_role("button", name="Submit").click()
-            assert saved.value.status == 201
+        log_in(page, label_studio)
+        # 1. Open the task, go to a frame where the polyp is in view, label a box around it, Submit.
+        page.goto(f"{label_studio.url}/projects/{project}/data?task={task}")
+        page.wait_for_function(VIDEO_READY, timeout=60_000)
+        go_to_frame(page, DRAWN_FRAME)
+        page.locator(".lsf-label", has_text="Polyp").first.click()
+        stage = VideoStage(page)
+        x1, y1, x2, y2 = POLYP_ON_133
+        page.mouse.move(*stage.on_screen(x1, y1))
+        page.mouse.down()
+        page.mouse.move(*stage.on_screen(x2, y2), steps=12)
+        page.mouse.up()
+        with page.expect_response(
+            lambda r: r.url.startswith(annotations_url) and r.request.method == "POST"
+        ) as saved:
+            page.get_by_role("button", name="Submit").click()
+        assert saved.value.status == 201
 
-            # 2. In the Data Manager: tick the task, "1 Task" (the actions), "Retrieve Predictions", OK.
-            page.goto(f"{label_studio.url}/projects/{project}/data")
-            page.get_by_label(f"Select Task {task}").click()
-            page.get_by_text("1 Task", exact=True).click()
-            page.get_by_text("Retrieve Predictions", exact=True).click()
-            with page.expect_response(
-                lambda r: "id=retrieve_tasks_predictions" in r.url and r.request.method == "POST",
-                timeout=600_000,
-            ) as retrieved:
-                page.get_by_text("OK", exact=True).click()
-            assert retrieved.value.status == 200
+        # 2. In the Data Manager: tick the task, "1 Task" (the actions), "Retrieve Predictions", OK.
+        page.goto(f"{label_studio.url}/projects/{project}/data")
+        page.get_by_label(f"Select Task {task}").click()
+        page.get_by_text("1 Task", exact=True).click()
+        page.get_by_text("Retrieve Predictions", exact=True).click()
+        with page.expect_response(
+            lambda r: "id=retrieve_tasks_predictions" in r.url and r.request.method == "POST",
+            timeout=600_000,
+        ) as retrieved:
+            page.get_by_text("OK", exact=True).click()
+        assert retrieved.value.status == 200
 
-            # 3. Open the task again: the prediction (the model's tab, with its score) is there;
-            #    "Duplicate Annotation" in its menu makes it an annotation to check and submit.
-            page.locator(".lsf-table-row").first.get_by_text(str(task), exact=True).first.click()
-            page.wait_for_function(VIDEO_READY, timeout=60_000)
-            prediction = page.locator(".lsf-annotation-button", has_text=re.compile(r"\d%"))
-            expect(prediction).to_have_count(1, timeout=30_000)
-            prediction.click()
-            page.locator(".lsf-annotation-button_selected .lsf-annotation-button__trigger").click()
-            page.get_by_text("Duplicate Annotation", exact=True).click()
-            expect(page.get_by_role("button", name="Submit")).to_be_visible(timeout=30_000)
-            for frame in [*range(145, 171, 5), *(k + 1 for k in CLIP_POLYP)]:
-                go_to_frame(page, frame)
-                (drawn,) = page.evaluate(DRAWN_RECTANGLES)
-                seen[frame] = VideoStage(page).in_video(drawn)
-            page.screenshot(path=str(SCREENSHOTS / "video-track.png"))
-            with page.expect_response(
-                lambda r: r.url.startswith(annotations_url) and r.request.method == "POST"
-            ) as saved:
-                page.get_by_role("button", name="Submit").click()
-            assert saved.value.status == 201
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "video-failure.png"))
-            raise
-        finally:
-            browser.close()
+        # 3. Open the task again: the prediction (the model's tab, with its score) is there;
+        #    "Duplicate Annotation" in its menu makes it an annotation to check and submit.
+        page.locator(".lsf-table-row").first.get_by_text(str(task), exact=True).first.click()
+        page.wait_for_function(VIDEO_READY, timeout=60_000)
+        prediction = page.locator(".lsf-annotation-button", has_text=re.compile(r"\d%"))
+        expect(prediction).to_have_count(1, timeout=30_000)
+        prediction.click()
+        page.locator(".lsf-annotation-button_selected .lsf-annotation-button__trigger").click()
+        page.get_by_text("Duplicate Annotation", exact=True).click()
+        expect(page.get_by_role("button", name="Submit")).to_be_visible(timeout=30_000)
+        for frame in [*range(145, 171, 5), *(k + 1 for k in CLIP_POLYP)]:
+            go_to_frame(page, frame)
+            (drawn,) = page.evaluate(DRAWN_RECTANGLES)
+            seen[frame] = VideoStage(page).in_video(drawn)
+        page.screenshot(path=str(SCREENSHOTS / "video-track.png"))
+        with page.expect_response(
+            lambda r: r.url.startswith(annotations_url) and r.request.method == "POST"
+        ) as saved:
+            page.get_by_role("button", name="Submit").click()
+        assert saved.value.status == 201
 
     # The page drew the box where the polyp went (it moved ~100 px left: a box left standing
     # where it was drawn scores below 0.2 there) ...

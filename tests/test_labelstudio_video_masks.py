@@ -22,10 +22,8 @@ from backends.labelstudio.export import LabelStudioProject
 from conftest import CLIP_POLYP, DATA, LabelStudioStack, box_iou
 from labelstudio_fixtures import CONFIGS
 from labelstudio_page import (
-    CHROMIUM,
-    FLAGS,
     SCREENSHOTS,
-    new_page,
+    labelling_page,
     open_task_with_auto_annotation,
     stage_scale,
 )
@@ -44,7 +42,7 @@ FIRST, BOXED = 150, 160  # the clip of frames 150-179; the box goes on frame 160
 
 
 def test_a_box_on_one_page_gives_masks_on_every_page(label_studio: LabelStudioStack, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     clips = tmp_path / "clips"
     assert (
@@ -58,51 +56,40 @@ def test_a_box_on_one_page_gives_masks_on_every_page(label_studio: LabelStudioSt
     assert launcher.add_clip_tasks(label_studio.client, project, clips, clip) == 1
     assert launcher.add_clip_tasks(label_studio.client, project, clips, clip) == 1  # not imported twice
     task = label_studio.api("GET", f"/api/tasks?project={project}")["tasks"][0]["id"]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = new_page(browser)
+    with labelling_page("clip-failure.png") as page:
         asked: list[dict] = []
         page.on(
             "request",
             lambda r: asked.append(r.post_data_json) if "interactive-annotating" in r.url else None,
         )
-        try:
-            open_task_with_auto_annotation(page, label_studio, project, task)
-            # README: "page to a frame where the polyp is clear (the arrows under the image)"
-            forward = page.locator(
-                ".lsf-pagination__btn_arrow-right:not(.lsf-pagination__btn_arrow-right-double)"
-            )
-            for _ in range(BOXED - FIRST):
-                forward.click()
-            expect(page.locator(".lsf-pagination__page-indicator")).to_contain_text(
-                f"{BOXED - FIRST + 1} of 30"
-            )
-            page.wait_for_function(
-                "() => window.Htx.annotationStore.selected.names.get('image').imageIsLoaded === true",
-                timeout=30_000,
-            )
-            page.locator("button.lsf-tool_smart", has_text="Auto-Detect").click()
-            scale, x0, y0 = stage_scale(page, WIDTH, HEIGHT)
-            x1, y1, x2, y2 = CLIP_POLYP[BOXED]
-            page.mouse.move(x0 + 5, y0 + 5)
-            page.mouse.move(x0 + x1 * scale, y0 + y1 * scale)
-            page.mouse.down()
-            page.mouse.move(x0 + x2 * scale, y0 + y2 * scale, steps=12)
-            page.mouse.up()
-            accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
-            expect(accept).to_be_visible(timeout=120_000)
-            accept.click()
-            expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(SCREENSHOTS / "clip-masks.png"))
-            page.locator('[data-testid="bottombar-submit-button"]').click()
-            page.wait_for_timeout(1500)
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "clip-failure.png"))
-            raise
-        finally:
-            browser.close()
+        open_task_with_auto_annotation(page, label_studio, project, task)
+        # README: "page to a frame where the polyp is clear (the arrows under the image)"
+        forward = page.locator(
+            ".lsf-pagination__btn_arrow-right:not(.lsf-pagination__btn_arrow-right-double)"
+        )
+        for _ in range(BOXED - FIRST):
+            forward.click()
+        expect(page.locator(".lsf-pagination__page-indicator")).to_contain_text(f"{BOXED - FIRST + 1} of 30")
+        page.wait_for_function(
+            "() => window.Htx.annotationStore.selected.names.get('image').imageIsLoaded === true",
+            timeout=30_000,
+        )
+        page.locator("button.lsf-tool_smart", has_text="Auto-Detect").click()
+        scale, x0, y0 = stage_scale(page, WIDTH, HEIGHT)
+        x1, y1, x2, y2 = CLIP_POLYP[BOXED]
+        page.mouse.move(x0 + 5, y0 + 5)
+        page.mouse.move(x0 + x1 * scale, y0 + y1 * scale)
+        page.mouse.down()
+        page.mouse.move(x0 + x2 * scale, y0 + y2 * scale, steps=12)
+        page.mouse.up()
+        accept = page.locator('[data-testid="bottombar-accept-suggestions-button"]')
+        expect(accept).to_be_visible(timeout=120_000)
+        accept.click()
+        expect(page.locator(".lsf-tree__node_type_brushregion").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(SCREENSHOTS / "clip-masks.png"))
+        page.locator('[data-testid="bottombar-submit-button"]').click()
+        page.wait_for_timeout(1500)
 
     # The page sent the box with its page ...
     boxes = [r for body in asked for r in body["context"]["result"] if r["type"] == "rectanglelabels"]
