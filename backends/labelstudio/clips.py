@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from backends.labelstudio.export import LabelStudioProject, latest_annotation, page_masks
-from backends.labelstudio.label_config import parse_label_config
 from backends.request_errors import RequestError
 from polypseg.atomic import write_atomic
 from polypseg.errors import PolypsegError
@@ -99,11 +98,7 @@ def video_tasks(
 
 def export_video_masks(project: LabelStudioProject, out: Path) -> int:
     """Every submitted clip of `project` as a sequence folder in `out`; how many were written."""
-    try:
-        config = parse_label_config(project.get(f"/api/projects/{project.project}")["label_config"])
-        tasks = project.get(f"/api/projects/{project.project}/export?exportType=JSON")
-    except RequestError as exc:  # unreachable after retries, refused
-        raise PolypsegError(f"{project.name}: {exc.reason}") from None
+    config, tasks = project.export()
     if not config.paged:
         raise PolypsegError(f"{project.name}: not a clip project (its <Image> has no valueList)")
     written = 0

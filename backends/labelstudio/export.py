@@ -26,7 +26,7 @@ import numpy as np
 import requests
 
 from backends.labelstudio.errors import MediaError
-from backends.labelstudio.label_config import parse_label_config
+from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.request_errors import RequestError
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
@@ -125,12 +125,20 @@ class LabelStudioProject(LabelSource):
 
         return with_retries(call, f"GET {path}")
 
-    def pull(self, store: DatasetStore) -> PullReport:
+    def export(self, all_tasks: bool = False) -> tuple[LabelConfig, list[dict[str, Any]]]:
+        """The project's labelling config and its tasks (annotated ones only, unless
+        `all_tasks`) as Label Studio's JSON export gives them; PullError if it cannot be read."""
         try:
             config = parse_label_config(self.get(f"/api/projects/{self.project}")["label_config"])
-            tasks = self.get(f"/api/projects/{self.project}/export?exportType=JSON&download_all_tasks=false")
-        except RequestError as exc:  # unreachable after retries, refused, not a project to pull
+            which = "true" if all_tasks else "false"
+            path = f"/api/projects/{self.project}/export?exportType=JSON&download_all_tasks={which}"
+            tasks = self.get(path)
+        except RequestError as exc:  # unreachable after retries, refused, not a project to read
             raise PullError(f"{self.name}: {exc.reason}") from None
+        return config, tasks
+
+    def pull(self, store: DatasetStore) -> PullReport:
+        config, tasks = self.export()
         report, present, clips = PullReport(), set[str](), set[str]()
         for task in tasks:
             annotation = latest_annotation(task)
@@ -241,11 +249,7 @@ class LabelStudioProject(LabelSource):
 def unlabelled_images(project: LabelStudioProject) -> list[tuple[str, Callable[[], np.ndarray]]]:
     """The image tasks of `project` without an annotation that counts (cancelled ones do not),
     each named "task ID URL" and read from Label Studio when its turn comes."""
-    try:
-        config = parse_label_config(project.get(f"/api/projects/{project.project}")["label_config"])
-        tasks = project.get(f"/api/projects/{project.project}/export?exportType=JSON&download_all_tasks=true")
-    except RequestError as exc:
-        raise PullError(f"{project.name}: {exc.reason}") from None
+    config, tasks = project.export(all_tasks=True)
     if config.kind != "image" or config.paged:
         raise PolypsegError(f"{project.name}: ranking reads projects of single images, not clips or videos")
 

@@ -94,9 +94,12 @@ class PolypModel:
             if config.kind == "video":
                 return [self.track(predictor, tasks[0], config, regions)]
             return [self.interactive(predictor, tasks[0], config, regions)]
-        from_task = {"video": self.track_task_boxes, "image": self.from_task_boxes}[config.kind]
         if config.paged:
             from_task = self.from_clip_task
+        elif config.kind == "video":
+            from_task = self.track_task_boxes
+        else:
+            from_task = self.from_task_boxes
         if len(tasks) == 1:
             return [from_task(predictor, tasks[0], config)]
         return [self._batch_task(from_task, predictor, task, config) for task in tasks]

@@ -96,11 +96,16 @@ class PageSource(FrameSource):
 
     def __init__(self, urls: list[str], fetch: Fetch, known: Mapping[int, np.ndarray] | None = None) -> None:
         self.urls, self.name = urls, "the clip's pages"
-        self._fetch, self._known = fetch, dict(known or {})
+        self._fetch, self._known = fetch, dict[int, np.ndarray]()
         self.skipped: dict[int, str] = {}  # page -> why
         self._size: tuple[int, int] | None = None  # (height, width) of the first page read
-        for image in self._known.values():
-            self._size = image.shape[:2]
+        for index, image in (known or {}).items():
+            self.keep(index, image)
+
+    def keep(self, index: int, image: np.ndarray) -> None:
+        """Hold page `index` (read already) instead of fetching it again."""
+        self._known[index] = image
+        self._size = self._size or image.shape[:2]
 
     @property
     def info(self) -> VideoInfo:  # type: ignore[override]
@@ -245,7 +250,7 @@ class PagedTasks:
     ) -> PagedAnswer:
         assert self.detector is not None
         pages = PageSource(urls, fetch)
-        best: tuple[float, int, list[Any]] = (-1.0, 0, [])
+        best: tuple[float, int, list[Any], np.ndarray | None] = (-1.0, 0, [], None)
         uncertainties = []
         for page in range(len(urls)):
             image = pages.page(page)
@@ -254,14 +259,15 @@ class PagedTasks:
             detections, uncertainty = self.detector.find(image)
             uncertainties.append(uncertainty)
             if detections and detections[0].score > best[0]:
-                best = (detections[0].score, page, detections)
+                best = (detections[0].score, page, detections, image)
         if not uncertainties:
             raise RequestError(f"none of the clip's {len(urls)} pages could be fetched: {pages.skipped[0]}")
         answer = PagedAnswer(score=1.0 - sum(uncertainties) / len(uncertainties))
-        _, page, detections = best
-        source = PageSource(urls, fetch, {page: _fetch_page(fetch, urls, page)})
+        _, page, detections, image = best
+        if image is not None:
+            pages.keep(page, image)  # the track starts there: no second fetch (pages skipped stay skipped)
         for detection in detections:
-            tracked = self._track(predictor, source, {page: Prompt(box=detection.box)})
+            tracked = self._track(predictor, pages, {page: Prompt(box=detection.box)})
             for p, result in sorted(tracked.items()):
                 if not result.lost:
                     answer.regions += on_page(mask_regions(result.mask, result.score, config, []), p)
