@@ -134,3 +134,48 @@ def test_evaluate_detection_under_a_shift_and_the_ranking_check(kvasir, tmp_path
         assert body["refined_iou_least_uncertain_quarter"] == pytest.approx(np.mean(ious[-2:]))
     assert main([*args, "--shift", "sepia"]) != 0
     assert "unknown shift 'sepia'; known: downscale-0.5" in caplog.text
+
+
+def test_fcos_trial_starts_from_the_shipped_encoder_and_trains_on_real_frames(kvasir) -> None:
+    """The box-detector trial (training/fcos_trial.py, issue #16's second design): its resnet18
+    holds the shipped detector's encoder weights, the target boxes are the augmented masks'
+    polyps, and a training step lowers the loss on that batch."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from polypseg.checkpoints import load_checkpoint
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.detection_job import DEFAULT_DETECTOR
+
+    path = Path(__file__).resolve().parents[1] / "training" / "fcos_trial.py"
+    spec = importlib.util.spec_from_file_location("fcos_trial", path)
+    assert spec is not None and spec.loader is not None
+    trial = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trial)
+
+    torch.manual_seed(0)
+    model = trial.create_fcos(128)
+    assert trial.init_from_detector(model, DEFAULT_DETECTOR) == 120
+    shipped, _, _ = load_checkpoint(DEFAULT_DETECTOR)
+    assert torch.equal(
+        model.backbone.body.layer4[1].conv2.weight, shipped["encoder.layer4.1.conv2.weight"].float()
+    )
+
+    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", kvasir / "bboxes.json")[:4]
+    frames = trial.WholeFrames(samples, 128, crop_fraction=0.0, shift_augment=0.0)
+    images, targets = trial.collate([frames[i] for i in range(len(frames))])
+    for (_, mask), target in zip((frames.frames[i] for i in range(4)), targets, strict=True):
+        assert len(target["boxes"]) >= 1 and mask.any()  # every uncropped frame has its polyp
+        assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(3):
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
