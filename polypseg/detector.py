@@ -1,18 +1,24 @@
 """Polyp detection without a prompt: boxes with scores on a whole frame.
 
-The detector is a whole-frame segmentation network (segmentation-models-pytorch, RGB in, the
-polyp probability out, at a fixed square working size); each connected region of its
-probability map above `threshold` is one detection, its box the region's bounding box in the
-frame's pixels and its score the region's peak probability. `uncertainty` says how unsure
-the network is about a frame: the mean binary entropy of its probability map over the pixels
-it is not confident about, used to rank frames for labelling.
+Two designs answer the same calls (`find`, `detect`, `uncertainty`), each its own checkpoint
+family:
+- `MapDetector`: a whole-frame segmentation network (segmentation-models-pytorch, RGB in, the
+  polyp probability out, at a fixed square working size); each connected region of its
+  probability map above `threshold` is one detection, its box the region's bounding box in the
+  frame's pixels and its score the region's peak probability. Its uncertainty is the mean
+  binary entropy of the map over the pixels it is not confident about.
+- `FcosDetector`: a box detector (torchvision's FCOS, anchor-free, on a ResNet FPN) at the
+  same working size: boxes and scores straight from the network. Its uncertainty is the
+  binary entropy of its detections' scores, summed.
+Uncertainty ranks frames for labelling.
 
-Masks for detections come from the box-prompted model (`refine`): the detector finds, the
-interactive model outlines, as the reference work's pipeline does.
+Masks for detections come from the box-prompted model (`polypseg.detection_job.outline`): the
+detector finds, the interactive model outlines, as the reference work's pipeline does.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +107,9 @@ def frame_uncertainty(probability: np.ndarray) -> float:
     return float(entropy[(p > 0.05) & (p < 0.95)].sum() / p.size)
 
 
-class PolypDetector:
-    """A trained detector: `detect(image)` gives boxes with scores, `probability(image)` the map."""
+class PolypDetector(ABC):
+    """A trained detector: `find(image)` gives boxes with scores (best first) and how unsure
+    the detector is about the frame."""
 
     def __init__(
         self, model: torch.nn.Module, metadata: dict[str, Any], device: str = "cpu", threshold: float = 0.5
@@ -119,28 +126,117 @@ class PolypDetector:
     def from_state(
         cls, state: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
     ) -> PolypDetector:
-        encoder = metadata.get("encoder", "resnet18")
-        model = create_detector_model(encoder, metadata.get("decoder", "unet"))
-        load_weights(model, state, path, f"a detector with encoder {encoder}")
+        model = cls.create_model(metadata)
+        load_weights(
+            model, state, path, f"a {metadata.get('architecture')} with encoder {metadata.get('encoder')}"
+        )
         return cls(model, metadata, **kwargs)
+
+    @staticmethod
+    @abstractmethod
+    def create_model(metadata: dict[str, Any]) -> torch.nn.Module:
+        """The untrained network a checkpoint with this metadata holds."""
+
+    @abstractmethod
+    def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:
+        """Polyps in a frame scoring at least `min_score` (default: the detector's shipped
+        threshold), best first, and the frame's uncertainty, from one pass of the network."""
+
+    def detect(self, image: np.ndarray, min_score: float | None = None) -> list[Detection]:
+        return self.find(image, min_score)[0]
+
+    def uncertainty(self, image: np.ndarray) -> float:
+        return self.find(image)[1]
+
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(detector_input(as_rgb(image), self.size))[None].to(self.device)
+
+
+class MapDetector(PolypDetector):
+    """The whole-frame segmenter: regions of its probability map are the detections."""
+
+    @staticmethod
+    def create_model(metadata: dict[str, Any]) -> torch.nn.Module:
+        return create_detector_model(metadata.get("encoder", "resnet18"), metadata.get("decoder", "unet"))
 
     def probability(self, image: np.ndarray) -> np.ndarray:
         """The polyp probability at the working size (size x size)."""
-        x = torch.from_numpy(detector_input(as_rgb(image), self.size))[None].to(self.device)
         with torch.inference_mode():
-            return torch.sigmoid(self.model(x)[0, 0].float()).cpu().numpy()
-
-    def detect(self, image: np.ndarray, min_score: float | None = None) -> list[Detection]:
-        """Polyps in a frame, best first; only those scoring at least `min_score` (default:
-        the detector's shipped threshold)."""
-        return self.find(image, min_score)[0]
+            return torch.sigmoid(self.model(self._input(image))[0, 0].float()).cpu().numpy()
 
     def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:
-        """`detect` and `uncertainty` from one pass of the network."""
         height, width = image.shape[:2]
         floor = self.threshold if min_score is None else min_score
         probability = self.probability(image)
         return detections_from_probability(probability, width, height, floor), frame_uncertainty(probability)
 
-    def uncertainty(self, image: np.ndarray) -> float:
-        return frame_uncertainty(self.probability(image))
+
+# The box detector's own floor: scores below it are never returned.
+FCOS_SCORE_FLOOR = 0.05
+# ResNets whose stages feed the box detector's feature pyramid: their channels at stages 2-4.
+FCOS_ENCODERS = {
+    "resnet18": (128, 256, 512),
+    "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048),
+}
+
+
+def create_fcos_model(encoder: str = "resnet18", size: int = 256, channels: int = 128) -> torch.nn.Module:
+    """An untrained box detector: torchvision's FCOS on a ResNet FPN (stages 2-4 and two extra
+    levels, `channels` wide), two classes (background, polyp), taking frames already at the
+    working size and normalised (`detector_input`)."""
+    import torchvision
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    if encoder not in FCOS_ENCODERS:
+        raise ModelError(f"the box detector's encoder is one of {', '.join(FCOS_ENCODERS)}, not {encoder!r}")
+    backbone = BackboneWithFPN(
+        getattr(torchvision.models, encoder)(weights=None),
+        {"layer2": "0", "layer3": "1", "layer4": "2"},
+        list(FCOS_ENCODERS[encoder]),
+        channels,
+        extra_blocks=LastLevelP6P7(channels, channels),
+    )
+    return FCOS(
+        backbone,
+        num_classes=2,
+        min_size=size,
+        max_size=size,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+        score_thresh=FCOS_SCORE_FLOOR,
+        detections_per_img=20,
+    )
+
+
+def score_uncertainty(scores: list[float]) -> float:
+    """The binary entropy (bits) of each detection's score, summed: 0 for a frame whose
+    detections are all sure (or that has none above the floor), higher the more detections
+    are in doubt and the deeper the doubt."""
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
+
+
+class FcosDetector(PolypDetector):
+    """The box detector: FCOS's boxes and scores, scaled to the frame."""
+
+    @staticmethod
+    def create_model(metadata: dict[str, Any]) -> torch.nn.Module:
+        return create_fcos_model(
+            metadata.get("encoder", "resnet18"), int(metadata.get("input", {}).get("size", 256))
+        )
+
+    def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:
+        height, width = image.shape[:2]
+        floor = self.threshold if min_score is None else min_score
+        with torch.inference_mode():
+            out = self.model(list(self._input(image)))[0]
+        sx, sy = width / self.size, height / self.size
+        found = [
+            Detection(Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy), float(score))
+            for (x1, y1, x2, y2), score in zip(out["boxes"].tolist(), out["scores"].tolist(), strict=True)
+        ]
+        uncertainty = score_uncertainty([d.score for d in found])
+        return sorted((d for d in found if d.score >= floor), key=lambda d: -d.score), uncertainty

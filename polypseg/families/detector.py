@@ -1,4 +1,5 @@
-"""The polyp detector: a whole-frame segmenter whose regions become scored boxes."""
+"""The polyp detectors: a whole-frame segmenter whose regions become scored boxes, and a box
+detector (FCOS). Both answer the same calls (polypseg.detector.PolypDetector)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,31 @@ from typing import Any
 from polypseg.families import Metadata, ModelFamily, State
 
 
-def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
-    from polypseg.detector import PolypDetector
+def load_map_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
+    from polypseg.detector import MapDetector
 
     options.pop("tta", None)
-    return PolypDetector.from_state(state, metadata, path, **options)
+    return MapDetector.from_state(state, metadata, path, **options)
 
 
-FAMILIES = [ModelFamily("detector", "polyp detector (no prompt: boxes with scores)", load, task="detect")]
+def load_fcos_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
+    from polypseg.detector import FcosDetector
+
+    options.pop("tta", None)
+    return FcosDetector.from_state(state, metadata, path, **options)
+
+
+FAMILIES = [
+    ModelFamily(
+        "detector",
+        "polyp detector, whole-frame segmenter (no prompt: boxes with scores)",
+        load_map_detector,
+        task="detect",
+    ),
+    ModelFamily(
+        "fcos-detector",
+        "polyp box detector, FCOS (no prompt: boxes with scores)",
+        load_fcos_detector,
+        task="detect",
+    ),
+]

@@ -236,7 +236,11 @@ class DetectorTrainConfig(FolderTrainConfig):
         default = cls.default
         cls.add_folder_arguments(parser, "a detector, or a box U-Net of the same encoder, to start from")
         parser.add_argument(
-            "--model", dest="decoder", choices=("unet", "unetplusplus"), default=default("decoder")
+            "--model",
+            dest="decoder",
+            choices=("unet", "unetplusplus", "fcos"),
+            default=default("decoder"),
+            help="a whole-frame segmenter (its decoder) or fcos, a box detector (encoder resnet18/34/50)",
         )
         parser.add_argument(
             "--size", type=int, default=default("size"), help="working size of the whole frame"

@@ -1,14 +1,16 @@
-"""Training of the polyp detector (a whole-frame segmenter): `polypseg train detector`.
+"""Training of the polyp detectors: `polypseg train detector [--model fcos]`.
 
 Whole frames, resized to the working size, with the augmentations of the box models (geometry,
 colour, and with `--shift-augment` the other-centre degradations), plus random crops that
-often leave the polyp out, so that the network also sees frames without one. BCE + Dice on
-the frame's whole polyp mask. Validation after each epoch: detection AP at box IoU 0.5 on the
-validation images; the best epoch is kept, with the score floor of the best F1 of precision and
-recall written into its metadata (`threshold`).
+often leave the polyp out, so that the network also sees frames without one. The whole-frame
+segmenter learns the frame's polyp mask (BCE + Dice); the box detector (FCOS) the boxes of
+the mask's polyps (its own focal, GIoU and centre-ness losses). Validation after each epoch:
+detection AP at box IoU 0.5 on the validation images; the best epoch is kept, with the score
+floor of the best F1 of precision and recall written into its metadata (`threshold`).
 
-`--init` takes a detector to go on from, or a box-channel U-Net of the same encoder whose
-weights start the network (its box channel dropped): its features already know polyps.
+`--init` takes a detector of the same design to go on from, or another model of the same
+encoder whose encoder weights start the network (a box U-Net's box channel dropped): its
+features already know polyps.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from polypseg.datasets import PolypSample, polyp_targets
 from polypseg.detection_metrics import ImageDetections, average_precision, best_threshold, precision_recall
-from polypseg.detector import PolypDetector, create_detector_model, detector_input
+from polypseg.detector import (
+    MIN_AREA_FRACTION,
+    FcosDetector,
+    MapDetector,
+    PolypDetector,
+    create_detector_model,
+    create_fcos_model,
+    detector_input,
+)
 from polypseg.images import read_image, read_mask
 from polypseg.training.augment import frame_shift, training_transform
 from polypseg.training.common import TrainingRun, dataset_split, start_from
@@ -83,6 +94,35 @@ def detector_state_from(state: dict[str, torch.Tensor], model: torch.nn.Module) 
     return fitted
 
 
+def fcos_state_from(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Another model's encoder weights (smp's encoders are torchvision ResNets: the same names)
+    in the box detector's backbone, a box channel dropped; its other weights as they are."""
+    fitted = dict(model.state_dict())
+    for key, value in state.items():
+        if not key.startswith("encoder."):
+            continue
+        name = "backbone.body." + key.removeprefix("encoder.")
+        value = value.float()
+        if value.dim() == 4 and value.shape[1] == 4 and name in fitted and fitted[name].shape[1] == 3:
+            value = value[:, :3].contiguous()
+        if name in fitted:
+            fitted[name] = value
+    return fitted
+
+
+def mask_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """The boxes (x1, y1, x2, y2, pixels) of the polyps of a 1 x H x W target mask: its
+    connected parts, specks left out as the map detector leaves them out."""
+    labels, _ = ndimage.label(mask.numpy()[0] > 0.5)
+    min_area = MIN_AREA_FRACTION * labels.size
+    boxes = [
+        [xs.start, ys.start, xs.stop, ys.stop]
+        for index, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1)
+        if (labels[ys, xs] == index).sum() >= min_area
+    ]
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
 def detections_on(
     detector: PolypDetector, samples: list[PolypSample], min_score: float = 0.05
 ) -> list[ImageDetections]:
@@ -100,12 +140,28 @@ class DetectorRun(TrainingRun):
     loss_name = "BCE + Dice"
     selection = "ap50"
 
+    @property
+    def fcos(self) -> bool:
+        return bool(self.config.decoder == "fcos")
+
+    @property
+    def architecture(self) -> str:
+        return "fcos-detector" if self.fcos else "detector"
+
     def build(self) -> None:
         c = self.config
         self.train_samples, self.val_samples = dataset_split(c)
-        self.model = create_detector_model(c.encoder, c.decoder)
+        if self.fcos:
+            self.model = create_fcos_model(c.encoder, c.size)
+            self.loss_name = "FCOS (focal + GIoU + centre-ness)"
+        else:
+            self.model = create_detector_model(c.encoder, c.decoder)
 
         def adapt(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
+            if metadata.get("architecture") == self.architecture:
+                return state
+            if self.fcos:
+                return fcos_state_from(state, self.model)
             box_model = metadata.get("architecture") in ("unet", "unetplusplus")
             return detector_state_from(state, self.model) if box_model else state
 
@@ -116,13 +172,24 @@ class DetectorRun(TrainingRun):
         self.threshold = 0.5
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
-        x, y = (t.to(self.device) for t in batch)
-        return bce_dice_loss(self.model(x).float(), y)
+        x, y = batch
+        if self.fcos:
+            targets = [
+                {
+                    "boxes": boxes.to(self.device),
+                    "labels": torch.ones(len(boxes), dtype=torch.int64, device=self.device),
+                }
+                for boxes in map(mask_boxes, y)
+            ]
+            losses = self.model(list(x.to(self.device)), targets)
+            return sum(losses.values(), torch.zeros((), device=self.device))
+        return bce_dice_loss(self.model(x.to(self.device)).float(), y.to(self.device))
 
     def validate(self) -> dict[str, float]:
         if not self.val_samples:
             return {}
-        detector = PolypDetector(self.model, self.metadata(), device=str(self.device))
+        design: type[PolypDetector] = FcosDetector if self.fcos else MapDetector
+        detector = design(self.model, self.metadata(), device=str(self.device))
         images = detections_on(detector, self.val_samples)
         self.threshold, precision, recall = best_threshold(images)
         self.model.train()
@@ -138,12 +205,12 @@ class DetectorRun(TrainingRun):
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config
         return {
-            "architecture": "detector",
+            "architecture": self.architecture,
             "encoder": c.encoder,
             "decoder": c.decoder,
             "input": {"mode": "whole", "size": c.size},
             "threshold": round(float(getattr(self, "threshold", 0.5)), 3),
-            "version": f"detector-{c.encoder}-whole{c.size}"
+            "version": f"detector-{'fcos-' if self.fcos else ''}{c.encoder}-whole{c.size}"
             f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": {
