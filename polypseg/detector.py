@@ -9,7 +9,7 @@ family:
   binary entropy of the map over the pixels it is not confident about.
 - `FcosDetector`: a box detector (torchvision's FCOS, anchor-free, on a ResNet FPN) at the
   same working size: boxes and scores straight from the network. Its uncertainty is the
-  binary entropy of its detections' scores, summed.
+  binary entropy of its detections' scores, combined.
 Uncertainty ranks frames for labelling.
 
 Masks for detections come from the box-prompted model (`polypseg.detection_job.outline`): the
@@ -109,7 +109,7 @@ def frame_uncertainty(probability: np.ndarray) -> float:
 
 class PolypDetector(ABC):
     """A trained detector: `find(image)` gives boxes with scores (best first) and how unsure
-    the detector is about the frame."""
+    the detector is about the frame (0..1: 0 sure everywhere)."""
 
     def __init__(
         self, model: torch.nn.Module, metadata: dict[str, Any], device: str = "cpu", threshold: float = 0.5
@@ -212,11 +212,16 @@ def create_fcos_model(encoder: str = "resnet18", size: int = 256, channels: int 
 
 
 def score_uncertainty(scores: list[float]) -> float:
-    """The binary entropy (bits) of each detection's score, summed: 0 for a frame whose
-    detections are all sure (or that has none above the floor), higher the more detections
-    are in doubt and the deeper the doubt."""
+    """How unsure a box detector is about a frame: the largest binary entropy (bits, 0..1) of
+    its detections' scores, the detection nearest a coin toss deciding; 0 for a frame whose
+    detections are all decided (or that has none above the floor). Within 0..1 like the map
+    detector's, so Label Studio's score 1 - uncertainty stays a score. FCOS's scores are
+    compressed (the validation polyps score 0.6-0.7), so its frames spread over a narrow band
+    near 1: the order is what ranks them."""
+    if not scores:
+        return 0.0
     p = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return float(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)).sum())
+    return float((-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).max())
 
 
 class FcosDetector(PolypDetector):

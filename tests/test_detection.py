@@ -4,6 +4,7 @@ hand-made cases, and the detector's commands on real frames."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,26 +137,26 @@ def test_evaluate_detection_under_a_shift_and_the_ranking_check(kvasir, tmp_path
     assert "unknown shift 'sepia'; known: downscale-0.5" in caplog.text
 
 
-def test_the_box_detector_starts_from_the_shipped_detectors_encoder() -> None:
-    """`train detector --model fcos --init detector.pt`: the ResNet under FCOS's feature
-    pyramid gets the shipped (map) detector's encoder weights, name for name; the pyramid and
-    the heads keep their own."""
+def test_the_box_detector_starts_from_another_models_encoder() -> None:
+    """`train detector --model fcos --init box-unet.pt`: the ResNet under FCOS's feature
+    pyramid gets the box U-Net's encoder weights, name for name (the box channel of the first
+    convolution dropped); the pyramid and the heads keep their own."""
     import torch
 
     from polypseg.checkpoints import load_checkpoint
-    from polypseg.detection_job import DEFAULT_DETECTOR
     from polypseg.detector import create_fcos_model
     from polypseg.training.detector import fcos_state_from
 
     model = create_fcos_model("resnet18", 128)
     own = {k: v.clone() for k, v in model.state_dict().items()}
-    shipped, _, _ = load_checkpoint(DEFAULT_DETECTOR)
+    shipped, _, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "polypseg/models/box-unet.pt")
     model.load_state_dict(fcos_state_from(shipped, model))
     state = model.state_dict()
     encoder = [k for k in shipped if k.startswith("encoder.")]
     assert len(encoder) == 120
     for key in encoder:
-        assert torch.equal(state["backbone.body." + key.removeprefix("encoder.")], shipped[key].float())
+        expected = shipped[key].float()[:, :3] if key == "encoder.conv1.weight" else shipped[key].float()
+        assert torch.equal(state["backbone.body." + key.removeprefix("encoder.")], expected)
     assert torch.equal(
         state["head.classification_head.cls_logits.weight"], own["head.classification_head.cls_logits.weight"]
     )
@@ -196,3 +197,13 @@ def test_both_detector_designs_train_and_their_checkpoint_detects(kvasir, tmp_pa
         b = detection.box
         assert -1 <= b.x1 < b.x2 <= width + 1 and -1 <= b.y1 < b.y2 <= height + 1
     assert uncertainty >= 0
+
+
+def test_box_detector_uncertainty_is_zero_when_decided_and_grows_with_doubt() -> None:
+    from polypseg.detector import score_uncertainty
+
+    assert score_uncertainty([]) == 0.0
+    assert score_uncertainty([0.999999, 0.000001]) == pytest.approx(0.0, abs=1e-4)
+    one = score_uncertainty([0.7])
+    assert 0 < score_uncertainty([0.9]) < one < score_uncertainty([0.5]) == pytest.approx(1.0)
+    assert score_uncertainty([0.9, 0.7]) == one  # the most doubtful detection decides

@@ -82,7 +82,7 @@ class ClassicalTracker(VideoTracker):
         min_area: int = 64,
         sure_score: float = 0.9,
         detector: BoxDetector | None = None,
-        reacquire_score: float = 0.7,
+        reacquire_score: float | None = None,
     ) -> None:
         """`min_score`: the least model confidence x colour likeness to the followed polyp (0.6:
         measured in docs/benchmarks.md against 0.5 and 0.7);
@@ -91,7 +91,8 @@ class ClassicalTracker(VideoTracker):
         `sure_score`: the least model confidence for a mask in the last one's place to count
         as the polyp when the light changed its colour (the clip's frames 175-176: 0.93, 0.94;
         tissue boxed out of view there: below 0.86).
-        `detector`: re-acquires a lost polyp from detections scoring `reacquire_score` or more."""
+        `detector`: re-acquires a lost polyp from detections scoring `reacquire_score` or more
+        (default: the detector's own shipped floor, chosen on validation data)."""
         self.predictor = predictor
         self.min_score = min_score
         self.max_area_change = max_area_change
@@ -135,7 +136,7 @@ class ClassicalTracker(VideoTracker):
         the first whose outline passes the tracker's checks (its size may have changed while
         out of view) is taken."""
         assert self.detector is not None and state.box is not None and state.signature is not None
-        detections = self.detector.detect(image, min_score=self.reacquire_score)
+        detections = self.detector.detect(image, min_score=self.reacquire_score)  # None: its floor
         last = state.box
         near = Box(last.x1 - last.width, last.y1 - last.height, last.x2 + last.width, last.y2 + last.height)
 
