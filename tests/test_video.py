@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLIP_POLYP, DATA, box_iou
+from polypseg.detection_job import build_detector
 from polypseg.errors import DatasetError, InputImageError
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
@@ -233,22 +234,44 @@ def test_track_cli_re_anchors_on_a_correction(tmp_path):
 
 @pytest.mark.slow
 def test_track_cli_reacquires_a_lost_track_with_the_detector(tmp_path):
-    """With --reacquire, a track started on bowel wall (a patch of wall on frame 133, lost on
-    the next: the model sees no polyp there) is taken up by the detector where the polyp is,
-    with no correction (measured with detector ...-e14: 0.65-0.69 of the mask inside the
-    hand-drawn polyp box, which is tighter than the polyp)."""
-    out = tmp_path / "track"
-    result = _polypseg(
-        "track", CLIP, "--frame", 133, "--box", "60,60,160,160", "--max-frames", 4, "--reacquire",
-        "--out", out,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    track = json.loads((out / "track.json").read_text())
+    """By default, a track started on bowel wall (a patch of wall on frame 133, lost on the
+    next: the model sees no polyp there) is taken up by the detector where the polyp is, with
+    no correction, once the detector has found it there on 3 frames in a row (134-136; the
+    first two stay lost); with --no-reacquire it stays lost."""
     polyp = np.zeros((480, 560), dtype=bool)
     polyp[240:400, 360:450] = True
-    for frame in track["frames"][1:]:
-        mask = read_mask(out / f"mask_{frame['frame']:06d}.png") > 0
-        assert not frame["lost"] and (mask & polyp).sum() / max(mask.sum(), 1) > 0.5, frame
+    for flags, found in (([], [False, False, True, True, True]), (["--no-reacquire"], [False] * 5)):
+        out = tmp_path / f"track{len(flags)}"
+        result = _polypseg(
+            "track", CLIP, "--frame", 133, "--box", "60,60,160,160", "--max-frames", 6, *flags,
+            "--out", out,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        frames = json.loads((out / "track.json").read_text())["frames"][1:]
+        assert [not frame["lost"] for frame in frames] == found, (flags, frames)
+        for frame in frames:
+            mask = read_mask(out / f"mask_{frame['frame']:06d}.png") > 0
+            assert not mask.any() if frame["lost"] else (mask & polyp).sum() / mask.sum() > 0.5, frame
+
+
+@pytest.mark.slow
+def test_classical_tracker_finds_the_polyp_again_after_it_left_the_view(clip, classical):
+    """From the box on frame 133 backward through the whole clip, with the shipped detector:
+    the polyp leaves the view at the right edge after frame ~106 and is back, small, on the
+    right (boxes read by eye on frames 59 and 35); the track takes it up again there, and
+    paints nothing where it is out of view (frames 0-27) or where the detector boxes a fold on
+    the left (frames 95-102, measured 2026-12-06: boxes of 0.49-0.55, outlines 4-5x the polyp's
+    area on frame 133)."""
+    tracker = ClassicalTracker(classical.predictor, detector=build_detector(device="cpu"))
+    results = {r.index: r for r in tracker.track(clip.frames(133, "backward"), POLYP_BOX)}
+    assert not any(results[i].lost for i in range(115, 134))
+    painted = [i for i in [*range(0, 28), *range(95, 103)] if not results[i].lost or results[i].mask.any()]
+    assert not painted, painted
+    for frame, polyp in {59: (391, 176, 445, 287), 35: (346, 70, 422, 215)}.items():
+        found = results[frame].box
+        assert found is not None, frame
+        assert box_iou(tuple(found.as_array()), polyp) > 0.5, (frame, found)
+    assert sum(not results[i].lost for i in range(29, 45)) >= 10
 
 
 @pytest.mark.parametrize(
@@ -339,6 +362,18 @@ def _stepped_through_bytes(tracker, frames, prompt):
         result, state = tracker.step(tracker.load_state(tracker.save_state(state)), index, image)
         results.append(result)
     return results
+
+
+def test_classical_state_keeps_a_re_acquisition_in_progress_through_bytes(clip, classical):
+    """A CVAT call may end between two sightings of a candidate: the next call goes on counting."""
+    _, frame = next(iter(clip.frames(133, "forward", 1)))
+    state = ClassicalState(
+        frame, Box(360, 240, 450, 400), 9000.0, np.ones(144, dtype=np.float32), False,
+        outlined_area=12000.0, candidate=Box(380, 180, 431, 254), sightings=2,
+    )  # fmt: skip
+    loaded = classical.load_state(classical.save_state(state))
+    assert (loaded.outlined_area, loaded.candidate, loaded.sightings) == (12000.0, Box(380, 180, 431, 254), 2)
+    assert not loaded.following and loaded.box == state.box
 
 
 @pytest.mark.slow  # tracks the clip twice

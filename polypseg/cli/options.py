@@ -61,9 +61,10 @@ def add_reacquire_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reacquire",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="classical tracker: look for a lost polyp with the detector (off by default: the "
-        "shipped detector takes a fold for a polyp on the real clip, docs/models.md)",
+        default=True,
+        help="classical tracker: look for a lost polyp with the detector and take the track up "
+        "again once it is confirmed (same place on 3 frames in a row, the polyp's size); "
+        "--no-reacquire: only where it was lost",
     )
     parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
 

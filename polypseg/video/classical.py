@@ -6,8 +6,12 @@ drift. Where the box tracker fails, the last good box is searched instead. A fra
 when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
 polyp it has followed; while lost, each frame is tried again at the last good box, so the
 track picks up when the polyp returns near where it left. With a detector, a lost track also
-looks for the polyp anywhere: a confident detection (near the last place first, then the whole
-frame) whose outline looks like the followed polyp takes the track up again there.
+looks for the polyp anywhere (near the last place first, then the whole frame). A detection
+takes the track up again only when it is confirmed: its outline looks like the followed polyp,
+is of a size the polyp can have (within a factor of its size as first outlined), and the
+detector finds it in the same place on several frames in a row. A detector's false boxes are
+mostly one of two kinds, both refused by these checks: a box over most of the frame (whose
+outline is far larger than the polyp) and a flicker on a fold (found on a frame or two).
 
 Colour tells the followed polyp from other tissue, but the light of an endoscope changes
 abruptly (a flash, a tint as the tip turns), and with it every colour in the frame. So while
@@ -62,13 +66,19 @@ class BoxDetector(Protocol):
 class ClassicalState:
     """What the next frame needs: the last frame where the polyp was found, its box and mask
     area there, the colour signature of the polyp as first outlined (all None while lost
-    from the start), and whether the polyp was found on the frame just before."""
+    from the start), whether the polyp was found on the frame just before, and what
+    re-acquisition needs."""
 
     frame: np.ndarray | None = None
     box: Box | None = None
     area: float = 0.0
     signature: np.ndarray | None = None
     following: bool = False
+    # Re-acquisition: the polyp's mask area as first outlined, and while lost, where the
+    # detector last found a candidate and on how many frames in a row.
+    outlined_area: float = 0.0
+    candidate: Box | None = None
+    sightings: int = 0
 
 
 class ClassicalTracker(VideoTracker):
@@ -83,6 +93,8 @@ class ClassicalTracker(VideoTracker):
         sure_score: float = 0.9,
         detector: BoxDetector | None = None,
         reacquire_score: float | None = None,
+        reacquire_frames: int = 3,
+        reacquire_size_change: float = 4.0,
     ) -> None:
         """`min_score`: the least model confidence x colour likeness to the followed polyp (0.6:
         measured in docs/benchmarks.md against 0.5 and 0.7);
@@ -92,7 +104,11 @@ class ClassicalTracker(VideoTracker):
         as the polyp when the light changed its colour (the clip's frames 175-176: 0.93, 0.94;
         tissue boxed out of view there: below 0.86).
         `detector`: re-acquires a lost polyp from detections scoring `reacquire_score` or more
-        (default: the detector's own shipped floor, chosen on validation data)."""
+        (default: the detector's own shipped floor, chosen on validation data), found in the
+        same place (box IoU at least 0.3) on `reacquire_frames` lost frames in a row (3: an
+        eighth of a second at 25 frames/s; one or two frames are how a fold flickers), whose
+        outline's area is within a factor `reacquire_size_change` of the polyp's as first
+        outlined (4: the polyp seen from twice or half as far)."""
         self.predictor = predictor
         self.min_score = min_score
         self.max_area_change = max_area_change
@@ -101,6 +117,8 @@ class ClassicalTracker(VideoTracker):
         self.min_presence = 0.5
         self.detector = detector
         self.reacquire_score = reacquire_score
+        self.reacquire_frames = reacquire_frames
+        self.reacquire_size_change = reacquire_size_change
 
     def start(self, index: int, image: np.ndarray, prompt: Prompt) -> tuple[TrackedFrame, ClassicalState]:
         prediction = self._anchor(image, prompt)
@@ -108,7 +126,8 @@ class ClassicalTracker(VideoTracker):
         if box is None:
             return lost_frame(index, image.shape, prediction.score), ClassicalState()
         signature = colour_signature(image, prediction.mask)
-        state = ClassicalState(image, box, float(prediction.mask.sum()), signature, following=True)
+        area = float(prediction.mask.sum())
+        state = ClassicalState(image, box, area, signature, following=True, outlined_area=area)
         return TrackedFrame(index, prediction.mask, box, prediction.score, False), state
 
     def step(
@@ -118,23 +137,38 @@ class ClassicalTracker(VideoTracker):
             return self.start(index, image, correction)
         if state.frame is None or state.box is None or state.signature is None:
             return lost_frame(index, image.shape, 0.0), state
+        if self.detector is not None and not state.following:
+            # lost: the detector alone says where the polyp is back, once it has confirmed it
+            result, state = self._reacquire(index, image, state)
+        else:
+            result = self._follow_polyp(index, image, state)
+            if result.lost and self.detector is not None:
+                result, state = self._reacquire(index, image, state)
+        if result.lost or result.box is None:
+            return result, replace(state, following=False)
+        area = float(result.mask.sum())
+        return result, replace(
+            state, frame=image, box=result.box, area=area, following=True, candidate=None, sightings=0
+        )
+
+    def _follow_polyp(self, index: int, image: np.ndarray, state: ClassicalState) -> TrackedFrame:
+        """The polyp where the box tracker saw it move, else where it was last found."""
+        assert state.frame is not None and state.box is not None
         # MIL learns the polyp's look on the last frame where it was found, then searches this one.
         proposal = self._follow(self._start(state.frame, state.box), image) or state.box
         result = self._segment(index, image, proposal, state)
         if result.lost and proposal != state.box:  # the box tracker may have drifted: try where it was
             result = self._segment(index, image, state.box, state)
-        if result.lost and self.detector is not None:
-            result = self._reacquire(index, image, state)
-        if result.lost or result.box is None:
-            return result, replace(state, following=False)
-        area = float(result.mask.sum())
-        return result, ClassicalState(image, result.box, area, state.signature, following=True)
+        return result
 
-    def _reacquire(self, index: int, image: np.ndarray, state: ClassicalState) -> TrackedFrame:
-        """The polyp found again by the detector, or the frame lost: detections near the last
-        box first (its box grown by its own size on each side), then the rest, best first;
-        the first whose outline passes the tracker's checks (its size may have changed while
-        out of view) is taken."""
+    def _reacquire(
+        self, index: int, image: np.ndarray, state: ClassicalState
+    ) -> tuple[TrackedFrame, ClassicalState]:
+        """The polyp found again by the detector, or the frame lost. This frame's candidate is
+        the first detection (those near the last box first, its box grown by its own size on
+        each side, then the rest, best first) whose outline passes the tracker's checks and
+        is of the polyp's size; it takes the track up once found in the same place on
+        `reacquire_frames` frames in a row."""
         assert self.detector is not None and state.box is not None and state.signature is not None
         detections = self.detector.detect(image, min_score=self.reacquire_score)  # None: its floor
         last = state.box
@@ -144,13 +178,27 @@ class ClassicalTracker(VideoTracker):
             cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
             return near.x1 <= cx <= near.x2 and near.y1 <= cy <= near.y2
 
-        ordered = sorted(detections, key=lambda d: (not is_near(d.box), -d.score))
-        for detection in ordered:
-            # a polyp found again must look like the one followed, at whatever size it now is
-            result = self._segment(index, image, detection.box, replace(state, area=0.0, following=False))
-            if not result.lost:
-                return result
-        return lost_frame(index, image.shape, 0.0)
+        lost = lost_frame(index, image.shape, 0.0)
+        for detection in sorted(detections, key=lambda d: (not is_near(d.box), -d.score)):
+            # the polyp found again may have changed size and light while out of view
+            found_state = replace(state, area=0.0, following=False)
+            result = self._segment(index, image, detection.box, found_state, by_colour=False)
+            if result.lost or result.box is None or not self._polyp_sized(result.mask, state):
+                continue
+            seen_before = state.candidate is not None and box_iou(state.candidate, result.box) >= 0.3
+            sightings = state.sightings + 1 if seen_before else 1
+            if sightings >= self.reacquire_frames:
+                return result, state
+            return lost, replace(state, candidate=result.box, sightings=sightings)
+        return lost, replace(state, candidate=None, sightings=0)
+
+    def _polyp_sized(self, mask: np.ndarray, state: ClassicalState) -> bool:
+        """Whether a mask's area is within `reacquire_size_change` of the polyp's as first
+        outlined (any size where that is unknown, as in a state from before it was kept)."""
+        if not state.outlined_area:
+            return True
+        change = float(mask.sum()) / state.outlined_area
+        return 1 / self.reacquire_size_change <= change <= self.reacquire_size_change
 
     def _state_tensors(self, state: ClassicalState) -> dict[str, Any]:
         if state.frame is None or state.box is None or state.signature is None:
@@ -165,6 +213,9 @@ class ClassicalTracker(VideoTracker):
             "area": state.area,
             "signature": torch.from_numpy(state.signature),
             "following": state.following,
+            "outlined_area": state.outlined_area,
+            "candidate": [] if state.candidate is None else state.candidate.as_array().tolist(),
+            "sightings": state.sightings,
         }
 
     def _state_from_tensors(self, data: dict[str, Any]) -> ClassicalState:
@@ -179,6 +230,9 @@ class ClassicalTracker(VideoTracker):
             float(data["area"]),
             data["signature"].numpy().astype(np.float32),
             bool(data.get("following", False)),
+            float(data.get("outlined_area", 0.0)),
+            Box(*(float(v) for v in data["candidate"])) if data.get("candidate") else None,
+            int(data.get("sightings", 0)),
         )
 
     def _anchor(self, image: np.ndarray, prompt: Prompt) -> Prediction:
@@ -210,7 +264,13 @@ class ClassicalTracker(VideoTracker):
             return None
         return tracker
 
-    def _segment(self, index: int, image: np.ndarray, box: Box, state: ClassicalState) -> TrackedFrame:
+    def _segment(
+        self, index: int, image: np.ndarray, box: Box, state: ClassicalState, by_colour: bool = True
+    ) -> TrackedFrame:
+        """The model's mask in `box`, or the frame lost where the mask is no polyp, a speck, or
+        jumps in size from `state`'s; `by_colour`: also where it looks unlike the followed
+        polyp (a detection confirmed over several frames is not judged by colour: the light
+        on a polyp seen from afar differs from that on it close up)."""
         height, width = image.shape[:2]
         try:
             prompt = Prompt(box=box).fitted_to(width, height)
@@ -226,9 +286,11 @@ class ClassicalTracker(VideoTracker):
             return lost_frame(index, image.shape, prediction.score)
         change = max(area / state.area, state.area / area) if state.area else 1.0
         assert state.signature is not None and state.box is not None
-        likeness = float(
-            cv2.compareHist(state.signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
-        )
+        likeness = 1.0
+        if by_colour:
+            likeness = float(
+                cv2.compareHist(state.signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
+            )
         if state.following and prediction.score >= self.sure_score:  # the light changed, not the place
             likeness = max(likeness, box_iou(found, state.box))
         score = prediction.score * max(likeness, 0.0)
