@@ -400,6 +400,28 @@ def test_video_box_is_tracked_both_ways(default_predictor) -> None:
     assert json.dumps(region)  # plain JSON for Label Studio
 
 
+@pytest.mark.slow
+def test_a_video_box_lost_out_of_view_is_found_again_by_the_detector(default_predictor) -> None:
+    """Tracked backward from frame 133, the polyp leaves the view after frame ~106: nothing is
+    drawn on frames 62-105, and the detector (loaded for pre-annotation) finds it again, small
+    on the right, on frames 57-61 (tests/test_video.py has the core's side of this)."""
+    with file_server(CLIP.parent) as media:
+        client, _ = make_client(media.url, default_predictor, max_frames_to_track=80)
+        body = {
+            "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
+            "project": "5.1",
+            "label_config": (CONFIGS / "polyp-video.xml").read_text(),
+            "params": {"context": {"result": video_context(134, (360, 240, 450, 400))}},
+        }
+        answer = client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    keyframes = {k["frame"] - 1: k for k in answer.json()["results"][0]["result"][0]["value"]["sequence"]}
+    assert not [i for i in range(62, 106) if i in keyframes], sorted(keyframes)
+    k = keyframes[59]
+    found = (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
+    assert k["enabled"] and box_iou(found, (391, 176, 445, 287)) > 0.5, found
+
+
 def test_video_frames_out_of_view_are_disabled(default_predictor) -> None:
     """Started on a frame where the polyp is out of view (frames 0-28), the track is lost at
     once: the user's keyframe is disabled and nothing is invented after it."""

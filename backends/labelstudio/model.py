@@ -244,7 +244,9 @@ class PolypModel:
         kind = self.tracker_kind(predictor)
         with self.fetcher.download(url, task.get("id")) as path:
             tracked = [
-                track_video_region(path, box, predictor, kind, self.settings.max_frames_to_track)
+                track_video_region(
+                    path, box, predictor, kind, self.settings.max_frames_to_track, self.detector
+                )
                 for box in boxes
             ]
         score = sum(t.score for t in tracked) / len(tracked)

@@ -168,7 +168,8 @@ class PagedTasks:
     def _track(
         self, predictor: ImagePredictor, source: PageSource, anchors: dict[int, Prompt]
     ) -> dict[int, TrackedFrame]:
-        return track_anchored(source, build_tracker(self.tracker_kind(predictor), predictor), anchors)
+        tracker = build_tracker(self.tracker_kind(predictor), predictor, self.detector)
+        return track_anchored(source, tracker, anchors)
 
     def box(
         self,

@@ -23,6 +23,7 @@ from typing import Any
 
 from backends.labelstudio.regions import Region, as_object, box_value, rectangle_box
 from backends.request_errors import RequestError
+from polypseg.detector import PolypDetector
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
 from polypseg.video.frames import VideoFileSource, VideoInfo
@@ -84,9 +85,15 @@ def _hidden(frame: int, drawn: list[Keyframe]) -> bool:
 
 
 def track_video_region(
-    path: Path, region: Region, predictor: ImagePredictor, tracker_kind: str, max_frames: int
+    path: Path,
+    region: Region,
+    predictor: ImagePredictor,
+    tracker_kind: str,
+    max_frames: int,
+    detector: PolypDetector | None = None,
 ) -> TrackedRegion:
-    """The region with its keyframes tracked from each enabled keyframe the annotator drew."""
+    """The region with its keyframes tracked from each enabled keyframe the annotator drew (the
+    classical tracker re-acquires a lost polyp with `detector` where one is given)."""
     value = as_object(region.get("value"), "the video rectangle's value")
     drawn = _keyframes(value)
     source = VideoFileSource(path)
@@ -97,7 +104,7 @@ def track_video_region(
         for k in drawn
         if k.get("enabled", True)
     }
-    tracker = build_tracker(tracker_kind, predictor)
+    tracker = build_tracker(tracker_kind, predictor, detector)
     results = track_anchored(source, tracker, anchors, max_frames)
 
     found: dict[int, Keyframe | None] = {int(k["frame"]): dict(k) for k in drawn}  # None: lost
