@@ -4,14 +4,14 @@ On each frame the box tracker (MIL) proposes where the polyp moved; the box-prom
 segments inside that box; the mask's tight box re-centres the box tracker, so it does not
 drift. Where the box tracker fails, the last good box is searched instead. A frame is lost
 when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
-polyp it has followed; while lost, each frame is tried again at the last good box, so the
-track picks up when the polyp returns near where it left. With a detector, a lost track also
-looks for the polyp anywhere (near the last place first, then the whole frame). A detection
-takes the track up again only when it is confirmed: its outline looks like the followed polyp,
-is of a size the polyp can have (within a factor of its size as first outlined), and the
-detector finds it in the same place on several frames in a row. A detector's false boxes are
-mostly one of two kinds, both refused by these checks: a box over most of the frame (whose
-outline is far larger than the polyp) and a flicker on a fold (found on a frame or two).
+polyp it has followed. Without a detector, each lost frame is tried again at the last good
+box, so the track picks up when the polyp returns near where it left. With one, the detector
+alone looks for a lost polyp (near the last place first, then the whole frame), and a
+detection takes the track up again only when it is confirmed: the model outlines it surely,
+the outline is of a size the polyp can have (within a factor of its size as first outlined),
+and the detector finds it in the same place on several frames in a row. A detector's false
+boxes are mostly one of two kinds, both refused by these checks: a box over most of the frame
+(whose outline is far larger than the polyp) and a flicker on a fold (found on a frame or two).
 
 Colour tells the followed polyp from other tissue, but the light of an endoscope changes
 abruptly (a flash, a tint as the tip turns), and with it every colour in the frame. So while
@@ -165,10 +165,10 @@ class ClassicalTracker(VideoTracker):
         self, index: int, image: np.ndarray, state: ClassicalState
     ) -> tuple[TrackedFrame, ClassicalState]:
         """The polyp found again by the detector, or the frame lost. This frame's candidate is
-        the first detection (those near the last box first, its box grown by its own size on
-        each side, then the rest, best first) whose outline passes the tracker's checks and
-        is of the polyp's size; it takes the track up once found in the same place on
-        `reacquire_frames` frames in a row."""
+        the first detection (the one in the last candidate's place first, then those near the
+        last box, its box grown by its own size on each side, then the rest, best first)
+        whose outline passes the tracker's checks and is of the polyp's size; it takes the
+        track up once found in the same place on `reacquire_frames` frames in a row."""
         assert self.detector is not None and state.box is not None and state.signature is not None
         detections = self.detector.detect(image, min_score=self.reacquire_score)  # None: its floor
         last = state.box
@@ -178,15 +178,18 @@ class ClassicalTracker(VideoTracker):
             cx, cy = (box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2
             return near.x1 <= cx <= near.x2 and near.y1 <= cy <= near.y2
 
+        def seen_before(box: Box) -> bool:
+            return state.candidate is not None and box_iou(state.candidate, box) >= 0.3
+
         lost = lost_frame(index, image.shape, 0.0)
-        for detection in sorted(detections, key=lambda d: (not is_near(d.box), -d.score)):
+        order = sorted(detections, key=lambda d: (not seen_before(d.box), not is_near(d.box), -d.score))
+        for detection in order:
             # the polyp found again may have changed size and light while out of view
             found_state = replace(state, area=0.0, following=False)
             result = self._segment(index, image, detection.box, found_state, by_colour=False)
             if result.lost or result.box is None or not self._polyp_sized(result.mask, state):
                 continue
-            seen_before = state.candidate is not None and box_iou(state.candidate, result.box) >= 0.3
-            sightings = state.sightings + 1 if seen_before else 1
+            sightings = state.sightings + 1 if seen_before(result.box) else 1
             if sightings >= self.reacquire_frames:
                 return result, state
             return lost, replace(state, candidate=result.box, sightings=sightings)
