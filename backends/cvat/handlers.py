@@ -68,16 +68,23 @@ class DetectorFunction:
 
 class TrackerFunction:
     """Shapes on one frame followed onto the next. Each object's tracker state, its shape kind
-    and its last shape are kept in `store`; CVAT carries only `{"token", "step", "lost"}`."""
+    and its last shape are kept in `store`; CVAT carries only `{"token", "step", "lost"}`. With
+    a `detector`, the classical tracker looks for a lost polyp anywhere in the frame."""
 
     def __init__(
-        self, model: CurrentModel, kind: str, store: StateStore, shape_kinds: tuple[str, ...] = SHAPE_KINDS
+        self,
+        model: CurrentModel,
+        kind: str,
+        store: StateStore,
+        shape_kinds: tuple[str, ...] = SHAPE_KINDS,
+        detector: PolypDetector | None = None,
     ) -> None:
         self.model, self.kind, self.store, self.shape_kinds = model, kind, store, shape_kinds
+        self.detector = detector
 
     @property
     def tracker(self) -> VideoTracker:
-        return build_tracker(self.kind, self.model.get())
+        return build_tracker(self.kind, self.model.get(), self.detector)
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         objects = tracking_objects(body)

@@ -6,6 +6,8 @@ plus the tracker's own, read and checked once, in `init_context`.
 - CVAT_REDIS_HOST, CVAT_REDIS_PORT, CVAT_REDIS_PASSWORD (as CVAT's own services take them):
   where tracker states live; without a host, in the function's process.
 - POLYPSEG_TRACK_TTL: seconds a tracker state is kept (CVAT's own limit, 8 hours, by default).
+- POLYPSEG_REACQUIRE: 1 (default) lets the classical tracker look for a lost polyp with the
+  detector (POLYPSEG_DETECTOR, else the shipped one); 0 only where it was lost.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class CvatSettings(ServingSettings):
     redis_host: str = ""
     redis_port: int = 6379
     redis_password: str = ""
+    reacquire: bool = True
 
     @classmethod
     def from_env(  # type: ignore[override]
@@ -52,4 +55,5 @@ class CvatSettings(ServingSettings):
             redis_host=env.text("CVAT_REDIS_HOST"),
             redis_port=env.integer("CVAT_REDIS_PORT", 6379, minimum=1),
             redis_password=env.text("CVAT_REDIS_PASSWORD"),
+            reacquire=env.choice("POLYPSEG_REACQUIRE", ("1", "0"), "1") == "1",
         )
