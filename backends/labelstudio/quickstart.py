@@ -166,11 +166,21 @@ def _add_video(ls: Any, args: argparse.Namespace) -> tuple[int, int]:
     return project, launcher.add_clip_tasks(ls, project, clips, tasks)
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace, url: str) -> int:
+    # SIGTERM (a service manager, `kill`) is Ctrl-C: it stops both servers, also while they
+    # start and the moment "ready" is printed. Ctrl-C stops them even when started from a shell
+    # that ignores SIGINT (a background job), which Python would otherwise keep ignoring.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     login = _login(args.data_dir, args.username)
     log.info("starting Label Studio on %s (first start: about a minute) ...", url)
-    processes = []
-    try:
+    processes: list[Any] = []
+    ready = False
+    try:  # whatever ends this, both servers stop with it
         processes.append(
             launcher.start_label_studio(
                 args.label_studio, args.data_dir, args.port, login, files_root=FILES_ROOT
@@ -191,37 +201,33 @@ def _run(args: argparse.Namespace, url: str) -> int:
             what = "images"
         backend = f"http://127.0.0.1:{args.backend_port}"
         launcher.connect_backend(ls, project, backend, basic_auth=launcher.basic_auth_from_env())
-    except (launcher.ServerFailed, OSError, KeyboardInterrupt) as exc:
-        log.error("%s", exc or "interrupted")
-        for process in processes:
-            launcher.stop(process)
-        return 1
-    log.info(
-        "\nLabel Studio is ready: %s/projects/%d (%d %s)\n  login: %s\n  password: %s\n"
-        "Open a task: the polyps the detector finds are already outlined (check them). To outline "
-        "one yourself, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
-        "sparkle, key M) and draw a box around the polyp; accept the suggestion.\n"
-        "Logs in %s. Ctrl-C stops both servers.",
-        url,
-        project,
-        tasks,
-        what,
-        login.username,
-        login.password,
-        args.data_dir,
-    )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Ctrl-C stops both servers even when started from a shell that ignores SIGINT (a
-    # background job), which Python would otherwise keep ignoring.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+        ready = True
+        log.info(
+            "\nLabel Studio is ready: %s/projects/%d (%d %s)\n  login: %s\n  password: %s\n"
+            "Open a task: the polyps the detector finds are already outlined (check them). To outline "
+            "one yourself, turn on Auto-Annotation (bottom bar), click the Auto-Detect tool (the "
+            "sparkle, key M) and draw a box around the polyp; accept the suggestion.\n"
+            "Logs in %s. Ctrl-C stops both servers.",
+            url,
+            project,
+            tasks,
+            what,
+            login.username,
+            login.password,
+            args.data_dir,
+        )
         processes[0].wait()
-    except (KeyboardInterrupt, SystemExit):
-        pass
+        return 0
+    except (launcher.ServerFailed, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        if not ready:
+            log.error("interrupted")
+        return 0 if ready else 1
     finally:
         for process in reversed(processes):
             launcher.stop(process)
-    return 0
 
 
 if __name__ == "__main__":
