@@ -368,17 +368,27 @@ def video_context(frame: int, box: tuple[float, float, float, float], frames_cou
     ]
 
 
-@pytest.mark.slow
-def test_video_box_is_tracked_both_ways(default_predictor) -> None:
+def track_video_box(predictor, frame: int, box: tuple[float, float, float, float], max_frames: int):
+    """The backend's answer to a video rectangle on the clip's `frame` (Label Studio's number)."""
     with file_server(CLIP.parent) as media:
-        client, _ = make_client(media.url, default_predictor, max_frames_to_track=40)
+        client, _ = make_client(media.url, predictor, max_frames_to_track=max_frames)
         body = {
             "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
             "project": "5.1",
             "label_config": (CONFIGS / "polyp-video.xml").read_text(),
-            "params": {"context": {"result": video_context(134, (360, 240, 450, 400))}},
+            "params": {"context": {"result": video_context(frame, box)}},
         }
-        answer = client.post("/predict", json=body)
+        return client.post("/predict", json=body)
+
+
+def keyframe_box(k: dict) -> tuple[float, float, float, float]:
+    """A keyframe's rectangle in the clip's pixels (560 x 480; Label Studio gives percent)."""
+    return (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
+
+
+@pytest.mark.slow
+def test_video_box_is_tracked_both_ways(default_predictor) -> None:
+    answer = track_video_box(default_predictor, 134, (360, 240, 450, 400), max_frames=40)
     assert answer.status_code == 200, answer.text
     (region,) = answer.json()["results"][0]["result"]
     assert region["type"] == "videorectangle" and region["id"] == "trk1"
@@ -394,8 +404,7 @@ def test_video_box_is_tracked_both_ways(default_predictor) -> None:
     # The box follows without jumping away ...
     assert all(math.dist(a, b) < 8 for a, b in zip(centres, centres[1:], strict=False))
     for frame, box in CLIP_POLYP.items():  # ... and goes where the polyp went (Label Studio counts from 1)
-        k = sequence[frame + 1 - 134]
-        found = (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
+        found = keyframe_box(sequence[frame + 1 - 134])
         assert box_iou(found, box) > 0.6, (frame, found)
     assert json.dumps(region)  # plain JSON for Label Studio
 
@@ -405,35 +414,18 @@ def test_a_video_box_lost_out_of_view_is_found_again_by_the_detector(default_pre
     """Tracked backward from frame 133, the polyp leaves the view after frame ~106: nothing is
     drawn on frames 62-105, and the detector (loaded for pre-annotation) finds it again, small
     on the right, on frames 57-61 (tests/test_video.py has the core's side of this)."""
-    with file_server(CLIP.parent) as media:
-        client, _ = make_client(media.url, default_predictor, max_frames_to_track=80)
-        body = {
-            "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
-            "project": "5.1",
-            "label_config": (CONFIGS / "polyp-video.xml").read_text(),
-            "params": {"context": {"result": video_context(134, (360, 240, 450, 400))}},
-        }
-        answer = client.post("/predict", json=body)
+    answer = track_video_box(default_predictor, 134, (360, 240, 450, 400), max_frames=80)
     assert answer.status_code == 200, answer.text
     keyframes = {k["frame"] - 1: k for k in answer.json()["results"][0]["result"][0]["value"]["sequence"]}
     assert not [i for i in range(62, 106) if i in keyframes], sorted(keyframes)
-    k = keyframes[59]
-    found = (k["x"] * 5.6, k["y"] * 4.8, (k["x"] + k["width"]) * 5.6, (k["y"] + k["height"]) * 4.8)
-    assert k["enabled"] and box_iou(found, (391, 176, 445, 287)) > 0.5, found
+    found = keyframe_box(keyframes[59])
+    assert keyframes[59]["enabled"] and box_iou(found, (391, 176, 445, 287)) > 0.5, found
 
 
 def test_video_frames_out_of_view_are_disabled(default_predictor) -> None:
     """Started on a frame where the polyp is out of view (frames 0-28), the track is lost at
     once: the user's keyframe is disabled and nothing is invented after it."""
-    with file_server(CLIP.parent) as media:
-        client, _ = make_client(media.url, default_predictor, max_frames_to_track=5)
-        body = {
-            "tasks": [{"id": 1, "data": {"video": f"/data/upload/{CLIP.name}"}}],
-            "project": "5.1",
-            "label_config": (CONFIGS / "polyp-video.xml").read_text(),
-            "params": {"context": {"result": video_context(5, (20, 20, 60, 60))}},
-        }
-        answer = client.post("/predict", json=body)
+    answer = track_video_box(default_predictor, 5, (20, 20, 60, 60), max_frames=5)
     sequence = answer.json()["results"][0]["result"][0]["value"]["sequence"]
     assert [(k["frame"], k["enabled"]) for k in sequence] == [(5, False)]
 

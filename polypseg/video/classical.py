@@ -182,10 +182,10 @@ class ClassicalTracker(VideoTracker):
             return state.candidate is not None and box_iou(state.candidate, box) >= 0.3
 
         lost = lost_frame(index, image.shape, 0.0)
+        # the polyp found again may have changed size and light while out of view
+        found_state = replace(state, area=0.0, following=False)
         order = sorted(detections, key=lambda d: (not seen_before(d.box), not is_near(d.box), -d.score))
         for detection in order:
-            # the polyp found again may have changed size and light while out of view
-            found_state = replace(state, area=0.0, following=False)
             result = self._segment(index, image, detection.box, found_state, by_colour=False)
             if result.lost or result.box is None or not self._polyp_sized(result.mask, state):
                 continue
