@@ -306,9 +306,6 @@ def test_tracker_follows_rectangles_through_cvats_calls(padding: str, sequence, 
             score_masks(found, box_mask(ui_rectangle(shape_of("rectangle", truth)), width, height)).iou
         )
     # A "tracker" that hands back the first box unchanged scores this; following must beat it.
-    # The second of these runs in one process follows less well (mean IoU 0.63 against 0.50
-    # standing; alone, each passes +0.2): OpenCV's MIL box tracker keeps a random state of its
-    # own across calls that cv2.setRNGSeed does not reset (docs/benchmarks.md).
     first = box_mask(ui_rectangle(shape_of("rectangle", masks[0])), width, height)
     standing = [
         score_masks(first, box_mask(ui_rectangle(shape_of("rectangle", t)), width, height)).iou

@@ -1,9 +1,10 @@
-"""The classical tracker: an OpenCV box tracker carries the box, the image predictor segments.
+"""The classical tracker: optical flow carries the box, the image predictor segments.
 
-On each frame the box tracker (MIL) proposes where the polyp moved; the box-prompted model
-segments inside that box; the mask's tight box re-centres the box tracker, so it does not
-drift. Where the box tracker fails, the last good box is searched instead. A frame is lost
-when the model is unsure, the mask is a speck, or it jumps in size or colour away from the
+On each frame the median optical flow of the box (`box_motion.follow_box`), from the last frame
+where the polyp was found, proposes where the polyp moved; the box-prompted model segments
+inside that box; the mask's tight box is where the next frame's flow starts, so it does not
+drift. Where the flow fails, the last good box is searched instead. A frame is lost when the
+model is unsure, the mask is a speck, or it jumps in size or colour away from the
 polyp it has followed. Without a detector, each lost frame is tried again at the last good
 box, so the track picks up when the polyp returns near where it left. With one, the detector
 alone looks for a lost polyp (near the last place first, then the whole frame), and a
@@ -33,6 +34,7 @@ from polypseg.errors import PromptError
 from polypseg.masks import mask_box
 from polypseg.predictors.base import ImagePredictor, Prediction
 from polypseg.prompts import Box, Prompt
+from polypseg.video.box_motion import follow_box
 from polypseg.video.tracking import TrackedFrame, VideoTracker, lost_frame
 
 
@@ -52,8 +54,17 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-# Smaller boxes give MIL too few pixels to learn the polyp's appearance from.
+# Smaller boxes are followed as this size: the flow's grid points would lie a pixel apart.
 MIN_TRACKED_SIDE = 16
+
+
+def followable_box(box: Box, width: int, height: int) -> Box:
+    """`box` grown about its centre to at least MIN_TRACKED_SIDE pixels a side, and moved inside
+    a width x height frame."""
+    w, h = min(max(box.width, MIN_TRACKED_SIDE), width), min(max(box.height, MIN_TRACKED_SIDE), height)
+    x = min(max((box.x1 + box.x2 - w) / 2, 0), width - w)
+    y = min(max((box.y1 + box.y2 - h) / 2, 0), height - h)
+    return Box(x, y, x + w, y + h)
 
 
 class BoxDetector(Protocol):
@@ -152,12 +163,11 @@ class ClassicalTracker(VideoTracker):
         )
 
     def _follow_polyp(self, index: int, image: np.ndarray, state: ClassicalState) -> TrackedFrame:
-        """The polyp where the box tracker saw it move, else where it was last found."""
+        """The polyp where the flow says it moved, else where it was last found."""
         assert state.frame is not None and state.box is not None
-        # MIL learns the polyp's look on the last frame where it was found, then searches this one.
-        proposal = self._follow(self._start(state.frame, state.box), image) or state.box
+        proposal = self._follow(state.frame, state.box, image) or state.box
         result = self._segment(index, image, proposal, state)
-        if result.lost and proposal != state.box:  # the box tracker may have drifted: try where it was
+        if result.lost and proposal != state.box:  # the flow may have drifted: try where it was
             result = self._segment(index, image, state.box, state)
         return result
 
@@ -246,26 +256,11 @@ class ClassicalTracker(VideoTracker):
             return Prediction(mask=prompt.previous_mask.astype(bool), score=1.0)
         return self.predictor.predict(image, prompt)
 
-    def _follow(self, box_tracker: cv2.Tracker | None, image: np.ndarray) -> Box | None:
-        """Where the box tracker saw the polyp move, or None."""
-        if box_tracker is None:
-            return None
-        found, (x, y, w, h) = box_tracker.update(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-        return Box(x, y, x + w, y + h) if found else None
-
-    def _start(self, image: np.ndarray, box: Box) -> cv2.Tracker | None:
-        """A MIL box tracker on the box (at least MIN_TRACKED_SIDE pixels a side, inside the
-        frame); None where MIL cannot learn from it: then the last box is searched again."""
+    def _follow(self, previous: np.ndarray, box: Box, image: np.ndarray) -> Box | None:
+        """Where the polyp in `box` on `previous` moved to on `image`, or None where the flow
+        is lost."""
         height, width = image.shape[:2]
-        w, h = min(max(box.width, MIN_TRACKED_SIDE), width), min(max(box.height, MIN_TRACKED_SIDE), height)
-        x = min(max((box.x1 + box.x2 - w) / 2, 0), width - w)
-        y = min(max((box.y1 + box.y2 - h) / 2, 0), height - h)
-        tracker = cv2.TrackerMIL.create()
-        try:
-            tracker.init(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), (int(x), int(y), int(w), int(h)))
-        except cv2.error:  # MIL samples positives around the box; some boxes leave it none
-            return None
-        return tracker
+        return follow_box(previous, image, followable_box(box, width, height))
 
     def _segment(
         self, index: int, image: np.ndarray, box: Box, state: ClassicalState, by_colour: bool = True
@@ -277,7 +272,7 @@ class ClassicalTracker(VideoTracker):
         height, width = image.shape[:2]
         try:
             prompt = Prompt(box=box).fitted_to(width, height)
-        except PromptError:  # the box tracker's proposal left the frame
+        except PromptError:  # the flow's proposal left the frame
             return lost_frame(index, image.shape, 0.0)
         prediction = self.predictor.predict(image, prompt)
         area = float(prediction.mask.sum())
