@@ -17,11 +17,20 @@ from polypseg.prompts import Box
 
 GRID = 10  # points a side
 MIN_POINTS = 10  # fewer followed both ways: no answer
-_LUCAS_KANADE = {
-    "winSize": (15, 15),
-    "maxLevel": 3,
-    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
-}
+
+
+def _lucas_kanade(before: np.ndarray, after: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where `points` (N x 1 x 2, float32) on `before` went on `after`, and whether each was found."""
+    moved, found, _ = cv2.calcOpticalFlowPyrLK(
+        before,
+        after,
+        points,
+        np.empty_like(points),  # filled in (no initial guess is given)
+        winSize=(15, 15),
+        maxLevel=3,
+        criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+    )
+    return np.asarray(moved), np.asarray(found).ravel() == 1
 
 
 def follow_box(previous: np.ndarray, image: np.ndarray, box: Box) -> Box | None:
@@ -32,9 +41,9 @@ def follow_box(previous: np.ndarray, image: np.ndarray, box: Box) -> Box | None:
     xs = np.linspace(box.x1 + 0.1 * box.width, box.x2 - 0.1 * box.width, GRID)
     ys = np.linspace(box.y1 + 0.1 * box.height, box.y2 - 0.1 * box.height, GRID)
     start = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 1, 2).astype(np.float32)
-    moved, forward_ok, _ = cv2.calcOpticalFlowPyrLK(before, after, start, None, **_LUCAS_KANADE)
-    back, backward_ok, _ = cv2.calcOpticalFlowPyrLK(after, before, moved, None, **_LUCAS_KANADE)
-    followed = (forward_ok.ravel() == 1) & (backward_ok.ravel() == 1)
+    moved, forward_found = _lucas_kanade(before, after, start)
+    back, backward_found = _lucas_kanade(after, before, moved)
+    followed = forward_found & backward_found
     if followed.sum() < MIN_POINTS:
         return None
     error = np.linalg.norm((start - back).reshape(-1, 2), axis=1)
