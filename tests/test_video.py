@@ -370,6 +370,7 @@ def test_box_flow_follows_a_known_move_and_zoom_the_same_way_every_time(clip):
     assert zoomed_box is not None and np.allclose(zoomed_box.as_array(), corners, atol=2.0), zoomed_box
     follow_box(zoomed, frame, Box(100, 100, 200, 200))
     assert follow_box(frame, moved, box) == found
+    assert follow_box(frame, frame[:400], box) is None  # frames of another size: nothing to follow
 
 
 def _stepped_through_bytes(tracker, frames, prompt):

@@ -34,8 +34,11 @@ def _lucas_kanade(before: np.ndarray, after: np.ndarray, points: np.ndarray) -> 
 
 
 def follow_box(previous: np.ndarray, image: np.ndarray, box: Box) -> Box | None:
-    """`box` on `previous` (RGB) moved to where its content went on `image` (RGB, same size),
-    or None where too few of its points could be followed there and back."""
+    """`box` on `previous` (RGB) moved to where its content went on `image` (RGB), or None where
+    too few of its points could be followed there and back, or the frames differ in size (a
+    CVAT task's images may)."""
+    if previous.shape != image.shape:
+        return None
     before = cv2.cvtColor(previous, cv2.COLOR_RGB2GRAY)
     after = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     xs = np.linspace(box.x1 + 0.1 * box.width, box.x2 - 0.1 * box.width, GRID)
