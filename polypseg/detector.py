@@ -239,9 +239,13 @@ class FcosDetector(PolypDetector):
         with torch.inference_mode():
             out = self.model(list(self._input(image)))[0]
         sx, sy = width / self.size, height / self.size
+        boxes = [Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in out["boxes"].tolist()]
+        # FCOS's box sides are distances through a ReLU, so a box can come out with no width or
+        # height (seen from a briefly trained model): that is no polyp, and no valid prompt.
         found = [
-            Detection(Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy), float(score))
-            for (x1, y1, x2, y2), score in zip(out["boxes"].tolist(), out["scores"].tolist(), strict=True)
+            Detection(box, float(score))
+            for box, score in zip(boxes, out["scores"].tolist(), strict=True)
+            if box.width >= 1 and box.height >= 1
         ]
         uncertainty = score_uncertainty([d.score for d in found])
         return sorted((d for d in found if d.score >= floor), key=lambda d: -d.score), uncertainty

@@ -207,3 +207,24 @@ def test_box_detector_uncertainty_is_zero_when_decided_and_grows_with_doubt() ->
     one = score_uncertainty([0.7])
     assert 0 < score_uncertainty([0.9]) < one < score_uncertainty([0.5]) == pytest.approx(1.0)
     assert score_uncertainty([0.9, 0.7]) == one  # the most doubtful detection decides
+
+
+def test_box_detector_drops_boxes_without_area(kvasir) -> None:
+    """FCOS's box sides are distances through a ReLU: with its box regression made to answer 0
+    everywhere (and every location sure of a polyp), every box has no width or height, and the
+    shipped detector gives none of them (a briefly trained model gave such a box)."""
+    import torch
+
+    from polypseg.detection_job import build_detector
+    from polypseg.images import read_image
+
+    detector = build_detector(device="cpu")
+    image = read_image(next((kvasir / "images").iterdir()))
+    assert detector.find(image)[0]  # the shipped weights find this polyp
+    head = detector.model.head
+    with torch.no_grad():
+        head.regression_head.bbox_reg.weight.zero_()
+        head.regression_head.bbox_reg.bias.fill_(-10.0)
+        head.classification_head.cls_logits.bias.fill_(10.0)
+    found, uncertainty = detector.find(image, min_score=0.0)
+    assert found == [] and uncertainty == 0.0
