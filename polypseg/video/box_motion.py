@@ -5,7 +5,7 @@ A grid of points in the box is followed into the next frame by pyramidal Lucas-K
 flow and back again; the points that come back nearest to where they started (forward-backward
 error at most the median) vote: the box moves by their median displacement and scales by the
 median ratio of their distances to each other. It is deterministic (the same two frames give
-the same box, in any process and after any other call) and costs about 2 ms on a 720 x 576 frame.
+the same box, in any process and after any other call) and costs a few milliseconds a frame.
 """
 
 from __future__ import annotations
