@@ -171,27 +171,56 @@ def test_click_evaluation_counts_clicks_on_real_images(kvasir) -> None:
 
 
 def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> None:
-    from polypseg.training.click_unet import ClickUnetTrainConfig, train_click_unet
+    """A short run validates the box, the clicks and tracking (synthetic sequences of the
+    validation images, the same as make-sequences writes), and keeps the epoch by all three."""
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.images import read_mask
+    from polypseg.training.click_unet import ClickUnetRun, ClickUnetTrainConfig, train_click_unet
+    from polypseg.video.synthetic import sample_sequence, write_sequences
 
+    names = sorted(p.stem for p in (kvasir / "images").iterdir())
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(names[:2]))
     torch.manual_seed(0)
-    best = train_click_unet(
-        ClickUnetTrainConfig(
-            images=kvasir / "images",
-            masks=kvasir / "masks",
-            boxes=kvasir / "bboxes.json",
-            out=tmp_path / "run",
-            encoder="resnet18",
-            size=96,
-            limit=6,
-            epochs=1,
-            batch_size=3,
-            negative_fraction=0.3,
-            click_rounds=2,
-            no_click_fraction=0.0,
-            device="cpu",
-        )
+    config = ClickUnetTrainConfig(
+        images=kvasir / "images",
+        masks=kvasir / "masks",
+        boxes=kvasir / "bboxes.json",
+        val_list=val,
+        out=tmp_path / "run",
+        encoder="resnet18",
+        size=96,
+        limit=6,
+        epochs=1,
+        batch_size=3,
+        negative_fraction=0.3,
+        click_rounds=2,
+        no_click_fraction=0.0,
+        val_clicks=1,
+        val_sequences=1,
+        val_sequence_length=4,
+        device="cpu",
     )
+    best = train_click_unet(config)
     predictor = build_predictor(None, best)
     assert isinstance(predictor, ClickUnetPredictor) and predictor.metadata["architecture"] == "clickunet"
+    metrics = predictor.metadata["metrics"]
+    assert 0.0 <= metrics["track_iou"] <= 1.0 and "iou@0.1+1clicks" in metrics
+    run = ClickUnetRun.__new__(ClickUnetRun)  # only its config is read
+    run.config = config
+    three = (metrics["iou@0.1"] + metrics["iou@0.1+1clicks"] + metrics["track_iou"]) / 3
+    assert run.selection_score(metrics, 0.0) == pytest.approx(three)
+    stills = {k: v for k, v in metrics.items() if k != "track_iou"}
+    assert run.selection_score(stills, 0.0) == pytest.approx(
+        (metrics["iou@0.1"] + metrics["iou@0.1+1clicks"]) / 2
+    )
+
+    sample = load_folder_dataset(kvasir / "images", kvasir / "masks", None, names[:1])
+    (folder,) = write_sequences(sample, tmp_path / "seqs", length=4)
+    made = [truth for _, truth in sample_sequence(sample[0], 4)]
+    assert all(
+        np.array_equal(read_mask(p), t)
+        for p, t in zip(sorted((folder / "masks").iterdir()), made, strict=True)
+    )
     image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
     assert predictor.predict(image, Prompt(box=Box(50, 50, 300, 300))).mask.any()

@@ -162,14 +162,38 @@ class ClickUnetRun(UnetRun):
         for k, iou in enumerate(curve.mean_iou_at_click):
             metrics[f"iou@0.1+{k}clicks"] = iou
         metrics["noc90@0.1"] = curve.noc(0.90)
+        if self.config.val_sequences > 0:
+            metrics["track_iou"] = self._track_iou(predictor)
         self.model.train()
         return metrics
 
+    def _track_iou(self, predictor: ClickUnetPredictor) -> float:
+        """Mean IoU over the frames of synthetic sequences made from the validation images (the
+        sequences `make-sequences --count N` makes, without its JPEG step), tracked by the
+        classical tracker from the first frame's box. Stills cannot show how the model answers
+        moving, blurred frames, where its presence output decides whether a track goes on."""
+        from polypseg.masks import mask_box
+        from polypseg.video.classical import ClassicalTracker
+        from polypseg.video.evaluation import score_track, summarise
+        from polypseg.video.synthetic import sample_sequence
+
+        c = self.config
+        tracker, results = ClassicalTracker(predictor), []
+        for number, sample in enumerate(self.val_samples[: c.val_sequences]):
+            frames, truths = zip(*sample_sequence(sample, c.val_sequence_length, 0, number), strict=True)
+            box = mask_box(truths[0])
+            if box is not None:
+                results.append(score_track(tracker, sample.name, enumerate(frames), truths.__getitem__, box))
+        return float(summarise(results)["mean_iou"]) if results else 0.0
+
     def selection_score(self, metrics: dict[str, float], train_loss: float) -> float:
-        """The box alone and the box with clicks weigh the same."""
+        """The box alone, the box with clicks and (where validated) tracking weigh the same."""
         if not metrics:
             return -train_loss
-        return (metrics["iou@0.1"] + metrics[f"iou@0.1+{self.config.val_clicks}clicks"]) / 2
+        scores = [metrics["iou@0.1"], metrics[f"iou@0.1+{self.config.val_clicks}clicks"]]
+        if "track_iou" in metrics:
+            scores.append(metrics["track_iou"])
+        return sum(scores) / len(scores)
 
 
 def train_click_unet(config: ClickUnetTrainConfig) -> Path:

@@ -200,10 +200,21 @@ class ClickUnetTrainConfig(UnetTrainConfig):
     presence_weight: float = 0.5
     click_weight: float = 4.0  # extra loss weight of the pixels a click points at
     val_clicks: int = 3  # validation reports IoU after this many simulated clicks
+    # validation also tracks this many synthetic sequences (one per validation image) of
+    # val_sequence_length frames; 0: none
+    val_sequences: int = 20
+    val_sequence_length: int = 30
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
+        parser.add_argument(
+            "--val-sequences",
+            type=int,
+            default=cls.default("val_sequences"),
+            help="validation also tracks this many synthetic sequences made from the validation "
+            "images (as make-sequences does) with the classical tracker; 0: none",
+        )
         parser.add_argument(
             "--click-rounds",
             type=positive_int,

@@ -7,6 +7,7 @@ writes them). The tracker starts from the tight box of the first frame's mask.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from polypseg.errors import DatasetError
 from polypseg.images import read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
-from polypseg.prompts import Prompt
+from polypseg.prompts import Box, Prompt
 from polypseg.video.frames import FrameFolderSource
 from polypseg.video.tracking import VideoTracker
 
@@ -76,14 +77,25 @@ def evaluate_sequence(tracker: VideoTracker, folder: Path) -> SequenceResult:
             f"{folder}: masks of {masks.info.width}x{masks.info.height} for frames of "
             f"{frames.info.width}x{frames.info.height}"
         )
-    first = read_mask(masks.paths[0])
-    box = mask_box(first)
+    box = mask_box(read_mask(masks.paths[0]))
     if box is None:
         raise DatasetError(f"{masks.paths[0]}: the first frame's mask is empty: nothing to track")
-    result = SequenceResult(folder.name)
+    return score_track(tracker, folder.name, frames.frames(0), lambda i: read_mask(masks.paths[i]), box)
+
+
+def score_track(
+    tracker: VideoTracker,
+    name: str,
+    frames: Iterable[tuple[int, np.ndarray]],
+    truth: Callable[[int], np.ndarray],
+    box: Box,
+) -> SequenceResult:
+    """Track `frames` (index, image) from `box` on the first; each frame scored against
+    `truth(index)`."""
+    result = SequenceResult(name)
     start = time.perf_counter()
-    for tracked in tracker.track(frames.frames(0), Prompt(box=box)):
-        scores = score_masks(tracked.mask, read_mask(masks.paths[tracked.index]))
+    for tracked in tracker.track(frames, Prompt(box=box)):
+        scores = score_masks(tracked.mask, truth(tracked.index))
         result.ious.append(scores.iou)
         result.dices.append(scores.dice)
         result.lost.append(tracked.lost)

@@ -73,17 +73,24 @@ def _motion_blur(frame: np.ndarray, length: float, degrees: float) -> np.ndarray
     return cv2.filter2D(frame, -1, kernel / max(float(kernel.sum()), 1e-6))
 
 
+def sample_sequence(
+    sample: PolypSample, length: int, seed: int = 0, number: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The sequence of the `number`-th sample of a run seeded `seed`: its largest polyp (a
+    tracker follows one object) along a camera path drawn from (seed, number)."""
+    rng = np.random.default_rng([seed, number])
+    image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
+    mask = max((target for _, target in polyp_targets(mask, None)), key=np.count_nonzero, default=mask)
+    return synthetic_sequence(image, mask, length, rng)
+
+
 def write_sequences(samples: list[PolypSample], out: Path, length: int, seed: int = 0) -> list[Path]:
     """One sequence folder per sample: `frames/NNNNN.jpg` and `masks/NNNNN.png`."""
     folders = []
     for number, sample in enumerate(tqdm(samples, desc="making sequences", unit="sequence")):
-        rng = np.random.default_rng([seed, number])
         folder = out / sample.name
         (folder / "frames").mkdir(parents=True, exist_ok=True)
-        image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
-        # One polyp a sequence, the largest: a tracker follows one object.
-        mask = max((target for _, target in polyp_targets(mask, None)), key=np.count_nonzero, default=mask)
-        for t, (frame, truth) in enumerate(synthetic_sequence(image, mask, length, rng)):
+        for t, (frame, truth) in enumerate(sample_sequence(sample, length, seed, number)):
             Image.fromarray(frame).save(folder / "frames" / f"{t:05d}.jpg", quality=92)  # raises if it cannot
             write_mask(folder / "masks" / f"{t:05d}.png", truth)
         folders.append(folder)
