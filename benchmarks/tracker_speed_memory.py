@@ -3,10 +3,10 @@ stream (the clip looped), on this machine.
 
 Each measurement runs in a fresh process so that its peak resident memory is its own.
 References measured in the same run: `sam2`'s own `SAM2VideoPredictor` (which loads every
-frame up front) beside the streaming SAM2 tracker, and beside the classical tracker the image model alone on
-each frame and the same tracker with the box tracker it had before, OpenCV's MIL, in place of
-the box's optical flow. SAM2 uses random weights (speed and memory do not depend on
-them) at a reduced working resolution so that the run fits a CPU.
+frame up front) beside the streaming SAM2 tracker; beside the classical tracker, the image
+model alone on each frame, and the same tracker with OpenCV's MIL box tracker (its box tracker
+until 2026-12-06) in place of the box's optical flow. SAM2 uses random weights (speed and
+memory do not depend on them) at a reduced working resolution so that the run fits a CPU.
 
     python benchmarks/tracker_speed_memory.py [--frames 60] [--sam2-frames 12] [--sam2-size 256]
         [--sam2-sizes 1024,512,256] [--trackers classical,mil,image,sam2,sam2-reference]

@@ -354,7 +354,8 @@ def test_classical_tracker_follows_slivers_at_the_frame_edge(clip, classical):
 
 def test_box_flow_follows_a_known_move_and_zoom_the_same_way_every_time(clip):
     """Frame 133 moved by (12, -7) px, then zoomed 1.2x about a point: the polyp's box follows
-    within a pixel, and again to the bit after other calls (MIL, used before, did not)."""
+    within a pixel (two for the zoom), and again to the bit after other calls (MIL, used
+    before, did not)."""
     import cv2
 
     frame = dict(clip.frames(133, "forward", 1))[133]
