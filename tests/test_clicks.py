@@ -224,3 +224,36 @@ def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> Non
     )
     image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
     assert predictor.predict(image, Prompt(box=Box(50, 50, 300, 300))).mask.any()
+
+
+def test_presence_training_leaves_the_masks_as_they_were(kvasir, tmp_path) -> None:
+    """`--train presence` (with every draw seen by a moving camera) changes the presence head
+    and nothing else: every other weight and batch-norm statistic stays bit for bit."""
+    from polypseg.checkpoints import load_checkpoint
+    from polypseg.training.click_unet import PRESENCE_HEAD, ClickUnetTrainConfig, train_click_unet
+
+    common = dict(
+        images=kvasir / "images",
+        masks=kvasir / "masks",
+        boxes=kvasir / "bboxes.json",
+        encoder="resnet18",
+        size=96,
+        limit=6,
+        epochs=1,
+        batch_size=3,
+        negative_fraction=0.3,
+        click_rounds=1,
+        val_sequences=0,
+        device="cpu",
+    )
+    torch.manual_seed(0)
+    start = train_click_unet(ClickUnetTrainConfig(out=tmp_path / "start", **common))
+    tuned = train_click_unet(
+        ClickUnetTrainConfig(
+            out=tmp_path / "presence", init=start, train="presence", camera_augment=1.0, lr=1e-2, **common
+        )
+    )
+    before, after = load_checkpoint(start)[0], load_checkpoint(tuned)[0]
+    head = [k for k in before if k.startswith(PRESENCE_HEAD)]
+    assert head and any(not torch.equal(before[k], after[k]) for k in head)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(PRESENCE_HEAD))

@@ -35,6 +35,8 @@ from polypseg.training.config import ClickUnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
 from polypseg.training.unet import PolypRegions, UnetRun
 
+PRESENCE_HEAD = "classification_head."  # smp's name for the aux (presence) head
+
 
 def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:
     """One or two positive clicks on the polyp and maybe a negative one off it, anywhere
@@ -78,12 +80,27 @@ class ClickUnetRun(UnetRun):
 
         start_from(self.model, c.init, adapt, f"a click-guided {c.decoder} with a {c.encoder} encoder")
         self.model.to(self.device)
-        self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+        self.data = PolypRegions(
+            self.train_samples, self.geometry, c.negative_fraction, c.shift_augment, c.camera_augment
+        )
+        if c.train == "presence":
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad = name.startswith(PRESENCE_HEAD)
+        trained = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
         self.rng = np.random.default_rng([c.seed, self.rank])
+
+    def _freeze_masks(self) -> None:
+        """With `--train presence`, all but the presence head answer as in evaluation (their
+        batch-norm statistics stay as they were)."""
+        for name, module in self.model.named_children():
+            if not PRESENCE_HEAD.startswith(name + "."):
+                module.eval()
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         c = self.config
+        if c.train == "presence":
+            self._freeze_masks()
         base, target = batch
         truths = target[:, 0].numpy() > 0.5
         present = truths.reshape(len(truths), -1).any(axis=1)
@@ -116,11 +133,13 @@ class ClickUnetRun(UnetRun):
                             clicks[i].append(click)
                             weights[i, 0] += c.click_weight * error_region_at(predicted, truths[i], click)
             self.model.train()
+            if c.train == "presence":
+                self._freeze_masks()
         logits, presence = self.model(self._inputs(base, clicks, previous).to(self.device))
         presence_loss = F.binary_cross_entropy_with_logits(
             presence[:, 0].float(), torch.from_numpy(present.astype(np.float32)).to(self.device)
         )
-        if not present.any():
+        if not present.any() or c.train == "presence":
             return c.presence_weight * presence_loss
         keep = torch.from_numpy(present).to(self.device)
         weight = torch.from_numpy(weights).to(self.device)[keep]

@@ -145,6 +145,7 @@ class UnetTrainConfig(FolderTrainConfig):
     size: int = 224
     margin: float = 0.25
     negative_fraction: float = 0.1
+    camera_augment: float = 0.0  # chance per draw of a moving camera's view (0: off)
     epochs: int = 36
     lr: float = 2e-3
     select: str = "clean"  # best checkpoint by "clean" IoU or by "worst-shift" IoU
@@ -176,6 +177,13 @@ class UnetTrainConfig(FolderTrainConfig):
             help="share of draws that are boxes without a polyp",
         )
         parser.add_argument(
+            "--camera-augment",
+            type=float,
+            default=default("camera_augment"),
+            help="chance per draw of a moving camera's view (turned, zoomed, motion-blurred, "
+            "relit as synthetic sequences are; 0: off)",
+        )
+        parser.add_argument(
             "--select",
             choices=("clean", "worst-shift"),
             default=default("select"),
@@ -204,10 +212,17 @@ class ClickUnetTrainConfig(UnetTrainConfig):
     # val_sequence_length frames; 0: none
     val_sequences: int = 20
     val_sequence_length: int = 30
+    train: str = "all"  # or "presence": only the presence head learns, the masks stay as they are
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
+        parser.add_argument(
+            "--train",
+            choices=("all", "presence"),
+            default=cls.default("train"),
+            help="train the whole model, or only its presence output (the masks it gives do not change)",
+        )
         parser.add_argument(
             "--val-sequences",
             type=int,

@@ -34,6 +34,7 @@ from polypseg.training.augment import annotator_box, frame_shift, training_trans
 from polypseg.training.common import TrainingRun, dataset_split, start_from, validation_metrics
 from polypseg.training.config import UnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
+from polypseg.video.synthetic import random_camera_move
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class PolypRegions(Dataset):
 
     With probability `negative_fraction` a draw is a negative instead: a box on the same frame
     where there is no polyp, whose target is empty. It teaches the model to answer "nothing
-    here", which trackers rely on to say that a polyp is lost.
+    here", which trackers rely on to say that a polyp is lost. With probability
+    `camera_augment` a draw (polyp or negative) is seen as by a moving camera: turned, zoomed,
+    motion-blurred and relit as the frames of a synthetic sequence are.
     """
 
     def __init__(
@@ -58,10 +61,12 @@ class PolypRegions(Dataset):
         geometry: BoxInputGeometry,
         negative_fraction: float = 0.0,
         shift_augment: float = 0.0,
+        camera_augment: float = 0.0,
     ) -> None:
         self.geometry = geometry
         self.negative_fraction = negative_fraction
         self.shift_augment = shift_augment
+        self.camera_augment = camera_augment
         self.transform = training_transform(robust=shift_augment > 0)
         self.regions: list[tuple[np.ndarray, np.ndarray, int]] = []
         self.frames: list[tuple[np.ndarray, np.ndarray]] = []  # whole frames (downscaled) for negatives
@@ -95,9 +100,20 @@ class PolypRegions(Dataset):
     def __len__(self) -> int:
         return len(self.regions)
 
+    def _camera(
+        self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """With probability `camera_augment`, the view of a moving camera (not one that loses
+        the polyp)."""
+        if self.camera_augment <= 0 or rng.random() >= self.camera_augment:
+            return image, target
+        moved, moved_target = random_camera_move(image, target, rng)
+        return (moved, moved_target) if moved_target.any() or not target.any() else (image, target)
+
     def _draw(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An augmented copy; the original when augmentations keep pushing the polyp out."""
-        image, target = frame_shift(image, target, np.random.default_rng(), self.shift_augment)
+        rng = np.random.default_rng()
+        image, target = self._camera(*frame_shift(image, target, rng, self.shift_augment), rng)
         for _ in range(5):
             out = self.transform(image=image, mask=target.astype(np.uint8))
             if out["mask"].any():
@@ -126,6 +142,7 @@ class PolypRegions(Dataset):
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A box on the frame that holds (almost) no polyp, or None if none was found."""
+        image, mask = self._camera(image, mask, rng)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"] > 0
         height, width = mask.shape
@@ -159,7 +176,9 @@ class UnetRun(TrainingRun):
         start_from(
             self.model, c.init, lambda state, _: state, f"a {c.architecture} with a {c.encoder} encoder"
         )
-        self.data = PolypRegions(self.train_samples, self.geometry, c.negative_fraction, c.shift_augment)
+        self.data = PolypRegions(
+            self.train_samples, self.geometry, c.negative_fraction, c.shift_augment, c.camera_augment
+        )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     def batch_loss(self, batch: Any) -> torch.Tensor:

@@ -41,25 +41,53 @@ def synthetic_sequence(
     zoom = np.exp(smooth_path(length, rng, 0.35))
     angle = smooth_path(length, rng, 20.0)
     light = smooth_path(length, rng, 0.25)
-    centre = (width / 2, height / 2)
     for t in range(length):
-        matrix = np.asarray(
-            cv2.getRotationMatrix2D(centre, float(angle[t]), float(zoom[t])), dtype=np.float64
+        motion = (shift_x[t] - shift_x[t - 1], shift_y[t] - shift_y[t - 1]) if t else (0.0, 0.0)
+        yield camera_move(
+            image, mask, (shift_x[t], shift_y[t]), float(zoom[t]), float(angle[t]), float(light[t]), motion
         )
-        matrix[:, 2] += (shift_x[t], shift_y[t])
-        frame = cv2.warpAffine(
-            image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-        )
-        warped = cv2.warpAffine(mask.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
-        if t:
-            speed = float(np.hypot(shift_x[t] - shift_x[t - 1], shift_y[t] - shift_y[t - 1]))
-            frame = _motion_blur(
-                frame,
-                speed,
-                float(np.degrees(np.arctan2(shift_y[t] - shift_y[t - 1], shift_x[t] - shift_x[t - 1]))),
-            )
-        frame = np.clip(frame.astype(np.float32) * (1 + light[t]), 0, 255).astype(np.uint8)
-        yield frame, warped
+
+
+def camera_move(
+    image: np.ndarray,
+    mask: np.ndarray,
+    shift: tuple[float, float],
+    zoom: float,
+    angle: float,
+    light: float,
+    motion: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame and mask as a camera moved by `shift` (pixels), `zoom` and `angle` (degrees,
+    about the centre) sees them, blurred along its `motion` since the last frame (pixels) and
+    relit by 1 + `light`. Parts that come into view are black."""
+    height, width = mask.shape
+    matrix = np.asarray(cv2.getRotationMatrix2D((width / 2, height / 2), angle, zoom), dtype=np.float64)
+    matrix[:, 2] += shift
+    frame = cv2.warpAffine(
+        image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    warped = cv2.warpAffine(mask.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
+    frame = _motion_blur(frame, float(np.hypot(*motion)), float(np.degrees(np.arctan2(motion[1], motion[0]))))
+    return np.clip(frame.astype(np.float32) * (1 + light), 0, 255).astype(np.uint8), warped
+
+
+def random_camera_move(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One frame of a moving camera, its pose and motion drawn from the ranges of
+    `synthetic_sequence`'s paths (shift of up to 10% of the frame here, since the frame is
+    often a region around the polyp): a training augmentation for what trackers see."""
+    height, width = mask.shape
+    speed, direction = rng.uniform(0, 0.05) * max(height, width), rng.uniform(-np.pi, np.pi)
+    return camera_move(
+        image,
+        mask,
+        (rng.uniform(-0.1, 0.1) * width, rng.uniform(-0.1, 0.1) * height),
+        float(np.exp(rng.uniform(-0.35, 0.35))),
+        rng.uniform(-20.0, 20.0),
+        rng.uniform(-0.25, 0.25),
+        (speed * np.cos(direction), speed * np.sin(direction)),
+    )
 
 
 def _motion_blur(frame: np.ndarray, length: float, degrees: float) -> np.ndarray:
