@@ -324,6 +324,31 @@ def test_synthetic_sequences_and_evaluation_over_time(tmp_path, kvasir):
         evaluate_sequence(ClassicalTracker(build_predictor(device="cpu")), folder)
 
 
+def test_a_camera_move_takes_the_frame_and_its_mask_alike(kvasir):
+    """The view of a moving camera (synthetic sequences, `--camera-augment`) on a real frame: no
+    move is the frame itself; a shift moves the polyp's box by it; a zoom about the centre
+    grows its area by the zoom squared; motion blur and light change the pixels, not the mask."""
+    from polypseg.images import read_image
+    from polypseg.masks import mask_box
+    from polypseg.video.synthetic import camera_move
+
+    name = "cju0qkwl35piu0993l0dewei2"
+    image, mask = read_image(kvasir / "images" / f"{name}.jpg"), read_mask(kvasir / "masks" / f"{name}.jpg")
+    still, same = camera_move(image, mask, (0.0, 0.0), 1.0, 0.0, 0.0, (0.0, 0.0))
+    assert np.array_equal(still, image) and np.array_equal(same, mask)
+
+    box = mask_box(mask)
+    _, shifted = camera_move(image, mask, (-30.0, 20.0), 1.0, 0.0, 0.0, (0.0, 0.0))
+    moved = mask_box(shifted)
+    assert (moved.x1, moved.y1, moved.x2, moved.y2) == (box.x1 - 30, box.y1 + 20, box.x2 - 30, box.y2 + 20)
+
+    _, zoomed = camera_move(image, mask, (0.0, 0.0), 0.8, 0.0, 0.0, (0.0, 0.0))  # all stays in view
+    assert zoomed.sum() / mask.sum() == pytest.approx(0.8**2, rel=0.02)
+
+    blurred, kept = camera_move(image, mask, (0.0, 0.0), 1.0, 0.0, 0.2, (12.0, 5.0))
+    assert np.array_equal(kept, mask) and np.abs(blurred.astype(int) - image).mean() > 5
+
+
 @pytest.mark.slow
 def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
     frame = dict(clip.frames(133, "forward", 1))[133]
