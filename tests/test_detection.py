@@ -186,8 +186,10 @@ def test_both_detector_designs_train_and_their_checkpoint_detects(kvasir, tmp_pa
     out = tmp_path / design
     args = ["train", "detector", "--images", str(kvasir / "images"), "--masks", str(kvasir / "masks")]
     args += ["--val-list", str(val), "--limit", "6", "--epochs", "1", "--batch-size", "3", "--size", "128"]
+    args += ["--camera-augment", "0.5"]  # half the frames seen as by a moving camera
     assert main([*args, "--model", design, "--out", str(out), "--workers", "0"]) == 0
     detector = build_detector(out / "best.pt")
+    assert detector.metadata["training"]["config"]["camera_augment"] == 0.5
     assert detector.metadata["architecture"] == ("fcos-detector" if design == "fcos" else "detector")
     assert 0 <= detector.threshold <= 1
     image = read_image(kvasir / "images" / f"{names[0]}.jpg")

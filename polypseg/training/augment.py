@@ -95,6 +95,20 @@ def frame_shift(
     return (shifted, shifted_mask) if shifted_mask.any() else (image, mask)
 
 
+def camera_view(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, p: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """With probability `p`, image and mask as a moving camera sees them (turned, zoomed,
+    motion-blurred, relit: `polypseg.video.synthetic.random_camera_move`), not a view that
+    loses the polyp."""
+    from polypseg.video.synthetic import random_camera_move
+
+    if p <= 0 or rng.random() >= p:
+        return image, mask
+    moved, moved_mask = random_camera_move(image, mask, rng)
+    return (moved, moved_mask) if moved_mask.any() or not mask.any() else (image, mask)
+
+
 def annotator_box(mask: np.ndarray, rng: np.random.Generator, noise: float = 0.15) -> Box | None:
     """A box as an annotator would draw it around a mask: tight (20%), loose (15%), or each
     side off by up to `noise` of the box size; None for an empty mask."""

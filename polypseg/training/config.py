@@ -115,10 +115,12 @@ class FolderTrainConfig(LoopConfig):
     encoder: str = "resnet18"
     init: Path | None = None  # start from this checkpoint's weights
     shift_augment: float = 0.0  # chance of the shift-suite degradations per draw (0: off)
+    camera_augment: float = 0.0  # chance per draw of a moving camera's view (0: off)
 
     @classmethod
     def add_folder_arguments(cls, parser: argparse.ArgumentParser, init_help: str) -> None:
-        """The dataset, --out, --encoder, --lr, the loop's flags, --init and --shift-augment."""
+        """The dataset, --out, --encoder, --lr, the loop's flags, --init, --shift-augment and
+        --camera-augment."""
         default = cls.default
         add_dataset_arguments(parser)
         parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints, log and curves")
@@ -134,6 +136,13 @@ class FolderTrainConfig(LoopConfig):
             default=default("shift_augment"),
             help="chance per draw of the other-centre degradations of the shift suite (0: off)",
         )
+        parser.add_argument(
+            "--camera-augment",
+            type=float,
+            default=default("camera_augment"),
+            help="chance per draw of a moving camera's view (turned, zoomed, motion-blurred, "
+            "relit as synthetic sequences are; 0: off)",
+        )
 
 
 @dataclass(kw_only=True)
@@ -145,7 +154,6 @@ class UnetTrainConfig(FolderTrainConfig):
     size: int = 224
     margin: float = 0.25
     negative_fraction: float = 0.1
-    camera_augment: float = 0.0  # chance per draw of a moving camera's view (0: off)
     epochs: int = 36
     lr: float = 2e-3
     select: str = "clean"  # best checkpoint by "clean" IoU or by "worst-shift" IoU
@@ -175,13 +183,6 @@ class UnetTrainConfig(FolderTrainConfig):
             type=float,
             default=default("negative_fraction"),
             help="share of draws that are boxes without a polyp",
-        )
-        parser.add_argument(
-            "--camera-augment",
-            type=float,
-            default=default("camera_augment"),
-            help="chance per draw of a moving camera's view (turned, zoomed, motion-blurred, "
-            "relit as synthetic sequences are; 0: off)",
         )
         parser.add_argument(
             "--select",

@@ -39,7 +39,7 @@ from polypseg.detector import (
     detector_input,
 )
 from polypseg.images import read_image, read_mask
-from polypseg.training.augment import frame_shift, training_transform
+from polypseg.training.augment import camera_view, frame_shift, training_transform
 from polypseg.training.common import TrainingRun, dataset_split, start_from
 from polypseg.training.config import DetectorTrainConfig
 from polypseg.training.losses import bce_dice_loss
@@ -49,10 +49,16 @@ class WholeFrames(Dataset):
     """Whole frames and their polyp masks, cached at twice the working size, augmented per draw."""
 
     def __init__(
-        self, samples: list[PolypSample], size: int, crop_fraction: float, shift_augment: float
+        self,
+        samples: list[PolypSample],
+        size: int,
+        crop_fraction: float,
+        shift_augment: float,
+        camera_augment: float = 0.0,
     ) -> None:
         self.size = size
         self.shift_augment = shift_augment
+        self.camera_augment = camera_augment
         self.transform = training_transform(robust=shift_augment > 0)
         self.crop = A.RandomResizedCrop(
             size=(size, size), scale=(0.15, 0.6), ratio=(0.6, 1.6), p=crop_fraction
@@ -72,7 +78,9 @@ class WholeFrames(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.frames[index]
-        image, mask = frame_shift(image, mask, np.random.default_rng(), self.shift_augment)
+        rng = np.random.default_rng()
+        image, mask = frame_shift(image, mask, rng, self.shift_augment)
+        image, mask = camera_view(image, mask, rng, self.camera_augment)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         out = self.crop(image=out["image"], mask=out["mask"])
         image, mask = out["image"], out["mask"]
@@ -167,7 +175,9 @@ class DetectorRun(TrainingRun):
 
         start_from(self.model, c.init, adapt, f"a detector with a {c.encoder} encoder")
         self.model.to(self.device)
-        self.data = WholeFrames(self.train_samples, c.size, c.crop_fraction, c.shift_augment)
+        self.data = WholeFrames(
+            self.train_samples, c.size, c.crop_fraction, c.shift_augment, c.camera_augment
+        )
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
         self.threshold = 0.5
 

@@ -30,11 +30,10 @@ from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
-from polypseg.training.augment import annotator_box, frame_shift, training_transform
+from polypseg.training.augment import annotator_box, camera_view, frame_shift, training_transform
 from polypseg.training.common import TrainingRun, dataset_split, start_from, validation_metrics
 from polypseg.training.config import UnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
-from polypseg.video.synthetic import random_camera_move
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +99,11 @@ class PolypRegions(Dataset):
     def __len__(self) -> int:
         return len(self.regions)
 
-    def _camera(
-        self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """With probability `camera_augment`, the view of a moving camera (not one that loses
-        the polyp)."""
-        if self.camera_augment <= 0 or rng.random() >= self.camera_augment:
-            return image, target
-        moved, moved_target = random_camera_move(image, target, rng)
-        return (moved, moved_target) if moved_target.any() or not target.any() else (image, target)
-
     def _draw(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """An augmented copy; the original when augmentations keep pushing the polyp out."""
         rng = np.random.default_rng()
-        image, target = self._camera(*frame_shift(image, target, rng, self.shift_augment), rng)
+        image, target = frame_shift(image, target, rng, self.shift_augment)
+        image, target = camera_view(image, target, rng, self.camera_augment)
         for _ in range(5):
             out = self.transform(image=image, mask=target.astype(np.uint8))
             if out["mask"].any():
@@ -142,7 +132,7 @@ class PolypRegions(Dataset):
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """A box on the frame that holds (almost) no polyp, or None if none was found."""
-        image, mask = self._camera(image, mask, rng)
+        image, mask = camera_view(image, mask, rng, self.camera_augment)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         image, mask = out["image"], out["mask"] > 0
         height, width = mask.shape
