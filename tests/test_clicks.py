@@ -170,36 +170,47 @@ def test_click_evaluation_counts_clicks_on_real_images(kvasir) -> None:
     assert body["noc_90"] == 4 and body["failures_90"] == 1 and len(body["mean_iou_at_click"]) == 4
 
 
-def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> None:
-    """A short run validates the box, the clicks and tracking (synthetic sequences of the
-    validation images, the same as make-sequences writes), and keeps the epoch by all three."""
-    from polypseg.datasets import load_folder_dataset
-    from polypseg.images import read_mask
-    from polypseg.training.click_unet import ClickUnetRun, ClickUnetTrainConfig, train_click_unet
-    from polypseg.video.synthetic import sample_sequence, write_sequences
+def tiny_click_run(kvasir, out, **settings):
+    """A click-training config small enough for a test: 6 images at 96 px, one epoch."""
+    from polypseg.training.click_unet import ClickUnetTrainConfig
 
-    names = sorted(p.stem for p in (kvasir / "images").iterdir())
-    val = tmp_path / "val.txt"
-    val.write_text("\n".join(names[:2]))
-    torch.manual_seed(0)
-    config = ClickUnetTrainConfig(
+    return ClickUnetTrainConfig(
         images=kvasir / "images",
         masks=kvasir / "masks",
         boxes=kvasir / "bboxes.json",
-        val_list=val,
-        out=tmp_path / "run",
+        out=out,
         encoder="resnet18",
         size=96,
         limit=6,
         epochs=1,
         batch_size=3,
         negative_fraction=0.3,
+        device="cpu",
+        **settings,
+    )
+
+
+def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> None:
+    """A short run validates the box, the clicks and tracking (synthetic sequences of the
+    validation images, the same as make-sequences writes), and keeps the epoch by all three."""
+    from polypseg.datasets import load_folder_dataset
+    from polypseg.images import read_mask
+    from polypseg.training.click_unet import ClickUnetRun, train_click_unet
+    from polypseg.video.synthetic import sample_sequence, write_sequences
+
+    names = sorted(p.stem for p in (kvasir / "images").iterdir())
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(names[:2]))
+    torch.manual_seed(0)
+    config = tiny_click_run(
+        kvasir,
+        tmp_path / "run",
+        val_list=val,
         click_rounds=2,
         no_click_fraction=0.0,
         val_clicks=1,
         val_sequences=1,
         val_sequence_length=4,
-        device="cpu",
     )
     best = train_click_unet(config)
     predictor = build_predictor(None, best)
@@ -230,27 +241,14 @@ def test_presence_training_leaves_the_masks_as_they_were(kvasir, tmp_path) -> No
     """`--train presence` (with every draw seen by a moving camera) changes the presence head
     and nothing else: every other weight and batch-norm statistic stays bit for bit."""
     from polypseg.checkpoints import load_checkpoint
-    from polypseg.training.click_unet import PRESENCE_HEAD, ClickUnetTrainConfig, train_click_unet
+    from polypseg.training.click_unet import PRESENCE_HEAD, train_click_unet
 
-    common = dict(
-        images=kvasir / "images",
-        masks=kvasir / "masks",
-        boxes=kvasir / "bboxes.json",
-        encoder="resnet18",
-        size=96,
-        limit=6,
-        epochs=1,
-        batch_size=3,
-        negative_fraction=0.3,
-        click_rounds=1,
-        val_sequences=0,
-        device="cpu",
-    )
+    common = dict(click_rounds=1, val_sequences=0)
     torch.manual_seed(0)
-    start = train_click_unet(ClickUnetTrainConfig(out=tmp_path / "start", **common))
+    start = train_click_unet(tiny_click_run(kvasir, tmp_path / "start", **common))
     tuned = train_click_unet(
-        ClickUnetTrainConfig(
-            out=tmp_path / "presence", init=start, train="presence", camera_augment=1.0, lr=1e-2, **common
+        tiny_click_run(
+            kvasir, tmp_path / "presence", init=start, train="presence", camera_augment=1.0, lr=1e-2, **common
         )
     )
     before, after = load_checkpoint(start)[0], load_checkpoint(tuned)[0]

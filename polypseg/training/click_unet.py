@@ -90,17 +90,18 @@ class ClickUnetRun(UnetRun):
         self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
         self.rng = np.random.default_rng([c.seed, self.rank])
 
-    def _freeze_masks(self) -> None:
-        """With `--train presence`, all but the presence head answer as in evaluation (their
-        batch-norm statistics stay as they were)."""
-        for name, module in self.model.named_children():
-            if not PRESENCE_HEAD.startswith(name + "."):
-                module.eval()
+    def _train_mode(self) -> None:
+        """The model in training mode; with `--train presence`, all but the presence head
+        answer as in evaluation (their batch-norm statistics stay as they were)."""
+        self.model.train()
+        if self.config.train == "presence":
+            for name, module in self.model.named_children():
+                if name + "." != PRESENCE_HEAD:
+                    module.eval()
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         c = self.config
-        if c.train == "presence":
-            self._freeze_masks()
+        self._train_mode()  # the loop's and validation's model.train() train every part
         base, target = batch
         truths = target[:, 0].numpy() > 0.5
         present = truths.reshape(len(truths), -1).any(axis=1)
@@ -132,9 +133,7 @@ class ClickUnetRun(UnetRun):
                         if click is not None:
                             clicks[i].append(click)
                             weights[i, 0] += c.click_weight * error_region_at(predicted, truths[i], click)
-            self.model.train()
-            if c.train == "presence":
-                self._freeze_masks()
+            self._train_mode()
         logits, presence = self.model(self._inputs(base, clicks, previous).to(self.device))
         presence_loss = F.binary_cross_entropy_with_logits(
             presence[:, 0].float(), torch.from_numpy(present.astype(np.float32)).to(self.device)
