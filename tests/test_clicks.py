@@ -3,6 +3,8 @@ cache and never-empty answer, and the IoU-after-clicks evaluation."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,26 @@ def test_clicks_are_replayed_in_order_and_a_session_costs_one_pass_a_click(widen
     passes = predictor.forward_passes
     predictor.predict(image, Prompt(box=box, points=clicks))
     assert predictor.forward_passes == passes
+
+
+def test_a_callers_previous_mask_never_changes_later_answers(widened_default, kvasir) -> None:
+    """A request that brings its own previous mask is answered from it, and that answer is not
+    cached: the same box and clicks without the mask still get what they alone lead to."""
+    predictor = widened_default
+    image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
+    truth = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+    box = mask_box(truth)
+    assert box is not None
+    plain = Prompt(box=box, points=(Point((box.x1 + box.x2) / 2, (box.y1 + box.y2) / 2, True),))
+    predictor.answers.clear()
+    alone = predictor.predict(image, plain)
+    predictor.answers.clear()
+    whole_frame = np.ones_like(truth)
+    with_mask = predictor.predict(image, replace(plain, previous_mask=whole_frame))
+    assert len(predictor.answers) == 0
+    again = predictor.predict(image, plain)
+    assert np.array_equal(again.mask, alone.mask) and again.score == pytest.approx(alone.score)
+    assert not np.array_equal(with_mask.mask, alone.mask) or with_mask.score != pytest.approx(alone.score)
 
 
 def test_a_box_is_always_answered_with_a_mask(widened_default, kvasir) -> None:

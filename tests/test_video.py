@@ -349,6 +349,23 @@ def test_a_camera_move_takes_the_frame_and_its_mask_alike(kvasir):
     assert np.array_equal(kept, mask) and np.abs(blurred.astype(int) - image).mean() > 5
 
 
+def test_motion_blur_smears_along_the_motion_and_keeps_the_frame_in_place():
+    """A point seen while the camera moves down and to the right (image y points down) is
+    smeared along that diagonal, not the mirrored one, and centred where it was."""
+    from scipy import ndimage
+
+    from polypseg.video.synthetic import camera_move
+
+    dot = np.zeros((41, 41, 3), dtype=np.uint8)
+    dot[20, 20] = 255
+    empty = np.zeros((41, 41), dtype=bool)
+    for motion, along, across in (((6.0, 6.0), (23, 23), (17, 23)), ((6.0, -6.0), (17, 23), (23, 23))):
+        smear, _ = camera_move(dot, empty, (0.0, 0.0), 1.0, 0.0, 0.0, motion)
+        light = smear[..., 0].astype(float)
+        assert light[along] > 0 and light[across] == 0, motion
+        assert ndimage.center_of_mass(light) == pytest.approx((20.0, 20.0), abs=0.05)
+
+
 @pytest.mark.slow
 def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
     frame = dict(clip.frames(133, "forward", 1))[133]

@@ -173,9 +173,12 @@ class ClickUnetPredictor(ImagePredictor):
         size = self.geometry.size
         digest = digest or image_digest(image)
         key = (self.version, digest, prompt.box, window)
-        # The longest replayed prefix in the cache; a caller's own previous mask starts a fresh replay.
+        # The longest replayed prefix in the cache. A caller's own previous mask stands in for
+        # the model's answer before the first click and starts a fresh replay, whose answers
+        # are not cached: the cache holds only what the box and clicks alone lead to.
+        own_mask = prompt.previous_mask is not None
         start, previous, presence = 0, None, 0.0
-        if prompt.previous_mask is None:
+        if not own_mask:
             for k in range(len(points), -1, -1):
                 cached = self.answers.get((*key, points[:k]))
                 if cached is not None:
@@ -190,7 +193,8 @@ class ClickUnetPredictor(ImagePredictor):
         base = self.geometry.make_input(image, prompt.box, window)
         for k in range(start, len(points) + 1):
             previous, presence = self.forward(add_click_channels(base, window, points[:k], previous))
-            self.answers.put((*key, points[:k]), (previous, presence))
+            if not own_mask:
+                self.answers.put((*key, points[:k]), (previous, presence))
         return previous, presence, window
 
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:

@@ -67,7 +67,7 @@ def camera_move(
         image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
     )
     warped = cv2.warpAffine(mask.astype(np.uint8), matrix, (width, height), flags=cv2.INTER_NEAREST) > 0
-    frame = _motion_blur(frame, float(np.hypot(*motion)), float(np.degrees(np.arctan2(motion[1], motion[0]))))
+    frame = _motion_blur(frame, motion)
     return np.clip(frame.astype(np.float32) * (1 + light), 0, 255).astype(np.uint8), warped
 
 
@@ -90,13 +90,17 @@ def random_camera_move(
     )
 
 
-def _motion_blur(frame: np.ndarray, length: float, degrees: float) -> np.ndarray:
-    size = int(round(length))
-    if size < 2:
+def _motion_blur(frame: np.ndarray, motion: tuple[float, float]) -> np.ndarray:
+    """The frame smeared along `motion` (pixels, x right and y down): a line kernel of odd
+    length, so it is centred on its anchor and the frame stays aligned with its mask."""
+    size = 2 * int(round(float(np.hypot(*motion)) / 2)) + 1
+    if size < 3:
         return frame
     line = np.zeros((size, size), dtype=np.float32)
-    line[size // 2, :] = 1.0 / size
-    rotation = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), degrees, 1.0)
+    line[size // 2, :] = 1.0
+    # getRotationMatrix2D turns counter-clockwise as seen on screen (y down), atan2 clockwise.
+    degrees = -float(np.degrees(np.arctan2(motion[1], motion[0])))
+    rotation = cv2.getRotationMatrix2D((size // 2, size // 2), degrees, 1.0)
     kernel = np.asarray(cv2.warpAffine(line, rotation, (size, size)), dtype=np.float32)
     return cv2.filter2D(frame, -1, kernel / max(float(kernel.sum()), 1e-6))
 
