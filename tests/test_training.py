@@ -209,3 +209,24 @@ def test_training_flags_that_cannot_work_are_clear_errors(tmp_path, kvasir, unet
         BoxInputGeometry(size=100)
     with pytest.raises(CheckpointError, match="do not fit a unet with a resnet34 encoder"):
         train_unet(config(kvasir, tmp_path / "run", encoder="resnet34", init=unet_checkpoint, epochs=1))
+    from polypseg.errors import DatasetError
+    from polypseg.images import write_mask
+    from polypseg.training.click_unet import ClickUnetTrainConfig, train_click_unet
+
+    # Masks without a polyp leave nothing to train on: said so, not a run of empty epochs.
+    empty = tmp_path / "empty-masks"
+    empty.mkdir()
+    for sample in load_folder_dataset(kvasir / "images", kvasir / "masks")[:3]:
+        write_mask(empty / f"{sample.name}.png", np.zeros_like(read_mask(sample.mask_path)))
+    with pytest.raises(DatasetError, match="0 training items .* nothing to train on"):
+        train_unet(config(kvasir, tmp_path / "none", masks=empty, boxes=None, limit=0, epochs=1))
+    assert not (tmp_path / "none" / "last.pt").exists()
+    worst_shift = ClickUnetTrainConfig(
+        images=kvasir / "images",
+        masks=kvasir / "masks",
+        out=tmp_path / "click",
+        size=SIZE,
+        select="worst-shift",
+    )
+    with pytest.raises(ModelError, match="--select worst-shift is for the box U-Net"):
+        train_click_unet(worst_shift)

@@ -18,18 +18,26 @@ def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     return BoxChannelPredictor.from_state(state, metadata, path, **options)
 
 
+def input_fields(metadata: Metadata) -> dict[str, Any]:
+    """A box-channel checkpoint's input geometry as training config fields, so a retrained
+    model sees its input as the one it starts from."""
+    geometry = metadata.get("input", {})
+    return {
+        "geometry": geometry.get("mode", "crop"),
+        "size": int(geometry.get("size", 224)),
+        "margin": float(geometry.get("margin", 0.25)),
+    }
+
+
 def retrain(base: Path, metadata: Metadata, common: dict[str, Any]) -> Path:
     from polypseg.training.unet import UnetTrainConfig, train_unet
 
-    geometry = metadata.get("input", {})
     return train_unet(
         UnetTrainConfig(
             init=base,
             architecture=metadata["architecture"],
             encoder=metadata["encoder"],
-            geometry=geometry.get("mode", "crop"),
-            size=int(geometry.get("size", 224)),
-            margin=float(geometry.get("margin", 0.25)),
+            **input_fields(metadata),
             **common,
         )
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from polypseg.families import Metadata, ModelFamily, State
+from polypseg.families.box_unet import input_fields
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
@@ -18,14 +19,12 @@ def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
 def retrain(base: Path, metadata: Metadata, common: dict[str, Any]) -> Path:
     from polypseg.training.click_unet import ClickUnetTrainConfig, train_click_unet
 
-    geometry = metadata.get("input", {})
     return train_click_unet(
         ClickUnetTrainConfig(
             init=base,
             decoder=metadata.get("decoder", "unet"),
             encoder=metadata["encoder"],
-            size=int(geometry.get("size", 224)),
-            margin=float(geometry.get("margin", 0.25)),
+            **input_fields(metadata),
             **common,
         )
     )

@@ -43,12 +43,15 @@ DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
 REPLAY_CACHE_BYTES = 64 << 20
 
 
-def create_click_model(encoder: str = "resnet18", decoder: str = "unet") -> torch.nn.Module:
-    """An untrained click-guided smp model: 7 channels in; mask logits and a presence logit out."""
+def create_click_model(
+    encoder: str = "resnet18", decoder: str = "unet", encoder_weights: str | None = None
+) -> torch.nn.Module:
+    """A click-guided smp model (untrained, or its encoder pretrained where `encoder_weights`
+    can be had): 7 channels in; mask logits and a presence logit out."""
     return smp.create_model(
         DECODERS[decoder],
         encoder_name=encoder,
-        encoder_weights=None,
+        encoder_weights=encoder_weights,
         in_channels=IN_CHANNELS,
         classes=1,
         aux_params={"classes": 1, "dropout": 0.2},

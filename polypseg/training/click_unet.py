@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from polypseg.box_input import BoxInputGeometry
 from polypseg.clicks import CLICK_RADIUS, click_channels, next_click
+from polypseg.errors import ModelError
 from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
 from polypseg.prompts import Point
 from polypseg.training.common import dataset_split, start_from, validation_metrics
@@ -66,13 +67,17 @@ class ClickUnetRun(UnetRun):
     """A click-guided U-Net run: the U-Net run's data, iterative click rounds in each batch."""
 
     loss_name = "BCE + Dice (mask) + presence BCE"
-    selection = "iou@0.1"
 
     def build(self) -> None:
         c = self.config
+        if c.select != "clean":
+            raise ModelError(
+                f"--select {c.select} is for the box U-Net; a click model's best epoch is the best "
+                "mean of its box-only IoU, IoU after clicks and tracking IoU"
+            )
         self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
         self.train_samples, self.val_samples = dataset_split(c)
-        self.model = create_click_model(c.encoder, c.decoder)
+        self.model = create_click_model(c.encoder, c.decoder, c.encoder_weights)
 
         def adapt(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
             box_model = metadata.get("architecture") in ("unet", "unetplusplus")
@@ -90,7 +95,7 @@ class ClickUnetRun(UnetRun):
         self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
         self.rng = np.random.default_rng([c.seed, self.rank])
 
-    def _train_mode(self) -> None:
+    def train_mode(self) -> None:
         """The model in training mode; with `--train presence`, all but the presence head
         answer as in evaluation (their batch-norm statistics stay as they were)."""
         self.model.train()
@@ -101,7 +106,6 @@ class ClickUnetRun(UnetRun):
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         c = self.config
-        self._train_mode()  # the loop's and validation's model.train() train every part
         base, target = batch
         truths = target[:, 0].numpy() > 0.5
         present = truths.reshape(len(truths), -1).any(axis=1)
@@ -133,7 +137,7 @@ class ClickUnetRun(UnetRun):
                         if click is not None:
                             clicks[i].append(click)
                             weights[i, 0] += c.click_weight * error_region_at(predicted, truths[i], click)
-            self._train_mode()
+            self.train_mode()
         logits, presence = self.model(self._inputs(base, clicks, previous).to(self.device))
         presence_loss = F.binary_cross_entropy_with_logits(
             presence[:, 0].float(), torch.from_numpy(present.astype(np.float32)).to(self.device)
@@ -182,7 +186,6 @@ class ClickUnetRun(UnetRun):
         metrics["noc90@0.1"] = curve.noc(0.90)
         if self.config.val_sequences > 0:
             metrics["track_iou"] = self._track_iou(predictor)
-        self.model.train()
         return metrics
 
     def _track_iou(self, predictor: ClickUnetPredictor) -> float:

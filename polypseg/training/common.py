@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from polypseg.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from polypseg.datasets import PolypSample
+from polypseg.errors import DatasetError
 from polypseg.predictors.registry import resolve_device
 
 log = logging.getLogger("polypseg.training")
@@ -133,8 +134,8 @@ def write_log(out: Path, history: list[dict[str, Any]], loss_name: str = "BCE + 
 
 
 class TrainingRun(ABC):
-    """One training run: position (epoch, batch, step), history, best score, and the loop both
-    trainers share: batches in an order fixed by (seed, epoch), bf16 autocast on CUDA, gradient
+    """One training run: position (epoch, batch, step), history, best score, and the loop every
+    trainer shares: batches in an order fixed by (seed, epoch), bf16 autocast on CUDA, gradient
     accumulation, gradients averaged across torchrun processes, resumable snapshots in
     `last.pt` (optimiser and schedule too), validation after each epoch on rank 0, the best
     checkpoint (fp16) kept as `best.pt` by `selection`, and `log.csv` / `curves.png`.
@@ -158,6 +159,11 @@ class TrainingRun(ABC):
         self.history: list[dict[str, Any]] = []
         self.out = Path(config.out)
         self.build()
+        if len(self.data) < self.world:
+            raise DatasetError(
+                f"{len(self.data)} training items (polyps, or frames) for {self.world} process(es): "
+                "nothing to train on (are the masks all empty, or --limit too small?)"
+            )
         # Fewer samples than a batch (a small retraining set) train in one smaller batch, not in none.
         self.batch_size = max(1, min(config.batch_size, len(self.data) // self.world))
         batches = max(1, len(self.data) // (self.batch_size * self.world))
@@ -193,7 +199,12 @@ class TrainingRun(ABC):
 
     @abstractmethod
     def validate(self) -> dict[str, float]:
-        """Validation metrics (empty without validation data); leaves the model in train mode."""
+        """Validation metrics (empty without validation data); it may leave the model in
+        evaluation mode (every epoch starts with `train_mode`)."""
+
+    def train_mode(self) -> None:
+        """The model as it learns; a run that keeps parts of it fixed overrides this."""
+        self.model.train()
 
     @abstractmethod
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]: ...
@@ -255,7 +266,7 @@ class TrainingRun(ABC):
         use_amp = self.device.type == "cuda"
         started, stop = time.time(), False
         while self.epoch < c.epochs and not stop:
-            self.model.train()
+            self.train_mode()
             losses: list[float] = []
             progress = tqdm(
                 self.batches(),

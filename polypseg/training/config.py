@@ -204,7 +204,8 @@ class ClickUnetTrainConfig(UnetTrainConfig):
     negative_fraction: float = 0.15
     shift_augment: float = 0.5
     click_rounds: int = 3  # at most this many no-gradient click rounds before the trained pass
-    no_click_fraction: float = 0.4  # share of batches trained on the box alone (round 0)
+    # share of batches without simulated click rounds: the box alone, or with random clicks
+    no_click_fraction: float = 0.4
     random_click_fraction: float = 0.3  # share of samples that start with random clicks
     presence_weight: float = 0.5
     click_weight: float = 4.0  # extra loss weight of the pixels a click points at

@@ -202,7 +202,6 @@ class DetectorRun(TrainingRun):
         detector = design(self.model, self.metadata(), device=str(self.device))
         images = detections_on(detector, self.val_samples)
         self.threshold, precision, recall = best_threshold(images)
-        self.model.train()
         return {
             "ap50": average_precision(images, 0.5),
             "threshold": self.threshold,

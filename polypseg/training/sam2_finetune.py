@@ -266,9 +266,7 @@ class Sam2Run(TrainingRun):
         if not self.val_samples:
             return {}
         predictor = Sam2Predictor(self.model, self.metadata(), device=str(self.device))
-        metrics = validation_metrics(predictor, self.val_samples)
-        self.model.train()
-        return metrics
+        return validation_metrics(predictor, self.val_samples)
 
 
 def finetune_sam2(config: Sam2FinetuneConfig) -> Path:

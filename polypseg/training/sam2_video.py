@@ -215,7 +215,6 @@ class Sam2VideoRun(Sam2Run):
             for result in tracker.track(frames, Prompt(box=box)):
                 if result.index > 0 and result.index in sequence.masks:
                     ious.append(score_masks(result.mask, read_mask(sequence.masks[result.index])).iou)
-        self.model.train()
         return {"iou": float(np.mean(ious)) if ious else float("nan")}
 
 

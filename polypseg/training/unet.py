@@ -232,7 +232,6 @@ class UnetRun(TrainingRun):
             worst = min(rows[1:], key=lambda r: r.model.iou)
             metrics["worst_shift_iou@0.1"] = worst.model.iou
             log.info("worst shift: %s (IoU %.4f)", worst.shift, worst.model.iou)
-        self.model.train()
         return metrics
 
 
