@@ -19,6 +19,7 @@ from polypseg.prompts import Box
 # ImageNet statistics: what smp encoders are pretrained with, kept for users who have weights.
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+BOX_CHANNELS = 4  # RGB and the box: what `make_input` gives
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BoxInputGeometry:
         return Box(int(w.x1), int(w.y1), int(np.ceil(w.x2)), int(np.ceil(w.y2)))
 
     def make_input(self, image: np.ndarray, box: Box, window: Box) -> np.ndarray:
-        """The 4 x size x size float32 network input: normalised RGB and the box channel."""
+        """The BOX_CHANNELS x size x size float32 network input: normalised RGB and the box channel."""
         crop = image[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)]
         rgb = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         sx, sy = self.size / window.width, self.size / window.height
@@ -54,6 +55,12 @@ class BoxInputGeometry:
         channel[max(y1, 0) : max(y2, y1 + 1), max(x1, 0) : max(x2, x1 + 1)] = 1.0
         normalised = (rgb.astype(np.float32) - MEAN) / STD
         return np.concatenate([normalised.transpose(2, 0, 1), channel[None]], axis=0)
+
+    def crop_map(self, values: np.ndarray, window: Box) -> np.ndarray:
+        """An image-sized map (a mask, a probability) in the window, as the network's size x
+        size float32 channel or target."""
+        crop = values[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)].astype(np.float32)
+        return cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
 
     def paste(self, probability: np.ndarray, window: Box, width: int, height: int) -> np.ndarray:
         """Network output (size x size) back into a full image-sized float map."""

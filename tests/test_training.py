@@ -19,7 +19,6 @@ from polypseg.datasets import load_folder_dataset, polyp_targets
 from polypseg.images import read_image, read_mask
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import create_box_channel_model
-from polypseg.training.augment import training_transform
 from polypseg.training.losses import bce_dice_loss
 from polypseg.training.unet import UnetTrainConfig, train_unet
 
@@ -53,7 +52,6 @@ def fixed_batch(kvasir: Path, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
         window = geometry.window(box, image.shape[1], image.shape[0])
         xs.append(geometry.make_input(image, box, window))
         crop = target[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)].astype(np.float32)
-        import cv2
 
         ys.append(cv2.resize(crop, (SIZE, SIZE))[None])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
@@ -175,31 +173,47 @@ def test_accumulation_never_carries_gradients_into_the_next_epoch(tmp_path, kvas
     assert run.step == 4 and all(p.grad is None for p in run.model.parameters())
 
 
-class _Augmented(torch.utils.data.Dataset):
-    """One Kvasir image through the training augmentations, nothing else random."""
+def test_a_runs_draws_depend_on_seed_epoch_and_item_alone(kvasir):
+    """Augmentations, boxes and negatives drawn for an item are the same with or without
+    data-loader workers (forked afresh every epoch) and after a resume, and new each epoch."""
+    from polypseg.training.unet import PolypRegions
 
-    def __init__(self, image: np.ndarray) -> None:
-        self.image, self.transform = image, training_transform()
+    samples = load_folder_dataset(kvasir / "images", kvasir / "masks", kvasir / "bboxes.json")[:3]
+    data = PolypRegions(samples, BoxInputGeometry("crop", SIZE, 0.25), 0.3, 0.5, 0.5)
 
-    def __len__(self) -> int:
-        return 4
+    def epoch(number: int, workers: int) -> torch.Tensor:
+        data.seed, data.epoch = 7, number
+        return torch.cat([x for x, _ in DataLoader(data, batch_size=2, num_workers=workers)])
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        return cv2.resize(self.transform(image=self.image)["image"], (16, 16))  # sizes vary
+    first = epoch(0, 0)
+    assert torch.equal(first, epoch(0, 2)) and torch.equal(first, epoch(0, 0))
+    assert not torch.equal(first, epoch(1, 0))
+    data.seed = 8
+    assert not torch.equal(first, torch.cat([x for x, _ in DataLoader(data, batch_size=2)]))
 
 
-def test_each_epoch_draws_new_augmentations_in_its_workers(kvasir):
-    """Data-loader workers are forked afresh every epoch from the same parent state: without
-    their own seeds they replay one sequence of augmentations epoch after epoch."""
-    from polypseg.training.common import seed_worker
+def test_an_annotators_box_stays_in_the_frame_and_holds_the_polyp_mostly(kvasir):
+    """Boxes drawn around a polyp cut by the frame's edge (tight, loose or jittered) never
+    leave the frame nor lose their area, and still cover most of the polyp."""
+    from polypseg.masks import mask_box
+    from polypseg.training.augment import annotator_box
 
-    data = _Augmented(read_image(kvasir / "images" / f"{ONE_POLYP}.jpg"))
-
-    def epoch(init) -> torch.Tensor:
-        return torch.cat(list(DataLoader(data, batch_size=2, num_workers=1, worker_init_fn=init)))
-
-    assert torch.equal(epoch(None), epoch(None))  # the replay this guards against
-    assert not torch.equal(epoch(seed_worker), epoch(seed_worker))
+    mask = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
+    box = mask_box(mask)
+    assert box is not None
+    # Its lower right part, cut by the frame's top and left edges.
+    edge = mask[int(box.y1) :, int((box.x1 + box.x2) / 2) :]
+    height, width = edge.shape
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        drawn = annotator_box(edge, rng)
+        assert (
+            drawn is not None and drawn.x1 >= 0 and drawn.x2 <= width and drawn.y1 >= 0 and drawn.y2 <= height
+        )
+        assert drawn.width >= 1 and drawn.height >= 1
+        inside = edge[int(drawn.y1) : int(drawn.y2), int(drawn.x1) : int(drawn.x2)].sum()
+        assert inside >= 0.5 * edge.sum()
+    assert annotator_box(np.zeros_like(edge), rng) is None
 
 
 def test_training_flags_that_cannot_work_are_clear_errors(tmp_path, kvasir, unet_checkpoint):

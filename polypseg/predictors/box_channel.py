@@ -13,7 +13,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from polypseg.box_input import BoxInputGeometry
+from polypseg.box_input import BOX_CHANNELS, BoxInputGeometry
 from polypseg.checkpoints import load_weights
 from polypseg.errors import PromptError
 from polypseg.masks import clean_mask
@@ -30,7 +30,7 @@ ARCHITECTURES = {
 def create_box_channel_model(
     name: str, encoder: str | None = None, encoder_weights: str | None = None
 ) -> torch.nn.Module:
-    """An untrained smp model with 4 input channels (RGB + box) and one output (polyp logits).
+    """An untrained smp model with BOX_CHANNELS inputs (RGB + box) and one output (polyp logits).
 
     `encoder_weights="imagenet"` needs those weights reachable; smp then adapts the first
     convolution to the fourth channel.
@@ -40,7 +40,7 @@ def create_box_channel_model(
         arch,
         encoder_name=encoder or default_encoder,
         encoder_weights=encoder_weights,
-        in_channels=4,
+        in_channels=BOX_CHANNELS,
         classes=1,
     )
 

@@ -25,7 +25,7 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from polypseg.box_input import BoxInputGeometry
+from polypseg.box_input import BOX_CHANNELS, BoxInputGeometry
 from polypseg.cache import EmbeddingCache
 from polypseg.checkpoints import load_weights
 from polypseg.clicks import MAX_CLICKS, click_channels
@@ -36,7 +36,8 @@ from polypseg.masks import clean_mask, ellipse_in_box
 from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
 from polypseg.prompts import Box, Point, Prompt
 
-IN_CHANNELS = 7  # RGB, box, positive clicks, negative clicks, previous probability
+IN_CHANNELS = BOX_CHANNELS + 3  # RGB, box, positive clicks, negative clicks, previous probability
+PRESENCE_HEAD = "classification_head."  # smp's name for the aux (presence) head
 DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
 # Previous answers kept for replay: a crop-sized float map each (224 px: 200 kB), so 64 MiB
 # hold some 300 click sessions' last answers (POLYPSEG_CLICK_CACHE_BYTES, read at build).
@@ -68,14 +69,15 @@ def widen_box_channel_state(
     target = model.state_dict()
     widened = {}
     for key, value in state.items():
-        value = value.float()
-        if key in target and value.dim() == 4 and target[key].shape[1] == IN_CHANNELS and value.shape[1] == 4:
+        value = value.float() if value.is_floating_point() else value
+        box_input = value.dim() == 4 and value.shape[1] == BOX_CHANNELS
+        if key in target and box_input and target[key].shape[1] == IN_CHANNELS:
             grown = torch.zeros(target[key].shape, dtype=value.dtype)
-            grown[:, :4] = value
+            grown[:, :BOX_CHANNELS] = value
             value = grown
         widened[key] = value
     for key, value in target.items():
-        if key.startswith("classification_head."):
+        if key.startswith(PRESENCE_HEAD):
             widened[key] = value
     return widened
 
@@ -93,20 +95,13 @@ def click_window(geometry: BoxInputGeometry, prompt: Prompt, width: int, height:
 def add_click_channels(
     base: np.ndarray, window: Box, points: tuple[Point, ...] | list[Point], previous: np.ndarray
 ) -> np.ndarray:
-    """The 7 x size x size network input: the box model's 4 channels (`BoxInputGeometry.
-    make_input`), the clicks, and `previous`, the size x size previous probability."""
+    """The IN_CHANNELS x size x size network input: the box model's channels
+    (`BoxInputGeometry.make_input`), the clicks (image pixels, mapped through `window`), and
+    `previous`, the size x size previous probability. Training and prediction both build it here."""
     size = base.shape[-1]
     scale = (size / window.width, size / window.height)
     clicks = click_channels(points, (window.x1, window.y1), scale, size)
     return np.concatenate([base, clicks, previous[None].astype(np.float32)], axis=0)
-
-
-def crop_previous(mask: np.ndarray, window: Box, size: int) -> np.ndarray:
-    """An image-sized previous mask (bool or probability) as the network's size x size channel."""
-    import cv2
-
-    crop = mask[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)].astype(np.float32)
-    return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 class ClickUnetPredictor(ImagePredictor):
@@ -189,7 +184,7 @@ class ClickUnetPredictor(ImagePredictor):
                     break
         if previous is None:
             previous = (
-                crop_previous(prompt.previous_mask, window, size)
+                self.geometry.crop_map(prompt.previous_mask, window)
                 if prompt.previous_mask is not None
                 else np.zeros((size, size), dtype=np.float32)
             )

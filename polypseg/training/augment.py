@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from polypseg.datasets import jitter_box
+from polypseg.errors import PromptError
 from polypseg.masks import mask_box
 from polypseg.prompts import Box
 
@@ -110,20 +111,18 @@ def camera_view(
 
 
 def annotator_box(mask: np.ndarray, rng: np.random.Generator, noise: float = 0.15) -> Box | None:
-    """A box as an annotator would draw it around a mask: tight (20%), loose (15%), or each
-    side off by up to `noise` of the box size; None for an empty mask."""
+    """A box as an annotator would draw it around a mask, within the mask's frame: tight (20%),
+    loose (15%), or each side off by up to `noise` of the box size; None for an empty mask."""
     box = mask_box(mask)
     if box is None:
         return None
+    height, width = mask.shape
     roll = rng.random()
     if roll < 0.2:
         return box
     if roll < 0.35:
-        grow = rng.uniform(0.05, 0.3)
-        return Box(
-            box.x1 - grow * box.width / 2,
-            box.y1 - grow * box.height / 2,
-            box.x2 + grow * box.width / 2,
-            box.y2 + grow * box.height / 2,
-        )
-    return jitter_box(box, noise, rng)
+        return box.expanded(rng.uniform(0.05, 0.3) / 2, width, height)
+    try:
+        return jitter_box(box, noise, rng).clipped(width, height)
+    except PromptError:  # a sliver at the frame's edge, jittered out of it: the tight box
+        return box

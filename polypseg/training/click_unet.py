@@ -29,14 +29,18 @@ from scipy import ndimage
 from polypseg.box_input import BoxInputGeometry
 from polypseg.clicks import CLICK_RADIUS, click_channels, next_click
 from polypseg.errors import ModelError
-from polypseg.predictors.click_unet import ClickUnetPredictor, create_click_model, widen_box_channel_state
-from polypseg.prompts import Point
+from polypseg.predictors.click_unet import (
+    PRESENCE_HEAD,
+    ClickUnetPredictor,
+    add_click_channels,
+    create_click_model,
+    widen_box_channel_state,
+)
+from polypseg.prompts import Box, Point
 from polypseg.training.common import dataset_split, start_from, validation_metrics
 from polypseg.training.config import ClickUnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
 from polypseg.training.unet import PolypRegions, UnetRun
-
-PRESENCE_HEAD = "classification_head."  # smp's name for the aux (presence) head
 
 
 def random_clicks(truth: np.ndarray, rng: np.random.Generator) -> list[Point]:
@@ -93,7 +97,6 @@ class ClickUnetRun(UnetRun):
                 parameter.requires_grad = name.startswith(PRESENCE_HEAD)
         trained = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         self.optimizer = torch.optim.AdamW(trained, lr=c.lr, weight_decay=c.weight_decay)
-        self.rng = np.random.default_rng([c.seed, self.rank])
 
     def train_mode(self) -> None:
         """The model in training mode; with `--train presence`, all but the presence head
@@ -106,12 +109,14 @@ class ClickUnetRun(UnetRun):
 
     def batch_loss(self, batch: Any) -> torch.Tensor:
         c = self.config
+        # Clicks and rounds drawn from the batch's place in the run, so a resumed run draws the same.
+        rng = np.random.default_rng([c.seed, self.rank, self.epoch, self.batch_in_epoch])
         base, target = batch
         truths = target[:, 0].numpy() > 0.5
         present = truths.reshape(len(truths), -1).any(axis=1)
         size = base.shape[-1]
         clicks: list[list[Point]] = [
-            random_clicks(truth, self.rng) if has and self.rng.random() < c.random_click_fraction else []
+            random_clicks(truth, rng) if has and rng.random() < c.random_click_fraction else []
             for truth, has in zip(truths, present, strict=True)
         ]
         previous = np.zeros((len(truths), 1, size, size), dtype=np.float32)
@@ -123,8 +128,8 @@ class ClickUnetRun(UnetRun):
             weights[i, 0] += c.click_weight * click_channels(
                 points, (0.0, 0.0), (1.0, 1.0), size, 3 * CLICK_RADIUS
             ).max(0)
-        no_clicks = self.rng.random() < c.no_click_fraction
-        rounds = 0 if no_clicks else int(self.rng.integers(1, c.click_rounds + 1))
+        no_clicks = rng.random() < c.no_click_fraction
+        rounds = 0 if no_clicks else int(rng.integers(1, c.click_rounds + 1))
         if rounds:
             self.model.eval()  # as RITM: the model answers as it would for an annotator
             with torch.no_grad():
@@ -151,11 +156,17 @@ class ClickUnetRun(UnetRun):
 
     @staticmethod
     def _inputs(base: torch.Tensor, clicks: list[list[Point]], previous: np.ndarray) -> torch.Tensor:
-        """The 7-channel batch: the box model's 4 channels, click disks (network pixels),
-        previous probability."""
+        """The batch as the predictor builds its input; training clicks are in network pixels."""
         size = base.shape[-1]
-        maps = np.stack([click_channels(points, (0.0, 0.0), (1.0, 1.0), size) for points in clicks])
-        return torch.cat([base, torch.from_numpy(maps), torch.from_numpy(previous)], dim=1)
+        network = Box(0, 0, size, size)
+        return torch.from_numpy(
+            np.stack(
+                [
+                    add_click_channels(x, network, points, p[0])
+                    for x, points, p in zip(base.numpy(), clicks, previous, strict=True)
+                ]
+            )
+        )
 
     def metadata(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         c = self.config

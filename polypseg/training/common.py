@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from polypseg.checkpoints import load_checkpoint, load_weights, save_checkpoint
@@ -77,20 +77,24 @@ def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, 
     return metrics
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give a data-loader worker its own augmentation draws. Workers are forked afresh every
-    epoch from the same parent state, so an albumentations pipeline (a dataset's `transform`)
-    would replay one sequence of flips and colours in every epoch and every worker; torch's
-    per-worker seed differs by worker and by epoch."""
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return
-    dataset = info.dataset
-    while isinstance(dataset, torch.utils.data.Subset):
-        dataset = dataset.dataset
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(info.seed % 2**32)
+class SeededDataset(Dataset, ABC):
+    """A training dataset whose random draws for an item (augmentations, boxes, negatives) are
+    a function of (seed, epoch, item): a run draws the same whatever its data-loader workers
+    and wherever it was resumed, and each epoch draws anew. The run sets `seed` and `epoch`
+    before each epoch's batches."""
+
+    seed = 0
+    epoch = 0
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def draws(self, index: int, *pipelines: Any) -> np.random.Generator:
+        """The item's generator; each albumentations pipeline given is seeded from it too."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        for pipeline in pipelines:
+            pipeline.set_random_seed(int(rng.integers(2**32)))
+        return rng
 
 
 def init_distributed(device_name: str) -> tuple[torch.device, int, int]:
@@ -147,7 +151,7 @@ class TrainingRun(ABC):
     selection = "iou@0.1"  # the validation metric that picks the best checkpoint
 
     model: torch.nn.Module
-    data: Any  # a sized torch Dataset
+    data: SeededDataset
     optimizer: torch.optim.Optimizer
 
     def __init__(self, config: Any) -> None:
@@ -246,8 +250,9 @@ class TrainingRun(ABC):
         )
 
     def batches(self) -> DataLoader:
-        """This rank's batches of the current epoch, in an order fixed by (seed, epoch), from
-        the batch where a resumed run stopped."""
+        """This rank's batches of the current epoch, in an order and with draws fixed by (seed,
+        epoch), from the batch where a resumed run stopped."""
+        self.data.seed, self.data.epoch = self.config.seed, self.epoch
         order = np.random.default_rng([self.config.seed, self.epoch]).permutation(len(self.data))
         per_rank = order[self.rank :: self.world][: self.batches_per_epoch * self.batch_size]
         remaining = per_rank[self.batch_in_epoch * self.batch_size :]
@@ -256,7 +261,6 @@ class TrainingRun(ABC):
             batch_size=self.batch_size,
             num_workers=self.config.workers,
             drop_last=True,
-            worker_init_fn=seed_worker,
         )
 
     def fit(self) -> Path:

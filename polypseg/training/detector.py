@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from polypseg.datasets import PolypSample, polyp_targets
@@ -40,12 +39,12 @@ from polypseg.detector import (
 )
 from polypseg.images import read_image, read_mask
 from polypseg.training.augment import camera_view, frame_shift, training_transform
-from polypseg.training.common import TrainingRun, dataset_split, start_from
+from polypseg.training.common import SeededDataset, TrainingRun, dataset_split, start_from
 from polypseg.training.config import DetectorTrainConfig
 from polypseg.training.losses import bce_dice_loss
 
 
-class WholeFrames(Dataset):
+class WholeFrames(SeededDataset):
     """Whole frames and their polyp masks, cached at twice the working size, augmented per draw."""
 
     def __init__(
@@ -78,7 +77,7 @@ class WholeFrames(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.frames[index]
-        rng = np.random.default_rng()
+        rng = self.draws(index, self.transform, self.crop)
         image, mask = frame_shift(image, mask, rng, self.shift_augment)
         image, mask = camera_view(image, mask, rng, self.camera_augment)
         out = self.transform(image=image, mask=mask.astype(np.uint8))

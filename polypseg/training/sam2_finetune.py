@@ -24,13 +24,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
 from polypseg.errors import CheckpointError, DatasetError, ModelError
 from polypseg.images import read_image, read_mask
-from polypseg.masks import mask_box
 from polypseg.predictors.sam2 import (
     Sam2Predictor,
     config_from_weights,
@@ -40,7 +38,7 @@ from polypseg.predictors.sam2 import (
     sam2_config_name,
 )
 from polypseg.training.augment import annotator_box, training_transform
-from polypseg.training.common import TrainingRun, split_names, validation_metrics
+from polypseg.training.common import SeededDataset, TrainingRun, split_names, validation_metrics
 from polypseg.training.config import Sam2FinetuneConfig
 from polypseg.training.losses import focal, soft_dice
 
@@ -64,7 +62,7 @@ def normalise(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(((resized - MEAN) / STD).transpose(2, 0, 1).copy())
 
 
-class PolypFrames(Dataset):
+class PolypFrames(SeededDataset):
     """One sample per polyp: the augmented frame at the model's size, that polyp's mask, and
     an annotator's box around it (x1, y1, x2, y2 in input pixels)."""
 
@@ -84,6 +82,7 @@ class PolypFrames(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sample, polyp = self.items[index]
+        rng = self.draws(index, self.transform)
         image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
         _, target = polyp_targets(mask, sample.boxes)[polyp]
         for _ in range(5):  # augmentations may push the polyp out: draw again
@@ -94,9 +93,9 @@ class PolypFrames(Dataset):
         coverage = cv2.resize(target.astype(np.float32), (self.size, self.size), interpolation=cv2.INTER_AREA)
         # A tiny polyp may cover no input pixel by half: keep any trace of it.
         target = coverage >= 0.5 if (coverage >= 0.5).any() else coverage > 0
-        box = annotator_box(target, np.random.default_rng()) or mask_box(target)
-        assert box is not None
-        corners = np.clip(box.as_array(), 0, self.size).astype(np.float32)
+        box = annotator_box(target, rng)
+        assert box is not None  # the polyp is kept in view
+        corners = box.as_array()
         return (
             normalise(image, self.size),
             torch.from_numpy(target.astype(np.float32))[None],

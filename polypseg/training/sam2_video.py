@@ -21,7 +21,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from polypseg.datasets import IMAGE_SUFFIXES, PolypSample
 from polypseg.errors import DatasetError
@@ -31,6 +30,7 @@ from polypseg.metrics import score_masks
 from polypseg.predictors.sam2 import Sam2Predictor
 from polypseg.prompts import Box, Prompt
 from polypseg.training.augment import annotator_box
+from polypseg.training.common import SeededDataset
 from polypseg.training.config import Sam2VideoConfig
 from polypseg.training.sam2_finetune import Sam2Run, mask_losses, normalise
 from polypseg.video.sam2_memory import Sam2MemoryTracker, empty_memory, memory_step
@@ -79,7 +79,7 @@ def read_sequences(root: Path) -> list[SparseSequence]:
     return [read_sequence(f) for f in folders]
 
 
-class SparseSequences(Dataset):
+class SparseSequences(SeededDataset):
     """(frames (L,3,S,S), masks (L,1,S,S), labelled (L,), box (4,)): `length` frames spread from
     the first to the last; masks are zero where a frame has none."""
 
@@ -111,16 +111,20 @@ class SparseSequences(Dataset):
             torch.stack(images),
             torch.stack(masks),
             torch.tensor(labelled),
-            self._box(sequence, masks[0], first_shape),
+            self._box(sequence, masks[0], first_shape, self.draws(index)),
         )
 
     def _box(
-        self, sequence: SparseSequence, first_mask: torch.Tensor, shape: tuple[int, int] | None
+        self,
+        sequence: SparseSequence,
+        first_mask: torch.Tensor,
+        shape: tuple[int, int] | None,
+        rng: np.random.Generator,
     ) -> torch.Tensor:
         mask = first_mask[0].numpy() > 0
         box = None
         if 0 in sequence.masks and mask.any():
-            box = annotator_box(mask, np.random.default_rng()) if self.jitter else mask_box(mask)
+            box = annotator_box(mask, rng) if self.jitter else mask_box(mask)
         elif sequence.box is not None and shape is not None:
             sx, sy = self.size / shape[1], self.size / shape[0]
             b = sequence.box

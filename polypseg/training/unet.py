@@ -19,19 +19,16 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from polypseg.box_input import BoxInputGeometry
 from polypseg.datasets import PolypSample, polyp_targets
-from polypseg.errors import PromptError
 from polypseg.images import read_image, read_mask
-from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, camera_view, frame_shift, training_transform
-from polypseg.training.common import TrainingRun, dataset_split, start_from, validation_metrics
+from polypseg.training.common import SeededDataset, TrainingRun, dataset_split, start_from, validation_metrics
 from polypseg.training.config import UnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
 
@@ -44,7 +41,7 @@ REGION_MARGIN = 0.75
 REGION_SCALE = 2
 
 
-class PolypRegions(Dataset):
+class PolypRegions(SeededDataset):
     """One training sample per polyp: its image region, its own mask, augmented per draw.
 
     With probability `negative_fraction` a draw is a negative instead: a box on the same frame
@@ -99,9 +96,10 @@ class PolypRegions(Dataset):
     def __len__(self) -> int:
         return len(self.regions)
 
-    def _draw(self, image: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(
+        self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """An augmented copy; the original when augmentations keep pushing the polyp out."""
-        rng = np.random.default_rng()
         image, target = frame_shift(image, target, rng, self.shift_augment)
         image, target = camera_view(image, target, rng, self.camera_augment)
         for _ in range(5):
@@ -112,19 +110,13 @@ class PolypRegions(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target, frame = self.regions[index]
-        rng = np.random.default_rng()
+        rng = self.draws(index, self.transform)
         if rng.random() < self.negative_fraction:
             negative = self._negative(*self.frames[frame], rng)
             if negative is not None:
                 return negative
-        image, target = self._draw(image, target)
-        height, width = target.shape
+        image, target = self._draw(image, target, rng)
         box = annotator_box(target, rng)
-        try:
-            box = box.clipped(width, height) if box is not None else None
-        except PromptError:  # a jittered box around a sliver at the border: take it tight
-            box = None
-        box = box or mask_box(target)
         assert box is not None  # _draw keeps the polyp in view
         return self._sample(image, target, box)
 
@@ -148,9 +140,7 @@ class PolypRegions(Dataset):
         height, width = target.shape
         window = self.geometry.window(box, width, height)
         x = self.geometry.make_input(image, box, window)
-        crop = target[int(window.y1) : int(window.y2), int(window.x1) : int(window.x2)]
-        y = cv2.resize(crop.astype(np.float32), (self.geometry.size,) * 2, interpolation=cv2.INTER_LINEAR)
-        return torch.from_numpy(x), torch.from_numpy(y)[None]
+        return torch.from_numpy(x), torch.from_numpy(self.geometry.crop_map(target, window))[None]
 
 
 class UnetRun(TrainingRun):
