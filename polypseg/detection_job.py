@@ -20,12 +20,11 @@ from polypseg.datasets import IMAGE_SUFFIXES, PolypSample, polyp_targets
 from polypseg.detection_metrics import (
     ImageDetections,
     average_precision,
-    box_iou,
     coco_average_precision,
     precision_recall,
 )
 from polypseg.detector import Detection, PolypDetector
-from polypseg.errors import CheckpointError, InputImageError, ModelError, PolypsegError
+from polypseg.errors import CheckpointError, InputImageError, PolypsegError
 from polypseg.images import read_image, read_mask, write_mask
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
@@ -56,13 +55,9 @@ def build_detector(
     return detector
 
 
-def check_min_score(value: float | None) -> None:
-    if value is not None and not 0.0 <= value <= 1.0:
-        raise ModelError(f"--min-score {value:g} is outside 0..1")
-
-
 def image_files(paths: Sequence[Path]) -> list[Path]:
-    """Image files named directly, and those in named folders (sorted), in the given order."""
+    """Image files named directly, and those in named folders (sorted), in the given order; two
+    of one name (without suffix) are an error, as their outputs would overwrite each other."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -74,6 +69,13 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
             files.append(path)
         else:
             raise InputImageError(f"{path}: no such file or folder")
+    first: dict[str, Path] = {}
+    for file in files:  # the JSON names images, and masks and overlays are written, by name
+        other = first.setdefault(file.stem, file)
+        if other != file:
+            raise InputImageError(
+                f"{other} and {file} share the name {file.stem!r}: detect them in separate runs"
+            )
     return files
 
 
@@ -105,7 +107,7 @@ class FoundPolyp:
 @dataclass
 class FoundPolyps:
     polyps: list[FoundPolyp]  # best detection first; detections outlined as nothing are left out
-    uncertainty: float  # the detector's, over the whole frame (frame_uncertainty)
+    uncertainty: float  # the detector's about the whole frame (its uncertainty_measure)
 
 
 def outline(predictor: ImagePredictor, image: np.ndarray, detections: list[Detection]) -> list[FoundPolyp]:
@@ -193,7 +195,7 @@ def detect_video(
     run = DetectionRun()
     for index, image in tqdm(source.frames(0), total=source.info.frame_count, desc="detecting", unit="frame"):
         frame = detect_frame(detector, predictor, image, {"frame": index}, min_score)
-        _write(frame, image, f"{index:06d}", masks, overlays)
+        _write(frame, image, f"frame_{index:06d}", masks, overlays)
         frame.mask = None
         run.frames.append(frame)
     return run
@@ -238,14 +240,21 @@ class DetectionScores:
 
     @property
     def mean_polyp_iou(self) -> float:
-        return float(np.mean([iou for image in self.polyp_ious for iou in image]))
+        """Over every true polyp (a missed one 0); NaN where there is none."""
+        ious = [iou for image in self.polyp_ious for iou in image]
+        return float(np.mean(ious)) if ious else float("nan")
 
     def ranking_check(self) -> tuple[float, float]:
         """Does `rank` put first what the model gets wrong? The mean refined IoU (per image, over
         its polyps; a missed polyp 0) of the quarter of images the detector is least sure
-        about, and of the quarter it is surest about."""
-        order = np.argsort(self.uncertainties)[::-1]
-        per_image = np.array([np.mean(ious) if ious else 0.0 for ious in self.polyp_ious])
+        about, and of the quarter it is surest about; images without a polyp are not scored
+        (NaN where none has one)."""
+        with_polyps = [i for i, ious in enumerate(self.polyp_ious) if ious]
+        if not with_polyps:
+            return float("nan"), float("nan")
+        uncertainty = np.array([self.uncertainties[i] for i in with_polyps])
+        per_image = np.array([np.mean(self.polyp_ious[i]) for i in with_polyps])
+        order = np.argsort(uncertainty)[::-1]
         quarter = max(1, len(order) // 4)
         return float(per_image[order[:quarter]].mean()), float(per_image[order[-quarter:]].mean())
 
@@ -304,37 +313,33 @@ def evaluate_detection(
             boxes = None
         frame = detect_frame(detector, None, image, {"image": sample.name}, min(floor, 0.05))
         targets = polyp_targets(truth, boxes)
-        images.append(
-            ImageDetections(
-                sample.name, tuple((d.box, d.score) for d in frame.detections), tuple(b for b, _ in targets)
-            )
+        found = ImageDetections(
+            sample.name, tuple((d.box, d.score) for d in frame.detections), tuple(b for b, _ in targets)
         )
+        images.append(found)
         uncertainties.append(frame.uncertainty or 0.0)
-        kept = [d for d in frame.detections if d.score >= floor]
-        polyp_ious.append(_refined_ious(predictor, image, kept, targets))
+        polyp_ious.append(_refined_ious(predictor, image, found, floor, [target for _, target in targets]))
     return DetectionScores(images, polyp_ious, floor, uncertainties)
 
 
 def _refined_ious(
     predictor: ImagePredictor,
     image: np.ndarray,
-    detections: list[Detection],
-    targets: list[tuple[Any, np.ndarray]],
+    found: ImageDetections,
+    floor: float,
+    targets: list[np.ndarray],
 ) -> list[float]:
+    """Each true polyp's IoU with the mask outlined from the detection that found it, matched
+    as recall counts it (box IoU 0.5, detections at the floor, best first); 0 where none did."""
     from polypseg.metrics import score_masks
 
-    prepared = predictor.prepare(image)
-    taken: set[int] = set()
-    ious = []
-    for box, target in targets:
-        overlaps = [0.0 if i in taken else box_iou(d.box, box) for i, d in enumerate(detections)]
-        best = int(np.argmax(overlaps)) if overlaps else -1
-        if best < 0 or overlaps[best] < 0.5:
-            ious.append(0.0)
-            continue
-        taken.add(best)
-        mask = predictor.segment(prepared, Prompt(box=detections[best].box)).mask
-        ious.append(score_masks(mask, target).iou)
+    ious = [0.0] * len(targets)
+    hits = [(d, truth) for d, truth in found.assignments(0.5, floor) if truth is not None]
+    if hits:
+        prepared = predictor.prepare(image)
+        for d, truth in hits:
+            mask = predictor.segment(prepared, Prompt(box=found.detections[d][0])).mask
+            ious[truth] = score_masks(mask, targets[truth]).iou
     return ious
 
 

@@ -9,6 +9,7 @@ thresholds 0.5, 0.55, ..., 0.95.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,15 +20,6 @@ from polypseg.prompts import Box
 COCO_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
-def box_iou(a: Box, b: Box) -> float:
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if w <= 0 or h <= 0:
-        return 0.0
-    overlap = w * h
-    return overlap / (a.width * a.height + b.width * b.height - overlap)
-
-
 @dataclass(frozen=True)
 class ImageDetections:
     """One image's detections (box, score) and its true boxes."""
@@ -36,20 +28,27 @@ class ImageDetections:
     detections: tuple[tuple[Box, float], ...]
     truths: tuple[Box, ...]
 
-    def matches(self, iou: float, min_score: float = 0.0) -> list[tuple[float, bool]]:
-        """(score, true positive?) for each detection scoring at least `min_score`."""
+    def assignments(self, iou: float, min_score: float = 0.0) -> list[tuple[int, int | None]]:
+        """The greedy matching, best score first: (detection index, the index of the true box
+        it found or None) for each detection scoring at least `min_score`."""
         taken = [False] * len(self.truths)
-        out = []
-        for box, score in sorted(self.detections, key=lambda d: -d[1]):
+        out: list[tuple[int, int | None]] = []
+        for d in sorted(range(len(self.detections)), key=lambda i: -self.detections[i][1]):
+            box, score = self.detections[d]
             if score < min_score:
                 continue
-            overlaps = [0.0 if taken[i] else box_iou(box, t) for i, t in enumerate(self.truths)]
+            overlaps = [0.0 if taken[i] else box.iou(t) for i, t in enumerate(self.truths)]
             best = int(np.argmax(overlaps)) if overlaps else -1
-            hit = best >= 0 and overlaps[best] >= iou
-            if hit:
+            if best >= 0 and overlaps[best] >= iou:
                 taken[best] = True
-            out.append((score, hit))
+                out.append((d, best))
+            else:
+                out.append((d, None))
         return out
+
+    def matches(self, iou: float, min_score: float = 0.0) -> list[tuple[float, bool]]:
+        """(score, true positive?) for each detection scoring at least `min_score`."""
+        return [(self.detections[d][1], truth is not None) for d, truth in self.assignments(iou, min_score)]
 
 
 def precision_recall(
@@ -87,7 +86,8 @@ def coco_average_precision(images: Sequence[ImageDetections]) -> float:
 
 def best_threshold(images: Sequence[ImageDetections], iou: float = 0.5) -> tuple[float, float, float]:
     """The score floor with the best F1 of precision and recall (ties: the higher floor):
-    (floor, precision, recall)."""
-    scores = sorted({round(score, 3) for image in images for _, score in image.detections})
+    (floor, precision, recall). The floors tried are the detections' scores rounded down to 3
+    decimals, so the detection a floor comes from stays above it."""
+    scores = sorted({math.floor(score * 1000) / 1000 for image in images for _, score in image.detections})
     rows = [(floor, *precision_recall(images, floor, iou)) for floor in scores] or [(0.5, 1.0, 0.0)]
     return max(rows, key=lambda row: (round(2 * row[1] * row[2] / max(row[1] + row[2], 1e-9), 6), row[0]))

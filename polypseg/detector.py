@@ -9,7 +9,7 @@ family:
   binary entropy of the map over the pixels it is not confident about.
 - `FcosDetector`: a box detector (torchvision's FCOS, anchor-free, on a ResNet FPN) at the
   same working size: boxes and scores straight from the network. Its uncertainty is the
-  binary entropy of its detections' scores, combined.
+  largest binary entropy of its detections' scores.
 Uncertainty ranks frames for labelling.
 
 Masks for detections come from the box-prompted model (`polypseg.detection_job.outline`): the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -35,6 +35,8 @@ from polypseg.images import as_rgb
 from polypseg.prompts import Box
 
 DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
+# The square working size of a checkpoint that does not say its own.
+DEFAULT_SIZE = 320
 # Regions smaller than this share of the frame are specks, not polyps.
 MIN_AREA_FRACTION = 0.0008
 # The probability at which a region's outline (and so its box) is drawn.
@@ -109,7 +111,9 @@ def frame_uncertainty(probability: np.ndarray) -> float:
 
 class PolypDetector(ABC):
     """A trained detector: `find(image)` gives boxes with scores (best first) and how unsure
-    the detector is about the frame (0..1: 0 sure everywhere)."""
+    the detector is about the frame (0..1: 0 sure everywhere), as `uncertainty_measure` says."""
+
+    uncertainty_measure: ClassVar[str]
 
     def __init__(
         self, model: torch.nn.Module, metadata: dict[str, Any], device: str = "cpu", threshold: float = 0.5
@@ -117,7 +121,7 @@ class PolypDetector(ABC):
         self.model = model.to(device).eval()
         self.metadata = metadata
         self.version = str(metadata.get("version", "unversioned"))
-        self.size = int(metadata.get("input", {}).get("size", 320))
+        self.size = int(metadata.get("input", {}).get("size", DEFAULT_SIZE))
         self.device = torch.device(device)
         # The shipped score floor, chosen on validation data (precision and recall), in the file.
         self.threshold = float(metadata.get("threshold", threshold))
@@ -155,6 +159,8 @@ class PolypDetector(ABC):
 class MapDetector(PolypDetector):
     """The whole-frame segmenter: regions of its probability map are the detections."""
 
+    uncertainty_measure = "mean binary entropy of the probability map over its undecided pixels"
+
     @staticmethod
     def create_model(metadata: dict[str, Any]) -> torch.nn.Module:
         return create_detector_model(metadata.get("encoder", "resnet18"), metadata.get("decoder", "unet"))
@@ -181,7 +187,9 @@ FCOS_ENCODERS = {
 }
 
 
-def create_fcos_model(encoder: str = "resnet18", size: int = 256, channels: int = 128) -> torch.nn.Module:
+def create_fcos_model(
+    encoder: str = "resnet18", size: int = DEFAULT_SIZE, channels: int = 128
+) -> torch.nn.Module:
     """An untrained box detector: torchvision's FCOS on a ResNet FPN (stages 2-4 and two extra
     levels, `channels` wide), two classes (background, polyp), taking frames already at the
     working size and normalised (`detector_input`)."""
@@ -227,10 +235,12 @@ def score_uncertainty(scores: list[float]) -> float:
 class FcosDetector(PolypDetector):
     """The box detector: FCOS's boxes and scores, scaled to the frame."""
 
+    uncertainty_measure = "largest binary entropy of the detections' scores"
+
     @staticmethod
     def create_model(metadata: dict[str, Any]) -> torch.nn.Module:
         return create_fcos_model(
-            metadata.get("encoder", "resnet18"), int(metadata.get("input", {}).get("size", 256))
+            metadata.get("encoder", "resnet18"), int(metadata.get("input", {}).get("size", DEFAULT_SIZE))
         )
 
     def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:

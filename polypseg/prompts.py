@@ -61,6 +61,14 @@ class Box:
         dx, dy = self.width * margin, self.height * margin
         return Box(self.x1 - dx, self.y1 - dy, self.x2 + dx, self.y2 + dy).clipped(width, height)
 
+    def iou(self, other: Box) -> float:
+        """Intersection over union with another box (0 where neither has area)."""
+        width = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        height = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = width * height
+        union = self.width * self.height + other.width * other.height - inter
+        return inter / union if union > 0 else 0.0
+
     def describe(self) -> str:
         return f"({self.x1:g},{self.y1:g},{self.x2:g},{self.y2:g})"
 

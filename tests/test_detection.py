@@ -13,7 +13,6 @@ from polypseg.detection_metrics import (
     ImageDetections,
     average_precision,
     best_threshold,
-    box_iou,
     precision_recall,
 )
 from polypseg.detector import REGION_THRESHOLD, detections_from_probability, frame_uncertainty
@@ -57,7 +56,7 @@ def test_matching_precision_recall_and_ap_on_a_hand_made_case() -> None:
         # a hit at 0.6 on the second image's polyp
         ImageDetections("two", ((Box(21, 20, 30, 30), 0.6),), (truth_b,)),
     ]
-    assert box_iou(truth_a, Box(0, 0, 10, 11)) == pytest.approx(100 / 110)
+    assert truth_a.iou(Box(0, 0, 10, 11)) == pytest.approx(100 / 110)
     assert precision_recall(images, min_score=0.85) == (1.0, 0.5)
     assert precision_recall(images, min_score=0.5) == pytest.approx((2 / 3, 1.0))
     # ranked: 0.9 hit, 0.8 false, 0.6 hit, 0.3 false -> precision envelope 1.0 up to recall
@@ -66,6 +65,35 @@ def test_matching_precision_recall_and_ap_on_a_hand_made_case() -> None:
     # F1 at the floors 0.9, 0.8, 0.6, 0.3: 0.667, 0.5, 0.8, 0.667
     floor, precision, recall = best_threshold(images)
     assert (floor, precision, recall) == pytest.approx((0.6, 2 / 3, 1.0))
+
+
+def test_a_floor_keeps_the_detection_it_comes_from_and_outlines_match_as_recall_counts() -> None:
+    # A floor rounded up from 0.6666 (0.667) would drop the only hit.
+    alone = [ImageDetections("one", ((Box(0, 0, 10, 10), 0.6666),), (Box(0, 0, 10, 10),))]
+    floor, precision, recall = best_threshold(alone)
+    assert floor <= 0.6666 and (precision, recall) == (1.0, 1.0)
+    # Two polyps side by side: the better detection (0.9) finds the second, the other the
+    # first; the outlines take these pairs, so no polyp found for recall is scored as missed.
+    two = ImageDetections(
+        "two",
+        ((Box(-3, 0, 7, 10), 0.8), (Box(2, 0, 12, 10), 0.9)),
+        (Box(0, 0, 10, 10), Box(3, 0, 13, 10)),
+    )
+    assert two.assignments(0.5) == [(1, 1), (0, 0)]
+    assert two.matches(0.5) == [(0.9, True), (0.8, True)]
+    assert two.assignments(0.5, min_score=0.85) == [(1, 1)]
+
+
+def test_the_ranking_check_scores_only_images_with_a_polyp() -> None:
+    from polypseg.detection_job import DetectionScores
+
+    none = ImageDetections("none", (), ())
+    one = ImageDetections("one", (), (Box(0, 0, 10, 10),))
+    scores = DetectionScores(
+        [none, one, one, one, one], [[], [0.2], [0.9], [0.8], [0.7]], 0.5, [0.9, 0.8, 0.1, 0.2, 0.3]
+    )
+    assert scores.ranking_check() == pytest.approx((0.2, 0.9))
+    assert scores.mean_polyp_iou == pytest.approx(0.65)
 
 
 def test_min_score_outside_zero_to_one_is_one_line(tmp_path, capsys) -> None:
@@ -83,6 +111,20 @@ def test_an_empty_folder_is_one_line(tmp_path, caplog) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["detect", str(tmp_path / "empty"), "--json", str(tmp_path / "out.json")]) != 0
     assert "no images in this folder" in caplog.text
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_two_inputs_of_one_name_are_one_line(kvasir, tmp_path, caplog) -> None:
+    """Their masks and overlays would overwrite each other: refused before any work."""
+    from polypseg.cli import main
+
+    name = sorted((kvasir / "images").iterdir())[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / name.name).write_bytes(name.read_bytes())
+    args = ["detect", str(tmp_path / "a"), str(tmp_path / "b"), "--json", str(tmp_path / "out.json")]
+    assert main(args) != 0
+    assert f"share the name {name.stem!r}" in caplog.text
     assert not (tmp_path / "out.json").exists()
 
 

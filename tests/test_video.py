@@ -366,6 +366,21 @@ def test_motion_blur_smears_along_the_motion_and_keeps_the_frame_in_place():
         assert ndimage.center_of_mass(light) == pytest.approx((20.0, 20.0), abs=0.05)
 
 
+def test_a_track_through_anchors_can_leave_its_masks_behind(clip, classical):
+    """A long video's track keeps only boxes, scores and lost flags where masks are not asked
+    for (Label Studio's video boxes), so its memory does not grow with the video."""
+    from polypseg.video.tracking_job import track_anchored
+
+    anchors = {133: POLYP_BOX, 136: POLYP_BOX}
+    light = track_anchored(clip, classical, anchors, reach=2, keep_masks=False)
+    full = track_anchored(clip, classical, anchors, reach=2)
+    assert sorted(light) == sorted(full) == list(range(131, 139))
+    for index, result in light.items():
+        assert result.mask.size == 0 and full[index].mask.shape == (clip.info.height, clip.info.width)
+        assert result.lost == full[index].lost and result.box is not None and full[index].box is not None
+        assert result.box.iou(full[index].box) > 0.8  # OpenCV's MIL tracker is not deterministic
+
+
 @pytest.mark.slow
 def test_both_trackers_start_from_a_mask(clip, classical, sam2_small):
     frame = dict(clip.frames(133, "forward", 1))[133]
@@ -463,6 +478,10 @@ def test_sam2_state_survives_bytes(clip, sam2_small, classical):
         assert abs(a.score - b.score) < 0.05  # the memory bank is stored in fp16
         assert a.mask.any() == b.mask.any() and score_masks(a.mask, b.mask).iou > 0.95
     _, state = tracker.start(*frames[0], POLYP_BOX)
+    # Stepping leaves the state it was given as it was: the same step twice gives one answer.
+    first, _ = tracker.step(state, *frames[1])
+    again, _ = tracker.step(state, *frames[1])
+    assert first.score == again.score and np.array_equal(first.mask, again.mask)
     with pytest.raises(TrackStateError, match="not a sam2"):
         tracker.load_state(classical.save_state(classical.start(*frames[0], POLYP_BOX)[1]))
     assert len(tracker.save_state(state)) < 8 << 20

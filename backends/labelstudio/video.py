@@ -105,7 +105,7 @@ def track_video_region(
         if k.get("enabled", True)
     }
     tracker = build_tracker(tracker_kind, predictor, detector)
-    results = track_anchored(source, tracker, anchors, max_frames)
+    results = track_anchored(source, tracker, anchors, max_frames, keep_masks=False)
 
     found: dict[int, Keyframe | None] = {int(k["frame"]): dict(k) for k in drawn}  # None: lost
     for index in sorted(set(results) - set(anchors)):

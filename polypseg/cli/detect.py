@@ -127,7 +127,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "detector": detector.version,
-            "uncertainty": "mean binary entropy of the detector's probability map over undecided pixels",
+            "uncertainty": detector.uncertainty_measure,
             "ranked": [{"image": name, "uncertainty": u} for name, u in ranked],
             "skipped": skipped,
         }

@@ -45,15 +45,6 @@ def colour_signature(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(histogram, dtype=np.float32).flatten() / max(float(histogram.sum()), 1.0)
 
 
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two boxes."""
-    width = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    height = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    inter = width * height
-    union = a.width * a.height + b.width * b.height - inter
-    return inter / union if union > 0 else 0.0
-
-
 # Smaller boxes are followed as this size: the flow's grid points would lie a pixel apart.
 MIN_TRACKED_SIDE = 16
 
@@ -189,7 +180,7 @@ class ClassicalTracker(VideoTracker):
             return near.x1 <= cx <= near.x2 and near.y1 <= cy <= near.y2
 
         def seen_before(box: Box) -> bool:
-            return state.candidate is not None and box_iou(state.candidate, box) >= 0.3
+            return state.candidate is not None and state.candidate.iou(box) >= 0.3
 
         lost = lost_frame(index, image.shape, 0.0)
         # the polyp found again may have changed size and light while out of view
@@ -290,7 +281,7 @@ class ClassicalTracker(VideoTracker):
                 cv2.compareHist(state.signature, colour_signature(image, prediction.mask), cv2.HISTCMP_CORREL)
             )
         if state.following and prediction.score >= self.sure_score:  # the light changed, not the place
-            likeness = max(likeness, box_iou(found, state.box))
+            likeness = max(likeness, found.iou(state.box))
         score = prediction.score * max(likeness, 0.0)
         if score < self.min_score or change > self.max_area_change:
             return lost_frame(index, image.shape, score)

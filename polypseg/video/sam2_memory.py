@@ -139,10 +139,11 @@ class Sam2MemoryTracker(VideoTracker):
             else:  # started from a mask: SAM2 takes it as this frame's answer
                 mask_inputs = self._mask_inputs(anchor.previous_mask)
         frame = self.predictor.transforms(image)[None].to(self.predictor.device)
-        out = memory_step(
-            self.model, state.memory, index, frame, point_inputs, mask_inputs, reverse=bool(backward)
-        )
-        self._forget(state.memory["non_cond_frame_outputs"], index)
+        # A new bank (the tensors shared): the state given stays as it was, for the caller to
+        # step again from.
+        memory = {kind: dict(outputs) for kind, outputs in state.memory.items()}
+        out = memory_step(self.model, memory, index, frame, point_inputs, mask_inputs, reverse=bool(backward))
+        self._forget(memory["non_cond_frame_outputs"], index)
         presence = PresenceFilter(self.smoothing, 1.0 if anchor is not None else state.presence)
         probability = float(torch.sigmoid(out["object_score_logits"]).max())
         lost = presence.update(probability)
@@ -152,7 +153,7 @@ class Sam2MemoryTracker(VideoTracker):
             mask = np.zeros((height, width), dtype=bool)
         box = mask_box(mask)
         result = TrackedFrame(index, mask, box, probability, lost or box is None)
-        return result, Sam2State(state.memory, presence.value, index, backward)
+        return result, Sam2State(memory, presence.value, index, backward)
 
     def _state_tensors(self, state: Sam2State) -> dict[str, Any]:
         def stored(value: Any) -> Any:

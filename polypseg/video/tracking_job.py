@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +41,31 @@ def build_tracker(kind: str, predictor: ImagePredictor, detector: Any = None) ->
 
 
 def track_anchored(
-    source: FrameSource, tracker: VideoTracker, anchors: Mapping[int, Prompt], reach: int | None = None
+    source: FrameSource,
+    tracker: VideoTracker,
+    anchors: Mapping[int, Prompt],
+    reach: int | None = None,
+    keep_masks: bool = True,
 ) -> dict[int, TrackedFrame]:
     """One track through `source` from prompts on some of its frames (`anchors`, by frame):
     backward from the first anchor, and forward from it through the others, re-anchored on
-    each; `reach` frames at most before the first and after the last (default: to the ends)."""
+    each; `reach` frames at most before the first and after the last (default: to the ends).
+    Without `keep_masks` the results carry no masks, so memory stays flat over a long video."""
     first, last = min(anchors), max(anchors)
     results: dict[int, TrackedFrame] = {}
+    keep = (lambda result: result) if keep_masks else without_mask
     backward = source.frames(first, "backward", None if reach is None else reach + 1)
     for result in tracker.track(backward, anchors[first]):
-        results[result.index] = result
+        results[result.index] = keep(result)
     forward = source.frames(first, "forward", None if reach is None else last - first + reach + 1)
     for result in tracker.track(forward, anchors[first], anchors):
-        results[result.index] = result
+        results[result.index] = keep(result)
     return results
+
+
+def without_mask(result: TrackedFrame) -> TrackedFrame:
+    """The result with an empty mask in place of its own (box, score and lost kept)."""
+    return replace(result, mask=np.zeros((0, 0), bool))
 
 
 def mask_path(out: Path, index: int) -> Path:
@@ -85,9 +97,7 @@ def track_video(
         tracked = tracker.track(frames, prompt, corrections)
         for result in tqdm(tracked, total=total, desc=f"tracking {run}", unit="frame"):
             write_mask(mask_path(out, result.index), result.mask)
-            results[result.index] = TrackedFrame(
-                result.index, np.zeros((0, 0), bool), result.box, result.score, result.lost
-            )
+            results[result.index] = without_mask(result)
     ordered = [results[i] for i in sorted(results)]
     summary = track_summary(ordered, start, prompt, corrections or {})
     (out / "track.json").write_text(json.dumps(summary, indent=1))
