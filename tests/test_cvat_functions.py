@@ -440,6 +440,27 @@ def test_tracker_refuses_bad_input_with_a_reason(sequence, monkeypatch) -> None:
     assert status == 400 and "'step' must be a whole number" in answer["error"]
 
 
+def test_one_expired_object_leaves_the_other_tracks_as_they_were(sequence, monkeypatch) -> None:
+    """CVAT sends every tracked object of a frame in one call: an expired state fails it,
+    naming the object, before anything is tracked, written or shortened for the others."""
+    monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
+    frames, masks = sequence
+    platform, main = Platform(), load_main("mask-tracker", "two")
+    first = {"image": encoded(frames[0]), "shapes": [shape_of("rectangle", masks[0])], "states": []}
+    status, answer = call(platform, main, first)
+    assert status == 200, answer
+    (kept,) = through_cvat(answer["states"])
+    # The in-process store the function holds (nuclio's test platform keeps one context).
+    store = platform._get_handler_context(main.handler).user_data.function.store
+    held = dict(store._items)
+    both = {"image": encoded(frames[1]), "shapes": [], "states": [kept, {"token": "gone", "step": 4}]}
+    status, refused = call(platform, main, both)
+    assert status == 410 and refused["error"].startswith("object 2: the track's state has expired")
+    assert store._items == held  # no state written for object 1, its own not cut to 120 s
+    status, answer = call(platform, main, {**both, "states": [kept]})
+    assert status == 200 and answer["states"][0]["step"] == 1
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory) -> Iterator[int]:
     executable = shutil.which("redis-server")

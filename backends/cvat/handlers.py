@@ -88,25 +88,23 @@ class TrackerFunction:
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
         objects = tracking_objects(body)
-        # Every shape and state is checked before any tracking runs: one bad object fails the
-        # call without leaving new states behind for the others.
-        starts = [parse_shape(shape, self.shape_kinds) if state is None else None for shape, state in objects]
-        carried = [self._carried(state) if state is not None else None for _, state in objects]
         image = decode_image(body)
         height, width = image.shape[:2]
         tracker = self.tracker
+        # Every object is read (its new shape, or its stored state) before any tracking runs,
+        # and the states it carried are replaced only once all are tracked: one bad or expired
+        # object fails the call, named, and leaves the others' states as they were.
+        ready = [
+            self._ready(tracker, number, shape, state, width, height)
+            for number, (shape, state) in enumerate(objects)
+        ]
         shapes: list[dict[str, Any]] = []
         states: list[dict[str, Any]] = []
-        for start, previous in zip(starts, carried, strict=True):
-            if start is not None:
-                step, last = 0, start
-                result, state = tracker.start(step, image, start.prompt(width, height))
+        for token, step, last, begin in ready:
+            if token is None:
+                result, state = tracker.start(step, image, begin)
             else:
-                assert previous is not None
-                token, step, last, state = self._load(tracker, previous)
-                step += 1
-                result, state = tracker.step(state, step, image)
-                self.store.supersede(token)
+                result, state = tracker.step(begin, step, image)
             found = last.followed(result.mask, result.box)
             # Where the polyp is lost, the object keeps its last shape (CVAT needs one) and the
             # state says "lost"; the tracker keeps looking on the next frames.
@@ -115,7 +113,26 @@ class TrackerFunction:
             new_token = self.store.put(_pack(shape, tracker.save_state(state)))
             shapes.append(shape.as_json())
             states.append({"token": new_token, "step": step, "lost": lost})
+        for token, *_ in ready:
+            if token is not None:
+                self.store.supersede(token)
         return {"shapes": shapes, "states": states, "lost": [s["lost"] for s in states]}
+
+    def _ready(
+        self, tracker: VideoTracker, number: int, shape: Any, state: Any, width: int, height: int
+    ) -> tuple[str | None, int, Shape, Any]:
+        """One object before tracking: (the token it carried or None, its step, its last shape,
+        and the prompt to start from or the tracker state to step from); a refusal names it."""
+        try:
+            if state is None:
+                start = parse_shape(shape, self.shape_kinds)
+                return None, 0, start, start.prompt(width, height)
+            token, step, last, loaded = self._load(tracker, self._carried(state))
+            return token, step + 1, last, loaded
+        except RequestError as exc:
+            raise RequestError(f"object {number + 1}: {exc.reason}", exc.status) from None
+        except PolypsegError as exc:
+            raise RequestError(f"object {number + 1}: {exc}") from None
 
     def _carried(self, state: Any) -> tuple[str, int]:
         if not isinstance(state, dict) or not isinstance(state.get("token"), str):
