@@ -26,9 +26,9 @@ from pathlib import Path
 import requests
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import encode_brush_rle
 from benchmark_table import print_table
 from polypseg.datasets import read_boxes_json
-from polypseg.formats.brush import encode_brush_rle
 from polypseg.images import read_image
 from polypseg.predictors import build_predictor
 from polypseg.prompts import Box, Prompt

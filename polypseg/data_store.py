@@ -114,6 +114,10 @@ class DatasetStore:
     def has(self, source: str, task: str) -> bool:
         return entry_key(source, task) in self.index
 
+    def tasks(self, source: str) -> set[str]:
+        """The tasks of `source` the store holds."""
+        return {e["task"] for e in self.index.values() if e["source"] == source}
+
     def holds(self, source: str, task: str, annotation: str) -> bool:
         """Whether the store holds this version of the task's annotation, whatever its update
         time (the rule of polypseg.label_sources: skip the download then)."""

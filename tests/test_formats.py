@@ -3,7 +3,7 @@ import pytest
 from cvat_sdk.masks import decode_mask, encode_mask
 from label_studio_sdk.converter.brush import decode_rle
 
-from polypseg.formats.brush import decode_brush_rle, encode_brush_rle
+from backends.labelstudio.brush import decode_brush_rle, encode_brush_rle
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons, polygons_to_mask
 from polypseg.metrics import score_masks

@@ -7,6 +7,7 @@ import base64
 import json
 import math
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.click_sessions import ClickSessions
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
@@ -25,7 +27,6 @@ from conftest import CLIP_POLYP, DATA, ONE_POLYP, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
 from polypseg.clicks import MAX_CLICKS, next_click
 from polypseg.detection_job import build_detector, find_polyps
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
@@ -301,6 +302,11 @@ def test_basic_auth(servers, default_predictor) -> None:
     assert client.post("/setup", json=setup, auth=("ls", "pw")).status_code == 200
     assert client.post("/predict", json={"tasks": []}).status_code == 401
     assert client.get("/health").status_code == 200  # for health checks; it tells nothing more
+    for n in range(20):  # a scan of paths, unauthenticated
+        assert client.get(f"/admin-{n}.php").status_code == 401
+    routes = client.get("/metrics", auth=("ls", "pw")).json()["routes"]
+    assert routes["other"] == {"requests": 20, "errors": 20, "mean_seconds": routes["other"]["mean_seconds"]}
+    assert set(routes) <= {"other", "/setup", "/predict", "/health", "/metrics"}  # one entry per route
 
 
 def test_webhooks_are_handed_on_without_blocking(servers, default_predictor) -> None:
@@ -605,6 +611,47 @@ def test_bad_clicks_get_a_reason(servers, default_predictor, polyp) -> None:
 
 
 CONFIGS_XML = (CONFIGS / "polyp-image.xml").read_text()
+
+
+def test_two_clicks_in_flight_on_one_task_both_stay_in_its_session() -> None:
+    """Each request reads the session, waits for the model, then remembers the answer (as
+    PolypModel does inside `hold`): the second click waits for the first, so neither is lost,
+    while another task's request goes on meanwhile."""
+    sessions = ClickSessions()
+    sessions.remember(7, Prompt(box=Box(0, 0, 50, 50)))
+    sessions.remember(8, Prompt(box=Box(0, 0, 20, 20)))
+    order: list[str] = []
+    first_read = threading.Event()
+
+    def request(key: int, click: Point, name: str) -> None:
+        with sessions.hold(key):
+            prompt = sessions.prompt_for(key, Prompt(points=(click,)))
+            order.append(f"{name} read")
+            first_read.set()
+            time.sleep(0.5)  # the model answering
+            sessions.remember(key, prompt)
+            order.append(f"{name} done")
+
+    first = threading.Thread(target=request, args=(7, Point(10, 10, True), "a"))
+    first.start()
+    assert first_read.wait(10)  # a holds task 7's session, its model at work
+    threads = [
+        first,
+        threading.Thread(target=request, args=(7, Point(40, 40, False), "b")),
+        threading.Thread(target=request, args=(8, Point(5, 5, True), "other")),
+    ]
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order.index("other read") < order.index("a done")  # another task is not held up
+    assert order.index("a done") < order.index("b read")
+    assert sessions.prompt_for(7, Prompt(points=(Point(1, 1, True),))).points == (
+        Point(10, 10, True),
+        Point(40, 40, False),
+        Point(1, 1, True),
+    )
+    assert sessions._held == {}  # nothing kept once no request holds the session
 
 
 def test_click_sessions_keep_the_most_recent_tasks() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.regions import prompt_from_context
 from conftest import ONE_POLYP, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
@@ -20,7 +21,6 @@ from labelstudio_page import (
     stage_scale,
 )
 from polypseg.clicks import next_click
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.model import PolypModel
 from backends.labelstudio.server import create_app
 from backends.labelstudio.settings import Settings
 from conftest import CLIP_POLYP, DATA, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, rectangle
 from polypseg.cli import main
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
 

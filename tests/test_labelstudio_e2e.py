@@ -12,10 +12,10 @@ import requests
 from label_studio_sdk.core.api_error import ApiError
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.media import MediaFetcher
 from conftest import CLIP_POLYP, DATA, ONE_POLYP, LabelStudioStack, box_iou
 from labelstudio_fixtures import CONFIGS, rectangle
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 

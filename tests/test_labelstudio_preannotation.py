@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import decode_brush_rle
 from conftest import ONE_POLYP, LabelStudioStack
 from labelstudio_fixtures import CONFIGS
 from labelstudio_page import SCREENSHOTS, labelling_page, log_in
 from polypseg.detection_job import build_detector, find_polyps
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor

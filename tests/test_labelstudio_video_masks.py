@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.export import LabelStudioProject
 from conftest import CLIP_POLYP, DATA, LabelStudioStack, box_iou
 from labelstudio_fixtures import CONFIGS
@@ -29,7 +30,6 @@ from labelstudio_page import (
 )
 from polypseg.cli import main
 from polypseg.data_store import DatasetStore
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.masks import mask_box
 from polypseg.training.sam2_video import read_sequence

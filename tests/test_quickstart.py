@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from backends.labelstudio.brush import decode_brush_rle
 from conftest import ONE_POLYP, ROOT, _free_port
 from labelstudio_fixtures import rectangle
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_mask
 from polypseg.metrics import score_masks
 

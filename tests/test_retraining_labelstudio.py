@@ -17,12 +17,12 @@ import requests
 import torch
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import encode_brush_rle
 from backends.labelstudio.export import LabelStudioProject
 from conftest import KVASIR, LabelStudioStack, _free_port
 from labelstudio_fixtures import CONFIGS
 from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import VALIDATION_SHARE, DatasetStore, entry_key
-from polypseg.formats.brush import encode_brush_rle
 from polypseg.images import read_mask
 from polypseg.label_sources import PullError
 from polypseg.metrics import score_masks
@@ -85,6 +85,18 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
         LabelStudioProject(ls.url, "0" * 40, project).pull(store)
     again = LabelStudioProject(ls.url, ls.login.token, project).pull(store)
     assert (again.new, again.changed, again.unchanged) == (0, 0, len(annotated))  # nothing fetched twice
+
+    # An annotation edited into one that cannot be read (a cut brush RLE): that task is
+    # reported and its earlier label kept, the others pulled as before; then it is mended.
+    last_task = list(annotated)[-1]
+    (annotation,) = ls.api("GET", f"/api/tasks/{last_task}/annotations")
+    broken = brush_annotation(annotated[last_task])
+    broken["result"][0]["value"]["rle"] = broken["result"][0]["value"]["rle"][:50]
+    ls.api("PATCH", f"/api/annotations/{annotation['id']}", json=broken)
+    edited = LabelStudioProject(ls.url, ls.login.token, project).pull(store)
+    assert (edited.skipped, edited.unchanged, edited.removed) == (1, len(annotated) - 1, 0)
+    assert "cannot be read" in edited.failed[str(last_task)] and store.has(source, str(last_task))
+    ls.api("PATCH", f"/api/annotations/{annotation['id']}", json=brush_annotation(annotated[last_task]))
 
     # A backend with MODEL_DIR, as docker compose runs it: START_TRAINING retrains in the background.
     port = _free_port()

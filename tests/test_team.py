@@ -31,12 +31,12 @@ import pytest
 import requests
 
 from backends.labelstudio import launcher
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.export import LabelStudioProject
 from conftest import LabelStudioStack, _free_port, label_studio_stack
 from labelstudio_fixtures import CONFIGS, rectangle
 from polypseg.data_store import DatasetStore
 from polypseg.datasets import read_boxes_json
-from polypseg.formats.brush import decode_brush_rle
 from polypseg.images import read_image
 
 pytestmark = pytest.mark.slow

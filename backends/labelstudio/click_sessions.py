@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from backends.request_errors import RequestError
@@ -46,10 +47,27 @@ class ClickSessions:
         self._clock = clock
         self._sessions: OrderedDict[Hashable, ClickSession] = OrderedDict()
         self._lock = threading.Lock()
+        self._held: dict[Hashable, tuple[threading.Lock, list[int]]] = {}  # key -> (lock, [holders])
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    @contextmanager
+    def hold(self, key: Hashable) -> Iterator[None]:
+        """Session `key` for one request at a time, from reading it to remembering the answer;
+        other sessions go on meanwhile."""
+        with self._lock:
+            lock, holders = self._held.setdefault(key, (threading.Lock(), [0]))
+            holders[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                holders[0] -= 1
+                if not holders[0]:
+                    del self._held[key]
 
     def _live(self, key: Hashable) -> ClickSession | None:
         session = self._sessions.get(key)

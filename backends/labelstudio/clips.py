@@ -106,9 +106,8 @@ def export_video_masks(project: LabelStudioProject, out: Path) -> int:
         annotation, frames = latest_annotation(task), (task.get("data") or {}).get("frames")
         if annotation is None or not isinstance(frames, list):
             continue
-        masks = page_masks(annotation["result"], config.object_name, len(frames))
         try:
-            _write_clip(project, task, masks, out)
+            _write_clip(project, task, page_masks(annotation["result"], config.object_name, len(frames)), out)
             written += 1
         except (RequestError, PolypsegError, OSError) as exc:
             log.warning("task %s skipped: %s", task.get("id"), getattr(exc, "reason", exc))

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 import numpy as np
 import requests
 
+from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.errors import MediaError
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
 from backends.request_errors import RequestError
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
-from polypseg.errors import PolypsegError
-from polypseg.formats.brush import decode_brush_rle
+from polypseg.errors import DatasetError, PolypsegError
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image
 from polypseg.label_sources import LabelSource, PullError, PullReport, annotation_version
@@ -42,20 +42,31 @@ T = TypeVar("T")
 
 
 def annotation_mask(result: list[dict[str, Any]], object_name: str) -> np.ndarray | None:
-    """Every brush and polygon region on the image united, or None if there is none."""
+    """Every brush and polygon region on the image united, or None if there is none; a region
+    that cannot be read is a DatasetError naming it."""
     mask: np.ndarray | None = None
     for region in result:
         kind, value = region.get("type"), region.get("value") or {}
         width, height = region.get("original_width"), region.get("original_height")
-        if region.get("to_name") != object_name or not width or not height:
+        if region.get("to_name") != object_name or not width or not height or not isinstance(value, dict):
             continue
-        if kind in ("brushlabels", "brush") and value.get("format") == "rle":
-            found = decode_brush_rle(value["rle"], int(width), int(height))
-        elif kind in ("polygonlabels", "polygon") and value.get("points"):
-            outline = np.asarray(value["points"], dtype=np.float64) * [width / 100, height / 100]
-            found = polygons_to_mask([Polygon(outline)], int(width), int(height))
-        else:
-            continue
+        try:
+            if kind in ("brushlabels", "brush") and value.get("format") == "rle":
+                found = decode_brush_rle(value["rle"], int(width), int(height))
+            elif kind in ("polygonlabels", "polygon") and value.get("points"):
+                points = np.asarray(value["points"], dtype=np.float64).reshape(-1, 2)
+                found = polygons_to_mask(
+                    [Polygon(points * [width / 100, height / 100])], int(width), int(height)
+                )
+            else:
+                continue
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DatasetError(f"region {region.get('id', '?')} ({kind}) cannot be read: {exc}") from None
+        if mask is not None and mask.shape != found.shape:
+            raise DatasetError(
+                f"region {region.get('id', '?')} is on a {width}x{height} image, another region of "
+                f"the same image on {mask.shape[1]}x{mask.shape[0]}"
+            )
         mask = found if mask is None else mask | found
     return mask
 
@@ -147,12 +158,17 @@ class LabelStudioProject(LabelSource):
             if config.paged:
                 self._pull_clip(store, report, task, annotation, config.object_name, present, clips)
                 continue
-            mask = annotation_mask(annotation["result"], config.object_name)
+            item = str(task["id"])
+            try:
+                mask = annotation_mask(annotation["result"], config.object_name)
+            except DatasetError as exc:
+                self._keep_earlier(store, report, present, {item}, exc)
+                continue
             if mask is None:
                 continue
             url = str((task.get("data") or {}).get(config.data_key, ""))
             version = annotation_version(_regions_digest(annotation["result"]), url)
-            self._put_still(store, report, present, task, str(task["id"]), version, annotation, url, mask)
+            self._put_still(store, report, present, task, item, version, annotation, url, mask)
         report.removed = len(store.remove_missing(self.source, present))
         for gone in {e["source"] for e in store.sequences.values()} - clips:
             if gone.startswith(f"{self.source}:clip:"):
@@ -191,6 +207,17 @@ class LabelStudioProject(LabelSource):
         else:
             report.new += 1
 
+    @staticmethod
+    def _keep_earlier(
+        store: DatasetStore, report: PullReport, present: set[str], items: set[str], exc: DatasetError
+    ) -> None:
+        """A task whose annotation cannot be read: reported, and what the store holds of it
+        kept (an edit gone wrong never deletes the last good label)."""
+        present.update(items)
+        report.skipped += 1
+        report.failed[min(items)] = str(exc)
+        log.warning("task %s skipped: %s", min(items), exc)
+
     def _pull_clip(
         self,
         store: DatasetStore,
@@ -206,7 +233,13 @@ class LabelStudioProject(LabelSource):
         page in it labelled (empty where the annotator left no region: not in view)."""
         data = task.get("data") or {}
         urls = data.get("frames")
-        masks = page_masks(annotation["result"], object_name, len(urls) if isinstance(urls, list) else 0)
+        try:
+            masks = page_masks(annotation["result"], object_name, len(urls) if isinstance(urls, list) else 0)
+        except DatasetError as exc:
+            pages = {t for t in store.tasks(self.source) if t.startswith(f"{task['id']}:")}
+            self._keep_earlier(store, report, present, pages or {str(task["id"])}, exc)
+            clips.add(f"{self.source}:clip:{task['id']}")
+            return
         if not isinstance(urls, list) or not masks:
             return
         start, step = int(data.get("frame_start", 0)), int(data.get("frame_step", 1))

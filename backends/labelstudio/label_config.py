@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from backends.request_errors import RequestError
 
-# Controls whose regions the backend reads (prompts) or writes (answers).
-PROMPT_CONTROLS = ("RectangleLabels", "KeyPointLabels", "Rectangle", "KeyPoint")
+# Controls whose regions the backend writes (answers).
 MASK_CONTROLS = ("BrushLabels", "Brush")
 POLYGON_CONTROLS = ("PolygonLabels", "Polygon")
 
@@ -58,10 +57,6 @@ class LabelConfig:
     @property
     def video_control(self) -> Control | None:
         return self.first(("VideoRectangle",))
-
-    @property
-    def video_labels(self) -> Control | None:
-        return self.first(("Labels",))
 
 
 def parse_label_config(xml: object) -> LabelConfig:

@@ -140,26 +140,29 @@ class PolypModel:
         height, width = image.shape[:2]
         drawn, labels = prompt_from_context(regions, config.object_name, width, height)
         session = (task.get("id"), url)
-        # a click off the image is refused as itself, before a session can make it look like another refusal
-        prompt = self.click_sessions.prompt_for(session, drawn.fitted_to(width, height))
-        if page is not None and drawn.box is not None:
-            tracked = self.pages.box(predictor, task.get("id"), urls, page, image, prompt, config, labels)
-            return self._paged_answer(predictor, tracked)
-        try:
-            prediction = predictor.predict(image, prompt)
-        except PromptError as exc:
-            if prompt.box is None and prompt.points:
-                raise RequestError(
-                    f"{exc}; this backend holds no box drawn on this task (none yet, or it was"
-                    " forgotten after a restart, a long pause, or on another worker): draw the box again"
-                ) from None
-            raise
-        anchored = self.click_sessions.anchor(session) is not None  # a click keeps a drawn box drawn
-        self.click_sessions.remember(session, prompt, anchored)
-        found = mask_regions(prediction.mask, prediction.score, config, labels)
-        if page is not None:
-            found = on_page(found, page)
-        return _answer(predictor, found, prediction.score)
+        # One request of a session at a time: each reads the session, waits for the model and
+        # writes it back, so two clicks in flight would each miss the other.
+        with self.click_sessions.hold(session):
+            # a click off the image is refused as itself, before a session makes it look like another
+            prompt = self.click_sessions.prompt_for(session, drawn.fitted_to(width, height))
+            if page is not None and drawn.box is not None:
+                tracked = self.pages.box(predictor, task.get("id"), urls, page, image, prompt, config, labels)
+                return self._paged_answer(predictor, tracked)
+            try:
+                prediction = predictor.predict(image, prompt)
+            except PromptError as exc:
+                if prompt.box is None and prompt.points:
+                    raise RequestError(
+                        f"{exc}; this backend holds no box drawn on this task (none yet, or it was"
+                        " forgotten after a restart, a long pause, or on another worker): draw the box again"
+                    ) from None
+                raise
+            anchored = self.click_sessions.anchor(session) is not None  # a click keeps a drawn box drawn
+            self.click_sessions.remember(session, prompt, anchored)
+            found = mask_regions(prediction.mask, prediction.score, config, labels)
+            if page is not None:
+                found = on_page(found, page)
+            return _answer(predictor, found, prediction.score)
 
     def from_clip_task(
         self, predictor: ImagePredictor, task: dict[str, Any], config: LabelConfig

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from backends.labelstudio.brush import encode_brush_rle
 from backends.labelstudio.label_config import Control, LabelConfig
 from backends.request_errors import RequestError
-from polypseg.formats.brush import encode_brush_rle
 from polypseg.formats.polygons import mask_to_polygons
 from polypseg.prompts import Box, Point, Prompt
 
@@ -73,13 +73,6 @@ def box_value(box: Box, width: int, height: int) -> dict[str, float]:
         "height": 100 * box.height / height,
         "rotation": 0,
     }
-
-
-def image_size_of(region: Region) -> tuple[int, int] | None:
-    width, height = region.get("original_width"), region.get("original_height")
-    if isinstance(width, int | float) and isinstance(height, int | float) and width > 0 and height > 0:
-        return int(width), int(height)
-    return None
 
 
 # A click's sign: Label Studio 1.23 sets `is_positive: false` on a smart keypoint placed with

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from backends.labelstudio.brush import encode_brush_rle
 from backends.labelstudio.concurrency import (
     WORKER_PROCESSES_VARIABLE,
     ConcurrencySettings,
@@ -39,7 +40,6 @@ from backends.labelstudio.settings import Settings
 from backends.labelstudio.webhooks import TRAIN_EVENTS, Handler, RetrainTrigger, WebhookQueue, log_event
 from backends.request_errors import RequestError
 from polypseg.errors import PolypsegError
-from polypseg.formats.brush import encode_brush_rle
 from polypseg.prompts import Box, Prompt
 
 log = logging.getLogger("polypseg.labelstudio")
@@ -145,7 +145,10 @@ def create_app(
             )
         else:
             response = await call_next(request)
-        metrics.record(request.url.path, time.perf_counter() - started, response.status_code >= 400)
+        # By the app's own routes: any other path (a scan, a typo) counts as one, so the table stays small.
+        path = request.url.path
+        route = path if path in {getattr(r, "path", None) for r in app.routes} else "other"
+        metrics.record(route, time.perf_counter() - started, response.status_code >= 400)
         return response
 
     @app.exception_handler(RequestError)
