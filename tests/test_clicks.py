@@ -58,6 +58,16 @@ def test_next_click_keeps_off_the_frame_border_and_is_none_when_all_agree() -> N
     assert next_click(truth, truth) is None
 
 
+def test_the_outline_band_is_two_pixels_either_side_of_the_edge() -> None:
+    """What --edge-weight weighs more: the band along a mask's outline, inside and out."""
+    from polypseg.training.click_unet import outline_band
+
+    band = outline_band(square(20, 5, 5, 15, 15))
+    row = band[10]
+    assert list(np.flatnonzero(row)) == [3, 4, 5, 6, 13, 14, 15, 16]
+    assert band[10, 10] == 0 and band.sum() == 152 and outline_band(np.zeros((8, 8), bool)).sum() == 0
+
+
 def test_click_channels_draw_disks_where_the_clicks_are() -> None:
     maps = click_channels([Point(25, 30, True), Point(70, 80, False)], (20.0, 20.0), (2.0, 2.0), 160)
     assert maps[0][20, 10] == 1 and maps[0].sum() > 50 and maps[0][120, 100] == 0
@@ -233,10 +243,12 @@ def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> Non
         val_clicks=1,
         val_sequences=1,
         val_sequence_length=4,
+        edge_weight=2.0,
     )
     best = train_click_unet(config)
     predictor = build_predictor(None, best)
     assert isinstance(predictor, ClickUnetPredictor) and predictor.metadata["architecture"] == "clickunet"
+    assert predictor.metadata["training"]["config"]["edge_weight"] == 2.0
     metrics = predictor.metadata["metrics"]
     assert 0.0 <= metrics["track_iou"] <= 1.0 and "iou@0.1+1clicks" in metrics
     run = ClickUnetRun.__new__(ClickUnetRun)  # only its config is read

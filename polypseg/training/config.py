@@ -209,6 +209,7 @@ class ClickUnetTrainConfig(UnetTrainConfig):
     random_click_fraction: float = 0.3  # share of samples that start with random clicks
     presence_weight: float = 0.5
     click_weight: float = 4.0  # extra loss weight of the pixels a click points at
+    edge_weight: float = 0.0  # extra loss weight of the pixels along the true outline
     val_clicks: int = 3  # validation reports IoU after this many simulated clicks
     # validation also tracks this many synthetic sequences (one per validation image) of
     # val_sequence_length frames; 0: none
@@ -249,6 +250,12 @@ class ClickUnetTrainConfig(UnetTrainConfig):
             type=float,
             default=cls.default("click_weight"),
             help="extra loss weight of the pixels a click points at",
+        )
+        parser.add_argument(
+            "--edge-weight",
+            type=float,
+            default=cls.default("edge_weight"),
+            help="extra loss weight of the pixels within 2 network pixels of the true outline",
         )
 
 
