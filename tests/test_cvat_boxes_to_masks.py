@@ -74,7 +74,13 @@ def annotations_json() -> dict:
         "tags": [],
         "shapes": [
             {**rectangle(40, (300, 250, 380, 330)), "label_id": POLYP, "source": "manual", "group": 0},
-            {**rectangle(41, (300, 250, 380, 330)), "type": "polygon", "label_id": POLYP, "group": 0},
+            {
+                **rectangle(41, (300, 250, 380, 330)),
+                "type": "polygon",
+                "label_id": POLYP,
+                "source": "manual",
+                "group": 0,
+            },
         ],
         "tracks": [
             {
@@ -176,7 +182,7 @@ class StandInCvat(BaseHTTPRequestHandler):
                     {"name": CLIP.name, "width": info.width, "height": info.height, "related_files": 0}
                 ],
             },
-            "/api/tasks/42/annotations": annotations_json(),
+            "/api/tasks/42/annotations": self.annotations(),
         }
         if path == "/api/tasks/42/data" and query.get("type") == ["frame"]:
             index = int(query["number"][0])
@@ -186,6 +192,13 @@ class StandInCvat(BaseHTTPRequestHandler):
             PIL.Image.fromarray(pixels).save(image, "PNG")
             return self._send(image.getvalue(), "image/png")
         self._send(json.dumps(answers[path]).encode())
+
+    def annotations(self) -> dict:
+        """The task's annotations with the shapes added so far, as CVAT keeps them."""
+        data = annotations_json()
+        added = [shape for body in self.added for shape in body["shapes"]]
+        data["shapes"] += [shape | {"id": 1000 + n, "group": 0} for n, shape in enumerate(added)]
+        return data
 
     def do_PATCH(self) -> None:
         assert urlparse(self.path).path.rstrip("/") == "/api/tasks/42/annotations"
@@ -234,6 +247,13 @@ def test_a_mask_on_every_boxed_frame_of_a_video_task(cvat, clip: VideoFileSource
     for frame in (FIRST, LAST):  # placed on the polyp the hand box holds
         found = mask_box(masks[frame])
         assert box_iou((found.x1, found.y1, found.x2, found.y2), CLIP_POLYP[frame]) > 0.5
+
+    # Run again (as after a run that stopped part-way): the frames that have their mask are
+    # neither fetched nor given a second one.
+    server.frames_served.clear()
+    assert annotate(client, 42, build_predictor(device="cpu"), "polyp", "polyp") == 0
+    assert server.frames_served == sorted(set(boxes) - set(by_frame))  # only where none was found
+    assert len([s for body in server.added for s in body["shapes"]]) == len(shapes)
 
 
 def test_a_task_without_the_label_is_refused_with_its_labels(cvat) -> None:

@@ -238,13 +238,26 @@ def annotate(
         names = ", ".join(sorted(lb.name for lb in dataset.labels))
         raise PolypsegError(f"task {task_id} has no label {label!r} or {mask_label!r} (its labels: {names})")
     task = client.tasks.retrieve(task_id)
-    boxes = task_boxes(task.get_annotations(), box_labels, task.size)
+    annotations = task.get_annotations()
+    boxes = task_boxes(annotations, box_labels, task.size)
     if detector is not None:
         frames = sorted(samples)
         log.info("task %d: %d frames, %d with %s boxes", task_id, len(frames), len(boxes), label)
     else:
         frames = sorted(frame for frame in boxes if frame in samples)
         log.info("task %d: %d frames with %s boxes", task_id, len(frames), label)
+    # A run that stopped part-way is taken up where it stopped: frames that already hold an
+    # automatic mask of `mask_label` are not given a second one.
+    masked = {
+        shape.frame
+        for shape in annotations.shapes
+        if shape.label_id in mask_labels
+        and shape.source == "auto"
+        and shape.type.value in ("mask", "polygon")
+    }
+    if masked & set(frames):
+        log.info("%d of them have masks from an earlier run: left as they are", len(masked & set(frames)))
+        frames = [frame for frame in frames if frame not in masked]
     function = BoxesToMasks(predictor, boxes, mask_label, detector, min_score)
     batch: list[models.LabeledShapeRequest] = []
     added = 0
