@@ -461,6 +461,23 @@ def test_one_expired_object_leaves_the_other_tracks_as_they_were(sequence, monke
     assert status == 200 and answer["states"][0]["step"] == 1
 
 
+def test_an_internal_error_is_a_500_and_its_traceback_goes_to_the_functions_log(capsys) -> None:
+    """A bug or a broken model: the caller gets a 500 with the error's kind, the function's
+    own log (nuclio's logger, what nuctl and the dashboard show) the traceback."""
+    from backends.cvat.handlers import respond
+
+    def broken(body: dict) -> dict:
+        raise RuntimeError("the model file is gone")
+
+    platform = Platform()
+    event = Event(body=b"{}", content_type="application/json", method="POST", path="/")
+    response = respond(platform.context, broken, event)
+    assert response.status_code == 500
+    assert json.loads(response.body)["error"].startswith("internal error (RuntimeError)")
+    logged = capsys.readouterr().out
+    assert "request failed" in logged and "Traceback" in logged and "the model file is gone" in logged
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory) -> Iterator[int]:
     executable = shutil.which("redis-server")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -26,8 +26,6 @@ from polypseg.errors import PolypsegError
 from polypseg.model_store import CurrentModel
 from polypseg.video.tracking import TrackStateError, VideoTracker
 from polypseg.video.tracking_job import build_tracker
-
-log = logging.getLogger("polypseg.cvat")
 
 # Unusable input (RequestError without a status, PolypsegError) is answered 400, as ever.
 INPUT_ERROR_STATUS = 400
@@ -199,7 +197,8 @@ def respond(context: Any, call: Call, event: Any) -> Any:
         context.logger.warn(f"refused: {exc}")
         body, status = json.dumps({"error": str(exc)}), INPUT_ERROR_STATUS
     except Exception as exc:  # a bug or a broken model: say so, keep serving
-        log.exception("request failed")
+        # nuclio's own logger: what the function's log (nuctl, the dashboard) shows
+        context.logger.error_with("request failed", error=repr(exc), traceback=traceback.format_exc())
         body, status = (
             json.dumps({"error": f"internal error ({type(exc).__name__}): see the function's log"}),
             500,
