@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from backends.request_errors import RequestError
+from polypseg.clicks import MAX_CLICKS  # per request; more is a runaway client, not an annotator
 from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
 from polypseg.images import read_image
 from polypseg.prompts import Box, Point, Prompt
 
-MAX_CLICKS = 50  # per request; more is a runaway client, not an annotator
 SHAPE_KINDS = ("rectangle", "polygon", "mask")
 
 
