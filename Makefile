@@ -11,7 +11,7 @@ SAMPLE ?= cju0qkwl35piu0993l0dewei2
 PORT ?= 8080
 BACKEND_PORT ?= 9090
 TITLE ?= Polyps
-CODE := polypseg backends serverless tests benchmarks docs
+CODE := polypseg backends serverless tests benchmarks docs training
 
 .PHONY: install install-labelstudio system-packages annotate lint check test demo
 
