@@ -162,7 +162,7 @@ class LabelStudioProject(LabelSource):
             try:
                 mask = annotation_mask(annotation["result"], config.object_name)
             except DatasetError as exc:
-                self._keep_earlier(store, report, present, {item}, exc)
+                self._keep_earlier(report, present, {item}, exc)
                 continue
             if mask is None:
                 continue
@@ -208,9 +208,7 @@ class LabelStudioProject(LabelSource):
             report.new += 1
 
     @staticmethod
-    def _keep_earlier(
-        store: DatasetStore, report: PullReport, present: set[str], items: set[str], exc: DatasetError
-    ) -> None:
+    def _keep_earlier(report: PullReport, present: set[str], items: set[str], exc: DatasetError) -> None:
         """A task whose annotation cannot be read: reported, and what the store holds of it
         kept (an edit gone wrong never deletes the last good label)."""
         present.update(items)
@@ -237,7 +235,7 @@ class LabelStudioProject(LabelSource):
             masks = page_masks(annotation["result"], object_name, len(urls) if isinstance(urls, list) else 0)
         except DatasetError as exc:
             pages = {t for t in store.tasks(self.source) if t.startswith(f"{task['id']}:")}
-            self._keep_earlier(store, report, present, pages or {str(task["id"])}, exc)
+            self._keep_earlier(report, present, pages or {str(task["id"])}, exc)
             clips.add(f"{self.source}:clip:{task['id']}")
             return
         if not isinstance(urls, list) or not masks:

@@ -146,8 +146,7 @@ def create_app(
         else:
             response = await call_next(request)
         # By the app's own routes: any other path (a scan, a typo) counts as one, so the table stays small.
-        path = request.url.path
-        route = path if path in {getattr(r, "path", None) for r in app.routes} else "other"
+        route = request.url.path if request.url.path in routes else "other"
         metrics.record(route, time.perf_counter() - started, response.status_code >= 400)
         return response
 
@@ -241,6 +240,7 @@ def create_app(
             },
         }
 
+    routes = frozenset(getattr(route, "path", None) for route in app.routes)  # read by _guard
     return app
 
 
