@@ -1,7 +1,8 @@
 """Reading images and masks into the one form the core works on.
 
 Images become RGB uint8 arrays (H, W, 3) whatever they were on disk: grayscale, palette, RGBA,
-16-bit. Masks become bool arrays (H, W), thresholded at 127 as polyp datasets store them.
+16-bit. Masks become bool arrays (H, W), thresholded at 127 as polyp datasets store them
+(0/1 and palette masks are read as what they label; see `read_mask`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _open(source: ImageSource) -> tuple[Image.Image, str]:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
     except FileNotFoundError:
         raise InputImageError(f"{name}: no such file") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours by default
+        raise InputImageError(f"{name}: larger than Pillow will open ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InputImageError(f"{name}: not a readable image ({exc})") from None
     limit = max_image_pixels()
@@ -92,12 +95,18 @@ def read_image(source: ImageSource) -> np.ndarray:
 
 
 def read_mask(source: ImageSource) -> np.ndarray:
-    """Read a mask image as bool (H, W): the first channel above 127 is the polyp."""
+    """Read a mask image as bool (H, W). The polyp is: in a palette image, every index but 0;
+    in a mask of only 0 and 1, the 1s; otherwise the first channel above 127 (0/255 masks,
+    and JPEG masks whose values blur around those)."""
     image, _ = _open(source)
-    array = _to_uint8(np.asarray(image if image.mode != "P" else image.convert("L")))
+    array = np.asarray(image)
+    if image.mode == "P":
+        return array != 0
     if array.ndim == 3:
         array = array[:, :, 0]
-    return array > 127
+    if array.max(initial=0) <= 1:
+        return array > 0
+    return _to_uint8(array) > 127
 
 
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> None:

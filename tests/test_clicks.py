@@ -267,6 +267,16 @@ def test_click_training_steps_and_its_checkpoint_serves(kvasir, tmp_path) -> Non
         np.array_equal(read_mask(p), t)
         for p, t in zip(sorted((folder / "masks").iterdir()), made, strict=True)
     )
+    # A still's sequence follows from the seed and its name, not from its place in the list.
+    pair = load_folder_dataset(kvasir / "images", kvasir / "masks", None, names[1:3])
+    _, second = write_sequences(pair, tmp_path / "pair", length=3)
+    (alone,) = write_sequences(pair[1:], tmp_path / "alone", length=3)
+    assert all(
+        np.array_equal(read_mask(a), read_mask(b))
+        for a, b in zip(
+            sorted((second / "masks").iterdir()), sorted((alone / "masks").iterdir()), strict=True
+        )
+    )
     image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
     assert predictor.predict(image, Prompt(box=Box(50, 50, 300, 300))).mask.any()
 

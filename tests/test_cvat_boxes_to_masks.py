@@ -275,9 +275,10 @@ def test_the_function_needs_the_frame_index_and_honours_polygon_requests(clip: V
     with pytest.raises(PolypsegError, match="frame's index"):
         function.detect(named, image)
     (as_mask,) = function.detect(FrameContext(FIRST, "colonoscopy-clip-1.mp4"), image)
-    polygons = function.detect(FrameContext(FIRST, "clip", conv_mask_to_poly=True), image)
-    assert polygons and all(p.type.value == "polygon" for p in polygons)
+    # One polygon per box, as the detector function answers conv_mask_to_poly.
+    (as_polygon,) = function.detect(FrameContext(FIRST, "clip", conv_mask_to_poly=True), image)
+    assert as_polygon.type.value == "polygon"
     width, height = clip.info.width, clip.info.height
-    outline = polygons_to_mask([Polygon(np.asarray(polygons[0].points).reshape(-1, 2))], width, height)
+    outline = polygons_to_mask([Polygon(np.asarray(as_polygon.points).reshape(-1, 2))], width, height)
     assert score_masks(outline, decode_cvat_mask(as_mask.points, width, height)).iou > 0.9
     assert function.detect(FrameContext(FIRST + 1, "clip"), image) == []

@@ -232,15 +232,16 @@ def test_sam2_interactor_with_clicks_and_no_box(monkeypatch, sam2_checkpoint: Pa
         assert status == 400 and reason in answer["error"], answer
 
 
-# A held-out polyp whose synthetic path (seed 5) carries it well away from where it started
-# (a shape left standing keeps mean IoU 0.40) while it stays in view.
+# A held-out polyp whose synthetic path (seed 1) carries it well away from where it started
+# (a shape left standing keeps mean IoU 0.38) while it stays in view, no step between two
+# frames moving it further than a tracker can follow (IoU 0.45 at the worst step).
 MOVING = "cju1erep75us208553i4ofwwe"
 
 
 @pytest.fixture(scope="module")
 def sequence(kvasir: Path, tmp_path_factory) -> tuple[list[Path], list[np.ndarray]]:
     samples = load_folder_dataset(kvasir / "images", kvasir / "masks", None, [MOVING])
-    folder = write_sequences(samples, tmp_path_factory.mktemp("seq"), length=8, seed=5)[0]
+    folder = write_sequences(samples, tmp_path_factory.mktemp("seq"), length=8, seed=1)[0]
     frames = sorted((folder / "frames").iterdir())
     masks = [read_mask(p) for p in sorted((folder / "masks").iterdir())]
     return frames, masks

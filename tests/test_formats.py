@@ -5,7 +5,7 @@ from label_studio_sdk.converter.brush import decode_rle
 
 from backends.labelstudio.brush import decode_brush_rle, encode_brush_rle
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
-from polypseg.formats.polygons import mask_to_polygons, polygons_to_mask
+from polypseg.formats.polygons import Polygon, largest_outline, mask_to_polygons, polygons_to_mask
 from polypseg.metrics import score_masks
 
 
@@ -50,6 +50,18 @@ def test_polygon_simplification_reduces_vertices(polyp_image):
 
 def test_empty_mask_has_no_polygons():
     assert mask_to_polygons(np.zeros((10, 10), bool)) == []
+    assert largest_outline(np.zeros((10, 10), bool)) is None
+
+
+def test_largest_outline_is_the_larger_component_as_flat_points():
+    mask = ring_and_blob()
+    points = largest_outline(mask)
+    assert points is not None and len(points) % 2 == 0
+    assert all(round(v, 1) == v for v in points)
+    outline = polygons_to_mask([Polygon(np.asarray(points).reshape(-1, 2))], 160, 120)
+    yy, xx = np.mgrid[0:120, 0:160]
+    disk = (xx - 50) ** 2 + (yy - 60) ** 2 <= 35**2  # the ring's outer edge; the blob is left out
+    assert score_masks(outline, disk).iou > 0.95
 
 
 @pytest.mark.parametrize("which", ["real", "rings", "corner", "empty"])

@@ -58,6 +58,30 @@ def test_huge_image_is_refused(tmp_path, monkeypatch):
         read_image(path)
 
 
+def test_an_image_beyond_pillows_own_ceiling_is_refused_by_name(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above twice this
+    with pytest.raises(InputImageError, match="bomb.png: larger than Pillow will open"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("form", ["0/1", "palette", "0/255", "16-bit"])
+def test_masks_in_every_usual_form_read_the_same(tmp_path, polyp_image, form):
+    truth = polyp_image[1]
+    if form == "0/1":
+        picture = Image.fromarray(truth.astype(np.uint8))
+    elif form == "palette":  # index 1 a dark red, darker than 127 as gray
+        picture = Image.fromarray(truth.astype(np.uint8), mode="P")
+        picture.putpalette([0, 0, 0, 128, 0, 0])
+    elif form == "0/255":
+        picture = Image.fromarray(truth.astype(np.uint8) * 255)
+    else:
+        picture = Image.fromarray(truth.astype(np.uint16) * 65535)
+    picture.save(tmp_path / "mask.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), truth)
+
+
 def test_jpeg_mask_thresholded(kvasir):
     mask = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg")
     assert mask.dtype == bool and mask.shape == (529, 622)

@@ -23,7 +23,7 @@ from cvat_sdk.auto_annotation import DetectionFunctionSpec, label_spec, mask, po
 from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.formats.cvat_mask import encode_cvat_mask
-from polypseg.formats.polygons import mask_to_polygons
+from polypseg.formats.polygons import largest_outline
 from polypseg.images import as_rgb
 from polypseg.predictors.base import ImagePredictor
 
@@ -41,9 +41,9 @@ class PolypDetection:
             p.mask for p in find_polyps(self.detector, self.predictor, frame, context.conf_threshold).polyps
         ]
         if context.conv_mask_to_poly:
-            # The largest outline of each polyp's mask: one polygon per polyp.
-            outlines = [mask_to_polygons(m) for m in masks]
-            return [polygon(0, o[0].outer.reshape(-1).round(1).tolist()) for o in outlines if o]
+            # One polygon per polyp: its mask's largest outline.
+            outlines = [largest_outline(m) for m in masks]
+            return [polygon(0, points) for points in outlines if points]
         return [mask(0, encode_cvat_mask(m)) for m in masks]
 
 

@@ -48,7 +48,7 @@ from cvat_sdk.auto_annotation import (
 from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
-from polypseg.formats.polygons import mask_to_polygons
+from polypseg.formats.polygons import largest_outline
 from polypseg.images import as_rgb
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Box, Prompt
@@ -128,10 +128,10 @@ class BoxesToMasks:
             found = self.predictor.segment(prepared, Prompt(box=box)).mask
             if not found.any():
                 continue
-            if context.conv_mask_to_poly:
-                shapes += [
-                    polygon(0, outline.outer.reshape(-1).tolist()) for outline in mask_to_polygons(found)
-                ]
+            if context.conv_mask_to_poly:  # one polygon per box, as the detector function gives
+                outline = largest_outline(found)
+                if outline:
+                    shapes.append(polygon(0, outline))
             else:
                 shapes.append(mask(0, encode_cvat_mask(found)))
         return shapes

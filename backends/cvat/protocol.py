@@ -38,7 +38,7 @@ from backends.request_errors import RequestError
 from polypseg.clicks import MAX_CLICKS  # per request; more is a runaway client, not an annotator
 from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
-from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
+from polypseg.formats.polygons import Polygon, largest_outline, polygons_to_mask
 from polypseg.images import read_image
 from polypseg.prompts import Box, Point, Prompt
 
@@ -153,9 +153,9 @@ def detected_object(mask: np.ndarray, confidence: float, label: str) -> dict[str
         "mask": crop + [x1, y1, x2, y2],
         "confidence": f"{min(max(confidence, 0.0), 1.0):.4f}",
     }
-    outlines = mask_to_polygons(mask)
-    if outlines:  # largest first; a speck has none, and stays a mask
-        found["points"] = outlines[0].outer.reshape(-1).round(1).tolist()
+    outline = largest_outline(mask)
+    if outline:  # a speck has none, and stays a mask
+        found["points"] = outline
     return found
 
 
@@ -193,10 +193,8 @@ class Shape:
         if self.kind == "rectangle":
             return Shape("rectangle", [box.x1, box.y1, box.x2, box.y2])
         if self.kind == "polygon":
-            outlines = mask_to_polygons(mask)
-            if not outlines:
-                return None
-            return Shape("polygon", outlines[0].outer.reshape(-1).round(1).tolist())
+            outline = largest_outline(mask)
+            return Shape("polygon", outline) if outline else None
         return Shape("mask", [float(v) for v in encode_cvat_mask(mask)])
 
     def as_json(self) -> dict[str, Any]:

@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.labelstudio.export import LabelStudioProject, latest_annotation, page_masks
+from backends.labelstudio.export import LabelStudioProject, page_masks
+from backends.labelstudio.regions import latest_annotation
 from backends.request_errors import RequestError
 from polypseg.atomic import write_atomic
 from polypseg.errors import PolypsegError

@@ -29,13 +29,13 @@ from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.errors import MediaError
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
 from backends.labelstudio.media import MediaFetcher
+from backends.labelstudio.regions import latest_annotation
 from backends.request_errors import RequestError
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
 from polypseg.errors import DatasetError, PolypsegError
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image
 from polypseg.label_sources import LabelSource, PullError, PullReport, annotation_version
-from polypseg.label_sources import latest_annotation as _latest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,12 +69,6 @@ def annotation_mask(result: list[dict[str, Any]], object_name: str) -> np.ndarra
             )
         mask = found if mask is None else mask | found
     return mask
-
-
-def latest_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The task's annotation edited last among those not cancelled (ties: the larger id)."""
-    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    return _latest(annotations, lambda a: str(a.get("updated_at") or ""), lambda a: int(a.get("id") or 0))
 
 
 def _regions_digest(result: list[dict[str, Any]]) -> str:

@@ -18,6 +18,7 @@ from backends.labelstudio.brush import encode_brush_rle
 from backends.labelstudio.label_config import Control, LabelConfig
 from backends.request_errors import RequestError
 from polypseg.formats.polygons import mask_to_polygons
+from polypseg.label_sources import latest_annotation as latest_of
 from polypseg.prompts import Box, Point, Prompt
 
 Region = dict[str, Any]
@@ -159,20 +160,32 @@ def task_rectangles(task: dict[str, Any], object_name: str) -> list[Region]:
     )
 
 
+def latest_annotation(
+    task: dict[str, Any], key: str = "annotations", wanted: Callable[[Region], bool] | None = None
+) -> dict[str, Any] | None:
+    """Of a task's annotations (or, with `key="predictions"`, its predictions) that are not
+    cancelled and, where `wanted` is given, hold a wanted region, the one edited last by the
+    core's rule (`polypseg.label_sources`: times compared as times, ties to the larger id)."""
+    candidates = [
+        a
+        for a in task.get(key) or []
+        if isinstance(a, dict)
+        and not a.get("was_cancelled")
+        and isinstance(a.get("result"), list)
+        and (wanted is None or any(isinstance(r, dict) and wanted(r) for r in a["result"]))
+    ]
+    return latest_of(
+        candidates,
+        lambda a: str(a.get("updated_at") or a.get("created_at") or ""),
+        lambda a: int(a.get("id") or 0),
+    )
+
+
 def task_regions(task: dict[str, Any], wanted: Callable[[Region], bool]) -> list[Region]:
     """The `wanted` regions on a task's latest annotation that has any, or else on its latest
     prediction that has any."""
     for key in ("annotations", "predictions"):
-        candidates = [
-            a
-            for a in task.get(key) or []
-            if isinstance(a, dict) and not a.get("was_cancelled") and isinstance(a.get("result"), list)
-        ]
-        candidates.sort(
-            key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0)
-        )
-        for latest in reversed(candidates):
-            regions = [r for r in latest["result"] if isinstance(r, dict) and wanted(r)]
-            if regions:
-                return regions
+        latest = latest_annotation(task, key, wanted)
+        if latest is not None:
+            return [r for r in latest["result"] if isinstance(r, dict) and wanted(r)]
     return []

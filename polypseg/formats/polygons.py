@@ -48,6 +48,14 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float =
     return polygons
 
 
+def largest_outline(mask: np.ndarray) -> list[float] | None:
+    """The outline of the mask's largest component as flat x, y pixel points (x1, y1, x2, y2, ...)
+    rounded to 0.1 px: one polygon for one object, as platforms that keep a single polygon per
+    object want it. None where the mask has no component large enough to outline."""
+    outlines = mask_to_polygons(mask)
+    return outlines[0].outer.reshape(-1).round(1).tolist() if outlines else None
+
+
 def polygons_to_mask(polygons: list[Polygon], width: int, height: int) -> np.ndarray:
     """Rasterise polygons (holes cut out) into a bool mask."""
     canvas = np.zeros((height, width), dtype=np.uint8)

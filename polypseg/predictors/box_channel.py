@@ -13,11 +13,12 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
-from polypseg.box_input import BOX_CHANNELS, BoxInputGeometry
+from polypseg.box_input import BOX_CHANNELS
 from polypseg.checkpoints import load_weights
 from polypseg.errors import PromptError
 from polypseg.masks import clean_mask
-from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
+from polypseg.predictors.base import Prediction, PreparedImage
+from polypseg.predictors.crop import CropNetworkPredictor, mean_inside
 from polypseg.prompts import Prompt
 
 # Registry name -> (smp architecture, default encoder as in the reference work).
@@ -45,29 +46,14 @@ def create_box_channel_model(
     )
 
 
-class BoxChannelPredictor(ImagePredictor):
-    has_prompt_free_part = False
-
+class BoxChannelPredictor(CropNetworkPredictor):
     def __init__(
-        self,
-        model: torch.nn.Module,
-        metadata: dict[str, Any],
-        device: str = "cpu",
-        threshold: float = 0.5,
-        tta: bool = False,
-        **kwargs: Any,
+        self, model: torch.nn.Module, metadata: dict[str, Any], tta: bool = False, **kwargs: Any
     ) -> None:
         """`tta`: also run the input flipped left-right and upside down and average the three
         probability maps (test-time augmentation; three times the network's work)."""
-        super().__init__(**kwargs)
+        super().__init__(model, metadata, **kwargs)
         self.tta = tta
-        self.model = model.to(device).eval()
-        self.metadata = metadata
-        self.name = metadata["architecture"]
-        self.version = str(metadata.get("version", "unversioned"))
-        self.geometry = BoxInputGeometry(**metadata.get("input", {}))
-        self.device = torch.device(device)
-        self.threshold = threshold
 
     @classmethod
     def from_state(
@@ -77,9 +63,6 @@ class BoxChannelPredictor(ImagePredictor):
         what = f"{metadata['architecture']} with encoder {metadata.get('encoder')}"
         load_weights(model, state_dict, path, what)
         return cls(model, metadata, **kwargs)
-
-    def _encode(self, image: np.ndarray) -> tuple[Any, int]:
-        return None, 0
 
     def probability(self, image: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The per-pixel polyp probability for a prompt with a box, image-sized."""
@@ -103,6 +86,4 @@ class BoxChannelPredictor(ImagePredictor):
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:
         probability = self.probability(prepared.image, prompt)
         mask = clean_mask(probability > self.threshold, prompt)
-        inside = probability[mask]
-        score = float(inside.mean()) if inside.size else 0.0
-        return Prediction(mask=mask, score=score)
+        return Prediction(mask=mask, score=mean_inside(probability, mask))

@@ -33,7 +33,8 @@ from polypseg.environment import Environment
 from polypseg.errors import PromptError
 from polypseg.images import image_digest
 from polypseg.masks import clean_mask, ellipse_in_box
-from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
+from polypseg.predictors.base import Prediction, PreparedImage
+from polypseg.predictors.crop import CropNetworkPredictor, mean_inside
 from polypseg.prompts import Box, Point, Prompt
 
 IN_CHANNELS = BOX_CHANNELS + 3  # RGB, box, positive clicks, negative clicks, previous probability
@@ -104,25 +105,9 @@ def add_click_channels(
     return np.concatenate([base, clicks, previous[None].astype(np.float32)], axis=0)
 
 
-class ClickUnetPredictor(ImagePredictor):
-    has_prompt_free_part = False
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        metadata: dict[str, Any],
-        device: str = "cpu",
-        threshold: float = 0.5,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.model = model.to(device).eval()
-        self.metadata = metadata
-        self.name = metadata["architecture"]
-        self.version = str(metadata.get("version", "unversioned"))
-        self.geometry = BoxInputGeometry(**metadata.get("input", {}))
-        self.device = torch.device(device)
-        self.threshold = threshold
+class ClickUnetPredictor(CropNetworkPredictor):
+    def __init__(self, model: torch.nn.Module, metadata: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(model, metadata, **kwargs)
         # (image digest, box, window, clicks) -> (previous probability, presence)
         self.answers: EmbeddingCache[tuple[np.ndarray, float]] = EmbeddingCache(
             Environment().integer("POLYPSEG_CLICK_CACHE_BYTES", REPLAY_CACHE_BYTES),
@@ -138,9 +123,6 @@ class ClickUnetPredictor(ImagePredictor):
         model = create_click_model(encoder, decoder)
         load_weights(model, state_dict, path, f"a click-guided {decoder} with encoder {encoder}")
         return cls(model, metadata, **kwargs)
-
-    def _encode(self, image: np.ndarray) -> tuple[Any, int]:
-        return None, 0
 
     def _check(self, prompt: Prompt) -> None:
         if prompt.box is None:
@@ -201,9 +183,7 @@ class ClickUnetPredictor(ImagePredictor):
         crop, presence, window = self.answer(image, prompt, prepared.digest)
         probability = self.geometry.paste(crop, window, width, height)
         mask = self._mask(probability, prompt)
-        inside = probability[mask]
-        confidence = float(inside.mean()) if inside.size else 0.0
-        return Prediction(mask=mask, score=confidence, presence=presence)
+        return Prediction(mask=mask, score=mean_inside(probability, mask), presence=presence)
 
     def _mask(self, probability: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The polyp at the threshold; where that is empty, the model's best guess (its most

@@ -225,8 +225,8 @@ class ClickUnetRun(UnetRun):
 
         c = self.config
         tracker, results = ClassicalTracker(predictor), []
-        for number, sample in enumerate(self.val_samples[: c.val_sequences]):
-            frames, truths = zip(*sample_sequence(sample, c.val_sequence_length, 0, number), strict=True)
+        for sample in self.val_samples[: c.val_sequences]:
+            frames, truths = zip(*sample_sequence(sample, c.val_sequence_length), strict=True)
             box = mask_box(truths[0])
             if box is not None:
                 results.append(score_track(tracker, sample.name, enumerate(frames), truths.__getitem__, box))

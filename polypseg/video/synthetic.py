@@ -7,6 +7,7 @@ mask. Polyp videos with per-frame masks are not public; these let trackers be sc
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,11 +107,12 @@ def _motion_blur(frame: np.ndarray, motion: tuple[float, float]) -> np.ndarray:
 
 
 def sample_sequence(
-    sample: PolypSample, length: int, seed: int = 0, number: int = 0
+    sample: PolypSample, length: int, seed: int = 0
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The sequence of the `number`-th sample of a run seeded `seed`: its largest polyp (a
-    tracker follows one object) along a camera path drawn from (seed, number)."""
-    rng = np.random.default_rng([seed, number])
+    """The sample's sequence in a run seeded `seed`: its largest polyp (a tracker follows one
+    object) along a camera path drawn from the seed and the sample's name, so a still's
+    sequence is the same whichever other stills are made with it."""
+    rng = np.random.default_rng([seed, zlib.crc32(sample.name.encode())])
     image, mask = read_image(sample.image_path), read_mask(sample.mask_path)
     mask = max((target for _, target in polyp_targets(mask, None)), key=np.count_nonzero, default=mask)
     return synthetic_sequence(image, mask, length, rng)
@@ -119,10 +121,10 @@ def sample_sequence(
 def write_sequences(samples: list[PolypSample], out: Path, length: int, seed: int = 0) -> list[Path]:
     """One sequence folder per sample: `frames/NNNNN.jpg` and `masks/NNNNN.png`."""
     folders = []
-    for number, sample in enumerate(tqdm(samples, desc="making sequences", unit="sequence")):
+    for sample in tqdm(samples, desc="making sequences", unit="sequence"):
         folder = out / sample.name
         (folder / "frames").mkdir(parents=True, exist_ok=True)
-        for t, (frame, truth) in enumerate(sample_sequence(sample, length, seed, number)):
+        for t, (frame, truth) in enumerate(sample_sequence(sample, length, seed)):
             Image.fromarray(frame).save(folder / "frames" / f"{t:05d}.jpg", quality=92)  # raises if it cannot
             write_mask(folder / "masks" / f"{t:05d}.png", truth)
         folders.append(folder)
