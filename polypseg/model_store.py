@@ -30,7 +30,7 @@ from typing import Any
 
 from polypseg.atomic import atomic_output, write_atomic
 from polypseg.checkpoints import load_checkpoint
-from polypseg.errors import CheckpointError, PolypsegError
+from polypseg.errors import PolypsegError
 from polypseg.predictors.base import ImagePredictor
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class ModelStore:
                 "note": note,
             }
             (staging / "info.json").write_text(json.dumps(info, indent=1))
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
             os.replace(staging, self.versions / version_id)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -179,7 +180,7 @@ class CurrentModel:
         self._source: Path | None = self._wanted()
         try:
             self.predictor = load(self._source)
-        except (CheckpointError, OSError):
+        except (PolypsegError, OSError):
             if self._source == fallback:
                 raise
             # MODEL_DIR's current model is not one this server can run (e.g. a retrained U-Net
@@ -195,13 +196,17 @@ class CurrentModel:
         """The predictor to answer one request with (hold on to it for the whole request)."""
         if self.store is None or time.monotonic() - self._checked < self.interval:
             return self.predictor
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return self.predictor  # another request is loading the new model: this one is not held up
+        try:
             self._checked = time.monotonic()
             wanted = self._wanted()
             if wanted != self._source:
                 try:
                     self.predictor, self._source = self.load(wanted), wanted
-                except (CheckpointError, OSError):  # keep serving the model that works
+                except (PolypsegError, OSError):  # keep serving the model that works
                     log.exception("could not load %s; keeping %s", wanted, self._source)
                     self._source = wanted  # do not retry on every request
+        finally:
+            self._lock.release()
         return self.predictor
