@@ -92,16 +92,26 @@ class Plugins:
     def add_server(self, server: Server) -> None:
         self.servers[server.name] = server
 
+    def merge(self, other: Plugins) -> None:
+        self.source_kinds.update(other.source_kinds)
+        self.servers.update(other.servers)
+        self.commands.update(other.commands)
+        self.image_sources.update(other.image_sources)
+
 
 @functools.cache
 def load_plugins() -> Plugins:
     """Every installed platform's registrations, in the entry points' name order."""
     plugins = Plugins()
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        # A platform installed without its client libraries, or a broken third-party plugin,
+        # must not take down every command (`polypseg segment` needs no platform at all).
+        # Each registers into its own registry first, so one that fails half-way adds nothing.
+        staged = Plugins()
         try:
-            register = entry.load()
-        except ImportError as exc:  # a platform installed without its client libraries
-            log.warning("polypseg plugin %s not loaded: %s", entry.name, exc)
+            entry.load()(staged)
+        except Exception as exc:
+            log.warning("polypseg plugin %s not loaded: %s: %s", entry.name, type(exc).__name__, exc)
             continue
-        register(plugins)
+        plugins.merge(staged)
     return plugins

@@ -96,3 +96,29 @@ def test_the_platforms_plug_into_retrain_and_serve() -> None:
     ]
     serve = build_parser().parse_args(["serve", "labelstudio", "--port", "9191", "--device", "cpu"])
     assert (serve.port, serve.device, serve.run) == (9191, "cpu", plugins.servers["labelstudio"].run)
+
+
+def test_a_broken_plugin_is_skipped_with_a_warning_and_adds_nothing(tmp_path, monkeypatch, caplog) -> None:
+    """One platform package that fails to register (a missing function, an error half-way)
+    must not take down every command: the others still load."""
+    from importlib.metadata import EntryPoint
+
+    from polypseg import plugins as registry
+
+    (tmp_path / "broken_plugin.py").write_text(
+        "def half_way(plugins):\n"
+        "    plugins.add_command(object.__new__(type('C', (), {'name': 'half'})))\n"
+        "    raise RuntimeError('no licence server')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = list(registry.entry_points(group=registry.ENTRY_POINT_GROUP))
+    broken = [
+        EntryPoint("aaa-missing", "broken_plugin:register", registry.ENTRY_POINT_GROUP),
+        EntryPoint("aab-half-way", "broken_plugin:half_way", registry.ENTRY_POINT_GROUP),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [*broken, *real])
+    with caplog.at_level("WARNING", logger="polypseg.plugins"):
+        loaded = registry.load_plugins.__wrapped__()
+    assert set(loaded.source_kinds) == {"labelstudio", "cvat"} and "half" not in loaded.commands
+    assert "aaa-missing not loaded: AttributeError" in caplog.text
+    assert "aab-half-way not loaded: RuntimeError: no licence server" in caplog.text
