@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from polypseg.errors import DatasetError
+from polypseg.errors import DatasetError, PromptError
 from polypseg.masks import component_boxes
 from polypseg.prompts import Box
 
@@ -81,7 +81,12 @@ def polyp_targets(mask: np.ndarray, boxes: tuple[Box, ...] | None) -> list[tuple
         labels, _ = ndimage.label(mask)
         return [(box, _components_in(labels, box)) for box in component_boxes(mask)]
     labels, _ = ndimage.label(mask)
-    return [(box, _components_in(labels, box)) for box in boxes]
+    height, width = mask.shape
+    try:  # a box reaching past the frame (xmin -2) would otherwise slice from the far side
+        inside = [box.clipped(width, height) for box in boxes]
+    except PromptError as exc:
+        raise DatasetError(f"a polyp's box does not fit its {width}x{height} mask: {exc}") from None
+    return [(box, _components_in(labels, box)) for box in inside]
 
 
 def _components_in(labels: np.ndarray, box: Box) -> np.ndarray:

@@ -16,9 +16,11 @@ from conftest import ONE_POLYP
 from polypseg.box_input import BoxInputGeometry
 from polypseg.checkpoints import load_checkpoint
 from polypseg.datasets import load_folder_dataset, polyp_targets
+from polypseg.errors import DatasetError
 from polypseg.images import read_image, read_mask
 from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import create_box_channel_model
+from polypseg.prompts import Box
 from polypseg.training.losses import bce_dice_loss
 from polypseg.training.unet import UnetTrainConfig, train_unet
 
@@ -55,6 +57,15 @@ def fixed_batch(kvasir: Path, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
         ys.append(cv2.resize(crop, (SIZE, SIZE))[None])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def test_a_box_reaching_past_the_frame_is_clipped_not_wrapped_around() -> None:
+    mask = np.zeros((50, 60), bool)
+    mask[10:30, 0:20] = True  # a polyp at the left edge, its box drawn 2 px past it
+    ((box, target),) = polyp_targets(mask, (Box(-2, 8, 22, 32),))
+    assert box == Box(0, 8, 22, 32) and np.array_equal(target, mask)
+    with pytest.raises(DatasetError, match="does not fit its 60x50 mask"):
+        polyp_targets(mask, (Box(70, 0, 90, 10),))
 
 
 def loss_of(state_dict, batch) -> float:
