@@ -4,6 +4,7 @@ compose v2, or Debian's docker-compose, which `make system-packages` installs)."
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -129,3 +130,18 @@ def test_docker_compose_config_passes(tmp_path: Path) -> None:
             env={"PATH": "/usr/bin:/bin", given: "x", "LABEL_STUDIO_API_KEY": "0" * 40},
         )
         assert missing.returncode != 0 and wanted in missing.stderr, missing.stderr
+
+
+def test_a_project_title_with_spaces_reaches_setup_as_one_argument() -> None:
+    client = compose_client()
+    assert client, "no docker compose client: `make system-packages` installs docker-compose"
+    run = subprocess.run(
+        [*client, "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "LABEL_STUDIO_PROJECT_TITLE": "Colon polyps, 2026"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    command = yaml.safe_load(run.stdout)["services"]["setup"]["command"]
+    # Compose v2 prints the command as its argument list; v1 as the string it splits like a shell.
+    argv = command if isinstance(command, list) else shlex.split(command)
+    assert argv[argv.index("--title") + 1] == "Colon polyps, 2026"
