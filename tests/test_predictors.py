@@ -123,3 +123,31 @@ def test_test_time_augmentation_averages_flipped_views(polyp_image) -> None:
     assert averaged.shape == truth.shape and averaged.min() >= 0 and averaged.max() <= 1
     mask = tta.predict(image, prompt).mask
     assert score_masks(mask, truth).iou > 0.8 and score_masks(mask, plain).iou > 0.9
+
+
+def test_a_retrained_u_net_keeps_the_input_size_it_was_served_at() -> None:
+    from polypseg.box_input import BoxInputGeometry
+    from polypseg.families.box_unet import input_fields
+
+    served = BoxInputGeometry()  # a checkpoint that names no input geometry is served so
+    assert input_fields({}) == {"geometry": served.mode, "size": served.size, "margin": served.margin}
+    assert input_fields({"input": {"size": 224}})["size"] == 224
+
+
+def test_test_time_augmentation_of_the_shipped_click_model(polyp_image, monkeypatch) -> None:
+    """POLYPSEG_TTA=1 turns it on for the default model too: every view of every replayed click
+    is a consistent input, and the answers stay the model's own."""
+    from polypseg.metrics import score_masks
+
+    image, truth = polyp_image
+    prompt = Prompt(box=Box(38, 5, 430, 338), points=(Point(240, 170, True), Point(60, 320, False)))
+    plain = build_predictor(device="cpu")
+    monkeypatch.setenv("POLYPSEG_TTA", "1")
+    tta = build_predictor(device="cpu")
+    assert (plain.tta, tta.tta) == (False, True)
+    views: list[int] = []
+    tta.model.register_forward_hook(lambda module, args, output: views.append(args[0].shape[0]))
+    answer, expected = tta.predict(image, prompt), plain.predict(image, prompt)
+    assert views == [3, 3, 3]  # the box, then each click: three views each
+    assert score_masks(answer.mask, truth).iou > 0.8 and score_masks(answer.mask, expected.mask).iou > 0.9
+    assert answer.presence is not None and abs(answer.presence - expected.presence) < 0.2

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from polypseg.families import Metadata, ModelFamily, State
-from polypseg.families.box_unet import input_fields
+from polypseg.families.box_unet import input_fields, test_time_augmentation
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.click_unet import ClickUnetPredictor
 
-    options.pop("tta", None)
+    options.setdefault("tta", test_time_augmentation())
     return ClickUnetPredictor.from_state(state, metadata, path, **options)
 
 

@@ -11,14 +11,12 @@ from polypseg.families import Metadata, ModelFamily, State
 def load_map_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import MapDetector
 
-    options.pop("tta", None)
     return MapDetector.from_state(state, metadata, path, **options)
 
 
 def load_fcos_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import FcosDetector
 
-    options.pop("tta", None)
     return FcosDetector.from_state(state, metadata, path, **options)
 
 

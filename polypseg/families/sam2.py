@@ -11,7 +11,6 @@ from polypseg.families import Metadata, ModelFamily, State
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.sam2 import Sam2Predictor
 
-    options.pop("tta", None)
     return Sam2Predictor.from_state(state, metadata, path, **options)
 
 

@@ -47,14 +47,6 @@ def create_box_channel_model(
 
 
 class BoxChannelPredictor(CropNetworkPredictor):
-    def __init__(
-        self, model: torch.nn.Module, metadata: dict[str, Any], tta: bool = False, **kwargs: Any
-    ) -> None:
-        """`tta`: also run the input flipped left-right and upside down and average the three
-        probability maps (test-time augmentation; three times the network's work)."""
-        super().__init__(model, metadata, **kwargs)
-        self.tta = tta
-
     @classmethod
     def from_state(
         cls, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any], path: str, **kwargs: Any
@@ -70,17 +62,7 @@ class BoxChannelPredictor(CropNetworkPredictor):
             raise PromptError(f"model {self.name} needs a box around the polyp; clicks alone work with sam2")
         height, width = image.shape[:2]
         window = self.geometry.window(prompt.box, width, height)
-        x = torch.from_numpy(self.geometry.make_input(image, prompt.box, window))[None].to(self.device)
-        with torch.inference_mode():
-            if self.tta:  # the box channel flips with the image, so each view is a consistent input
-                views = torch.cat([x, x.flip(-1), x.flip(-2)])
-                logits = self.model(views)[:, 0].float()
-                probabilities = torch.sigmoid(
-                    torch.stack([logits[0], logits[1].flip(-1), logits[2].flip(-2)])
-                )
-                probability = probabilities.mean(0).cpu().numpy()
-            else:
-                probability = torch.sigmoid(self.model(x)[0, 0].float()).cpu().numpy()
+        probability, _ = self.run_network(self.geometry.make_input(image, prompt.box, window))
         return self.geometry.paste(probability, window, width, height)
 
     def _segment(self, prepared: PreparedImage, prompt: Prompt) -> Prediction:

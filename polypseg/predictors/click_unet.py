@@ -136,12 +136,9 @@ class ClickUnetPredictor(CropNetworkPredictor):
     def forward(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         """One pass: the crop's polyp probability and the presence probability."""
         self.forward_passes += 1
-        with torch.inference_mode():
-            logits, presence = self.model(torch.from_numpy(x)[None].to(self.device))
-        return (
-            torch.sigmoid(logits[0, 0].float()).cpu().numpy(),
-            float(torch.sigmoid(presence[0, 0].float())),
-        )
+        probability, presence = self.run_network(x)
+        assert presence is not None, "a click model has a presence head"
+        return probability, presence
 
     def answer(self, image: np.ndarray, prompt: Prompt, digest: str = "") -> tuple[np.ndarray, float, Box]:
         """The crop probability after the last click, the presence, and the crop's window."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polypseg.checkpoints import load_weights
 from polypseg.errors import CheckpointError
 from polypseg.masks import clean_mask
 from polypseg.predictors.base import ImagePredictor, Prediction, PreparedImage
@@ -122,11 +123,7 @@ class Sam2Predictor(ImagePredictor):
         metadata.setdefault("config", config_from_weights(state))
         metadata.setdefault("version", Path(path).stem)  # an official file: its name says which
         model = create_sam2_model(metadata["config"], image_size=image_size or metadata.get("image_size"))
-        try:
-            model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(f"{path}: weights do not fit {metadata['config']} ({first})") from None
+        load_weights(model, state, path, metadata["config"])
         return cls(model, metadata, device=device, **kwargs)
 
     @torch.inference_mode()
