@@ -3,6 +3,7 @@ in the same folder, which replaces the target only once it is whole."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,3 +33,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_output(path) as handle:
         handle.write(data)
+
+
+def write_json(path: str | os.PathLike[str], body: object) -> None:
+    """`body` as indented JSON, written atomically."""
+    write_atomic(path, json.dumps(body, indent=1).encode())

@@ -25,7 +25,7 @@ from polypseg.detection_metrics import (
 )
 from polypseg.detector import Detection, PolypDetector
 from polypseg.errors import CheckpointError, InputImageError, PolypsegError
-from polypseg.images import read_image, read_mask, write_mask
+from polypseg.images import read_image, read_mask, write_image, write_mask
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Prompt
 
@@ -208,7 +208,6 @@ def _write(
         write_mask(masks / f"{stem}.png", frame.mask)
     if overlays is not None:
         import cv2
-        from PIL import Image
 
         from polypseg.masks import draw_overlay
 
@@ -225,8 +224,7 @@ def _write(
                 (255, 255, 0),
                 1,
             )
-        overlays.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(shown).save(overlays / f"{stem}.jpg", quality=90)
+        write_image(overlays / f"{stem}.jpg", shown, "JPEG", quality=90)
 
 
 @dataclass

@@ -11,11 +11,11 @@ import functools
 import hashlib
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from polypseg.atomic import write_atomic
 from polypseg.environment import Environment
 from polypseg.errors import InputImageError
 
@@ -110,9 +110,16 @@ def read_mask(source: ImageSource) -> np.ndarray:
 
 
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> None:
-    """Write a bool mask as an 8-bit PNG (0 and 255), creating the folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(path)
+    """Write a bool mask as an 8-bit PNG (0 and 255), whatever the name's suffix, creating the
+    folder; a reader never sees half a file."""
+    write_image(path, mask.astype(np.uint8) * 255, "PNG")
+
+
+def write_image(path: str | os.PathLike[str], pixels: np.ndarray, format: str, **options: int) -> None:
+    """Write pixels in `format` (PNG, JPEG) atomically, creating the folder."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=format, **options)
+    write_atomic(path, buffer.getvalue())
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -35,13 +35,30 @@ def test_segment_writes_mask_and_overlay(tmp_path, kvasir, unet_checkpoint):
         "--out",
         tmp_path / "mask.png",
         "--overlay",
-        tmp_path / "overlay.png",
+        tmp_path / "overlay.JPG",
     )
     expected = build_predictor(checkpoint=unet_checkpoint, device="cpu").predict(
         read_image(image), Prompt(box=Box(38, 5, 430, 338))
     )
     assert np.array_equal(read_mask(tmp_path / "mask.png"), expected.mask)  # the model's answer, as is
-    assert read_image(tmp_path / "overlay.png").shape == (529, 622, 3)
+    assert (tmp_path / "overlay.JPG").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, as named
+    assert read_image(tmp_path / "overlay.JPG").shape == (529, 622, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.png", "overlay.JPG"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["segment", "IMAGE", "--box", "1,1,50,50", "--out", "mask"], "'mask': a mask is written as PNG"),
+        (["segment", "IMAGE", "--box", "1,1,5,5", "--out", "m.png", "--overlay", "o.gif"], "NAME.jpg"),
+        (["evaluate-detection", "--images", "I", "--masks", "M", "--limit", "0"], "'0' is not a whole"),
+    ],
+)
+def test_output_names_and_counts_are_checked_before_anything_runs(tmp_path, kvasir, args, message):
+    args = [str(kvasir / "images" / f"{ONE_POLYP}.jpg") if a == "IMAGE" else a for a in args]
+    result = polypseg(*args, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow  # builds SAM2 in a fresh process

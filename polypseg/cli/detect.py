@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from polypseg.cli.options import DEVICE_HELP, add_model_options, known_shifts, log, min_score, names_file
+from polypseg.atomic import write_json
+from polypseg.cli.options import (
+    DEVICE_HELP,
+    add_model_options,
+    known_shifts,
+    log,
+    min_score,
+    names_file,
+    positive_int,
+)
 from polypseg.errors import PolypsegError
 
 
@@ -53,8 +61,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
         "images": [f.as_dict() for f in frames],
         "skipped": skipped,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(body, indent=1))
+    write_json(args.json, body)
     log.info("wrote %s", args.json)
 
 
@@ -91,10 +98,9 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
             flush=True,
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         out: dict[str, Any] = dict(bodies["clean"]) if not args.shift else {"shifts": bodies}
         out.update(detector=detector.version, model=predictor.version)
-        args.json.write_text(json.dumps(out, indent=1))
+        write_json(args.json, out)
         log.info("wrote %s", args.json)
 
 
@@ -124,14 +130,13 @@ def cmd_rank(args: argparse.Namespace) -> None:
     if skipped:
         log.warning("%d unreadable images skipped", len(skipped))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "detector": detector.version,
             "uncertainty": detector.uncertainty_measure,
             "ranked": [{"image": name, "uncertainty": u} for name, u in ranked],
             "skipped": skipped,
         }
-        args.json.write_text(json.dumps(body, indent=1))
+        write_json(args.json, body)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -157,7 +162,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--boxes", type=Path, help="bboxes.json; default: boxes of the mask's components"
     )
     detection_eval.add_argument("--names", type=Path, help="only the images named in this file")
-    detection_eval.add_argument("--limit", type=int, help="only the first N images")
+    detection_eval.add_argument("--limit", type=positive_int, help="only the first N images")
     detection_eval.add_argument("--min-score", type=min_score, help="score floor (default: the detector's)")
     detection_eval.add_argument("--json", type=Path, help="write the scores, per image too, as JSON")
     detection_eval.add_argument(

@@ -39,6 +39,23 @@ def min_score(text: str) -> float:
     return value
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def png_path(text: str) -> Path:
+    """An argparse type: a file name ending in .png (masks are written losslessly)."""
+    if Path(text).suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"{text!r}: a mask is written as PNG; name it NAME.png")
+    return Path(text)
+
+
+def picture_path(text: str) -> Path:
+    """An argparse type: a file name ending in .png, .jpg or .jpeg."""
+    if Path(text).suffix.lower() not in IMAGE_FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r}: name it NAME.png or NAME.jpg")
+    return Path(text)
+
+
 def known_shifts() -> list[str]:
     from polypseg.shifts import SHIFTS
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from polypseg.cli.options import add_model_options, log, prompt_from_args
+from polypseg.cli.options import (
+    IMAGE_FORMATS,
+    add_model_options,
+    log,
+    picture_path,
+    png_path,
+    prompt_from_args,
+)
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from polypseg.images import read_image, write_mask
+    from polypseg.images import read_image, write_image, write_mask
     from polypseg.masks import draw_overlay
     from polypseg.predictors import build_predictor
 
@@ -27,11 +34,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
         args.out,
     )
     if args.overlay:
-        from PIL import Image
-
-        args.overlay.parent.mkdir(parents=True, exist_ok=True)
         fitted = prompt.fitted_to(image.shape[1], image.shape[0])
-        Image.fromarray(draw_overlay(image, prediction.mask, fitted)).save(args.overlay)
+        overlay = draw_overlay(image, prediction.mask, fitted)
+        write_image(args.overlay, overlay, IMAGE_FORMATS[args.overlay.suffix.lower()])
         log.info("overlay -> %s", args.overlay)
 
 
@@ -45,7 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=[],
         help="X,Y or X,Y,LABEL (1 polyp, 0 background); repeat for more clicks",
     )
-    segment.add_argument("--out", type=Path, required=True, help="mask PNG to write")
-    segment.add_argument("--overlay", type=Path, help="also write the image with the mask drawn on it")
+    segment.add_argument("--out", type=png_path, required=True, help="mask PNG to write")
+    segment.add_argument(
+        "--overlay", type=picture_path, help="also write the image with the mask drawn on it (PNG or JPEG)"
+    )
     add_model_options(segment)
     segment.set_defaults(run=cmd_segment)

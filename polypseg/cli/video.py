@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,7 +85,7 @@ def cmd_evaluate_video(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from polypseg.atomic import write_atomic
+    from polypseg.atomic import write_json
     from polypseg.video.evaluation import evaluate_sequence, plot_iou_over_time, sequence_folders, summarise
 
     folders = sequence_folders(args.sequences)
@@ -107,7 +106,7 @@ def cmd_evaluate_video(args: argparse.Namespace) -> None:
     Console(width=160).print(table)
     if args.json:
         body = {"tracker": args.tracker, **summary, "per_sequence": [r.to_json() for r in results]}
-        write_atomic(args.json, json.dumps(body, indent=1).encode())
+        write_json(args.json, body)
         log.info("wrote %s", args.json)
     if args.plot:
         plot_iou_over_time(results, args.plot)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from polypseg.atomic import write_json
 from polypseg.errors import ModelError
 from polypseg.images import read_mask, write_mask
 from polypseg.masks import draw_overlay
@@ -100,7 +100,7 @@ def track_video(
             results[result.index] = without_mask(result)
     ordered = [results[i] for i in sorted(results)]
     summary = track_summary(ordered, start, prompt, corrections or {})
-    (out / "track.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "track.json", summary)
     return ordered
 
 
