@@ -6,12 +6,18 @@
     STORE/sequences/<split>/<key>/frames/000012.png ...   a video's frames, in order
     STORE/sequences/<split>/<key>/masks/000012.png ...    masks of its labelled frames only
     STORE/sequences.json       per sequence key: source, fingerprint, update time, frame counts, split
+    STORE/.lock                held by whoever pulls into the store or trains on it (store_lock)
 
 Each entry is written file by file (temporary file, then rename) and the index last, after
-its files: a pull interrupted half-way leaves complete entries and no half-written file, and
-the next pull redoes what is missing. A key is stable (source and task), so pulling the same
-annotation twice changes nothing. The split is fixed by the key (one in ten is validation),
-so validation images stay validation images as the dataset grows.
+its files; an entry is removed from the index first, then its files deleted. A pull
+interrupted half-way thus leaves complete entries, no half-written file and at worst files
+that the index does not list (training reads only what it lists), and the next pull redoes
+what is missing. A key is stable (source and task), so pulling the same annotation twice
+changes nothing. The split is fixed by the key (one in ten is validation), so validation
+images stay validation images as the dataset grows.
+
+A DatasetStore's own lock is a thread lock, for the threads of one pull; pulls in different
+processes hold `store_lock`, which also keeps them from changing files that a training reads.
 
 A sequence (one per video source) is the folder layout that `polypseg finetune sam2-video`
 reads (`--sequences STORE/sequences/train --val-sequences STORE/sequences/val`): it is written
@@ -21,15 +27,18 @@ new one, never a mix; STORE/.partial/ is cleared of leftovers by the next write.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +50,8 @@ from polypseg.atomic import write_atomic
 from polypseg.datasets import IMAGE_SUFFIXES, PolypSample
 from polypseg.errors import DatasetError
 from polypseg.images import read_image
+
+log = logging.getLogger(__name__)
 
 VALIDATION_SHARE = 10  # one key in ten is a validation image
 
@@ -84,6 +95,24 @@ def entry_key(source: str, task: str) -> str:
     raw = f"{source}/{task}"
     readable = re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-")[-60:]
     return f"{readable}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+
+
+@contextmanager
+def store_lock(root: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold STORE/.lock, waiting for it if another process holds it: pulls and trainings in
+    different processes (a webhook's retrain, the scheduled trainer, another MODEL_DIR's
+    retrain on the same store) take turns, so that none deletes a file that another trains on
+    or saves the index over another's. A POSIX record lock, like the retrain lock: it dies with
+    its process. Take it once per process: a second hold in the same process would not wait."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as handle:  # closing it releases the lock
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log.info("%s: another process is pulling into or training on this store; waiting", root)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -136,10 +165,8 @@ class DatasetStore:
         image_name = f"{key}{suffix}"
         write_atomic(self.root / "images" / image_name, data)
         write_atomic(self.root / "masks" / f"{key}.png", _png(item.mask.astype(np.uint8) * 255))
-        previous = self.index.get(key, {}).get("image")
-        if previous and previous != image_name:  # the same task's image came in another format
-            (self.root / "images" / previous).unlink(missing_ok=True)
         with self._lock:
+            previous = self.index.get(key, {}).get("image")
             self.index[key] = {
                 "source": item.source,
                 "task": item.task,
@@ -151,6 +178,8 @@ class DatasetStore:
                 "split": _split(key),
             }
             self._save_index()
+        if previous and previous != image_name:  # the same task's image came in another format
+            (self.root / "images" / previous).unlink(missing_ok=True)  # once the index no longer names it
 
     def remove_missing(
         self, source: str, present_tasks: set[str], within: set[str] | None = None
@@ -165,12 +194,12 @@ class DatasetStore:
                 and e["task"] not in present_tasks
                 and (within is None or e["task"] in within)
             ]
-            for key in gone:
-                entry = self.index.pop(key)
-                for path in (self.root / "images" / entry["image"], self.root / "masks" / entry["mask"]):
-                    path.unlink(missing_ok=True)
+            entries = [self.index.pop(key) for key in gone]
             if gone:
-                self._save_index()
+                self._save_index()  # first: killed before the deletions, the files are merely unlisted
+        for entry in entries:
+            for path in (self.root / "images" / entry["image"], self.root / "masks" / entry["mask"]):
+                path.unlink(missing_ok=True)
         return gone
 
     def sequence_is_current(self, source: str, fingerprint: str) -> bool:
@@ -196,20 +225,20 @@ class DatasetStore:
             suffix = frame.image_suffix.lower()
             if suffix not in IMAGE_SUFFIXES:
                 suffix, data = ".png", _png(image)
-            (partial / "frames").mkdir(exist_ok=True)
-            (partial / "frames" / f"{frame.number:06d}{suffix}").write_bytes(data)
+            write_atomic(
+                partial / "frames" / f"{frame.number:06d}{suffix}", data
+            )  # on disk before the rename
             if frame.mask is not None:
                 mask = frame.mask()
                 if mask.shape != image.shape[:2]:
                     raise DatasetError(
                         f"{sequence.source} frame {frame.number}: the mask does not fit its image"
                     )
-                (partial / "masks").mkdir(exist_ok=True)
-                (partial / "masks" / f"{frame.number:06d}.png").write_bytes(_png(mask.astype(np.uint8) * 255))
+                write_atomic(partial / "masks" / f"{frame.number:06d}.png", _png(mask.astype(np.uint8) * 255))
                 annotated += 1
         with self._lock:
             self._drop_sequence_folder(key)
-            target = self.root / "sequences" / split / key
+            target = self._sequence_folder(key)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(partial, target)
             self.sequences[key] = {
@@ -230,15 +259,20 @@ class DatasetStore:
         with self._lock:
             if key not in self.sequences:
                 return False
-            self._drop_sequence_folder(key)
             del self.sequences[key]
-            self._save_sequences()
+            self._save_sequences()  # first, as remove_missing does
+            self._drop_sequence_folder(key)
         return True
 
+    def _sequence_folder(self, key: str) -> Path:
+        return self.root / "sequences" / _split(key) / key  # the split is the key's, so is the folder
+
     def _drop_sequence_folder(self, key: str) -> None:
-        # Renamed out of sequences/ first, so that no reader finds it half-deleted.
-        folder = self.root / self.sequences.get(key, {}).get("folder", f"sequences/-/{key}")
-        if folder.is_dir():
+        """Remove the key's folder whether or not sequences.json lists it: a process killed
+        between renaming a sequence into place and saving sequences.json leaves it unlisted, and
+        os.replace cannot rename the next version onto a folder that is not empty."""
+        folder = self._sequence_folder(key)
+        if folder.is_dir():  # renamed out of sequences/ first, so that no reader finds it half-deleted
             trash = self.root / ".partial" / f"{key}.old"
             trash.parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(trash, ignore_errors=True)

@@ -1,11 +1,14 @@
 """Retrain on the dataset store and promote only a model that is not worse.
 
 One retrain at a time per MODEL_DIR (an OS record lock, released even if the process is killed);
-a retrain asked for while one runs is recorded and run right after it, not lost. Training
+a retrain asked for while one runs is recorded and run right after it, not lost. Each round
+pulls and trains under the dataset store's lock too, so no other process changes the store
+while a round reads it, and trains on exactly the images the store's index lists. Training
 writes only into MODEL_DIR/runs/<time>/; the candidate becomes a version only once it is
 complete, and `current` moves only after the candidate has been scored against the current
-model on the store's validation images (box noise 0.1, fixed seed). Killed at any point, the
-served model and the dataset store are as they were.
+model on the store's validation images (box noise 0.1, fixed seed), and only if it is not worse
+and the served model is still the one it started from. Killed at any point, the served model
+and the dataset store are as they were.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +25,8 @@ from typing import Any
 
 from polypseg.atomic import write_atomic
 from polypseg.checkpoints import load_checkpoint
-from polypseg.data_store import DatasetStore
+from polypseg.data_store import DatasetStore, store_lock
+from polypseg.datasets import PolypSample
 from polypseg.errors import ModelError, PolypsegError
 from polypseg.evaluation import evaluate
 from polypseg.families import family_of
@@ -39,7 +44,7 @@ class RetrainSettings:
     epochs: int = 3
     lr: float = 5e-4
     batch_size: int = 8
-    tolerance: float = 0.01  # promote when candidate IoU >= current IoU - tolerance
+    tolerance: float = 0.0  # promote when candidate IoU >= current IoU - tolerance: not worse
     max_steps: int | None = None
     device: str = "auto"
     seed: int = 0
@@ -89,20 +94,42 @@ class RetrainLock:
             self._handle = None
 
 
-def retrain(settings: RetrainSettings) -> RetrainResult:
-    """Retrain (again, while requests arrived during a run); the last run's result."""
+Pull = Callable[[], bool]  # pulls the label sources into the store; False if one could not be read
+
+
+def retrain(settings: RetrainSettings, pull: Pull | None = None, train_anyway: bool = False) -> RetrainResult:
+    """Pull, then retrain (again, while requests arrived during a run); the last round's result.
+    Without the lock, only record the request: its holder pulls and trains for it."""
     lock = RetrainLock(settings.model_dir)
-    if not lock.acquire():
-        return RetrainResult("queued", "a retrain is running; this request runs when it ends")
-    try:
-        lock.take_pending()  # this run covers requests made before it started
-        while True:
-            result = _retrain_once(settings)
-            log.info("retrain %s: %s", result.status, result.reason)
-            if not lock.take_pending():
-                return result
-    finally:
-        lock.release()
+    result = RetrainResult("queued", "a retrain is running; this request runs when it ends")
+    while lock.acquire():
+        try:
+            result = _rounds(settings, lock, pull, train_anyway)
+        finally:
+            lock.release()
+        # A request made after the last round's check but before the release found the lock
+        # held and only recorded itself: run it, unless another process has taken the lock.
+        if not lock.pending.exists():
+            break
+    return result
+
+
+def _rounds(
+    settings: RetrainSettings, lock: RetrainLock, pull: Pull | None, train_anyway: bool
+) -> RetrainResult:
+    """Rounds while requests arrive: each pulls afresh and trains, holding the store's lock
+    throughout, so that no other process's pull changes the files it trains on."""
+    while True:
+        lock.take_pending()  # this round (and its pull) covers the requests made before it started
+        with store_lock(settings.dataset):
+            if pull is None or pull() or train_anyway:
+                result = _retrain_once(settings)
+            else:
+                result = RetrainResult("skipped", "a source could not be read; the served model is unchanged")
+                log.error("no retrain this round: %s (--train-anyway trains all the same)", result.reason)
+        log.info("retrain %s: %s", result.status, result.reason)
+        if not lock.pending.exists():
+            return result
 
 
 def _iou(checkpoint: Path, samples: list[Any], device: str, seed: int) -> float:
@@ -123,9 +150,25 @@ def _registered_current(store: ModelStore) -> ModelVersion:
     return current
 
 
-def _train(base: Path, settings: RetrainSettings, out: Path, val_list: Path) -> Path:
+def _link_samples(samples: list[PolypSample], folder: Path) -> tuple[Path, Path]:
+    """Image and mask folders of links to exactly these samples, for the trainers (which read
+    whole folders): a file that the store's index does not list (left by a pull killed half-way)
+    is never trained on. Symbolic links, as the store and MODEL_DIR may be different volumes."""
+    shutil.rmtree(folder, ignore_errors=True)  # a round started within the same second
+    images, masks = folder / "images", folder / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for sample in samples:
+        (images / sample.image_path.name).symlink_to(sample.image_path.resolve())
+        (masks / sample.mask_path.name).symlink_to(sample.mask_path.resolve())
+    return images, masks
+
+
+def _train(
+    base: Path, settings: RetrainSettings, out: Path, samples: list[PolypSample], val_list: Path
+) -> Path:
     state, metadata, _ = load_checkpoint(base)
-    images, masks = settings.dataset / "images", settings.dataset / "masks"
+    images, masks = _link_samples(samples, out / "data")
     common: dict[str, Any] = {
         "images": images,
         "masks": masks,
@@ -170,7 +213,7 @@ def _train_and_compare(settings: RetrainSettings, train: list[Any], val: list[An
     out.mkdir(parents=True, exist_ok=True)
     val_list = out / "val.txt"
     val_list.write_text("\n".join(s.name for s in val) + "\n")
-    candidate = _train(current.path, settings, out, val_list)
+    candidate = _train(current.path, settings, out, train + val, val_list)
     if not candidate.is_file():
         return RetrainResult("skipped", f"training wrote no checkpoint in {out}")
     device = resolve_device(settings.device)
@@ -183,23 +226,33 @@ def _train_and_compare(settings: RetrainSettings, train: list[Any], val: list[An
         "val": len(val),
     }
     version = store.add(candidate, metrics, f"retrained on {len(train)} images from {current.id}", current.id)
-    if new_iou >= old_iou - settings.tolerance:
-        store.promote(version.id, f"IoU {new_iou:.4f} vs {old_iou:.4f} on {len(val)} validation images")
+    if new_iou < old_iou - settings.tolerance:
         return RetrainResult(
-            "promoted", f"IoU {new_iou:.4f} >= {old_iou:.4f} - {settings.tolerance}", version.id, metrics
+            "kept",
+            f"candidate IoU {new_iou:.4f} < current {old_iou:.4f} - {settings.tolerance}: {current.id} stays",
+            version.id,
+            metrics,
         )
+    served = store.current()  # an admin may have promoted or rolled back meanwhile
+    if served is None or served.id != current.id:
+        return RetrainResult(
+            "kept",
+            f"the served model changed during training (from {current.id} to "
+            f"{served.id if served else 'none'}): the candidate, compared with {current.id}, is not "
+            "promoted (--force retrains from the served one)",
+            version.id,
+            metrics,
+        )
+    store.promote(version.id, f"IoU {new_iou:.4f} vs {old_iou:.4f} on {len(val)} validation images")
     return RetrainResult(
-        "kept",
-        f"candidate IoU {new_iou:.4f} < current {old_iou:.4f} - {settings.tolerance}: {current.id} stays",
-        version.id,
-        metrics,
+        "promoted", f"IoU {new_iou:.4f} >= {old_iou:.4f} - {settings.tolerance}", version.id, metrics
     )
 
 
 def retrain_every(
     settings: RetrainSettings,
     every: float | None,
-    pull: Callable[[], bool],
+    pull: Pull,
     train_anyway: bool = False,
     rounds: int | None = None,
 ) -> None:
@@ -209,12 +262,9 @@ def retrain_every(
     done = 0
     while True:
         try:
-            if pull() or train_anyway:
-                result = retrain(settings)
-                version = f" ({result.version})" if result.version else ""
-                log.info("%s: %s%s", result.status, result.reason, version)
-            else:
-                log.error("no retrain this round: a source could not be read; the served model is unchanged")
+            result = retrain(settings, pull, train_anyway)
+            version = f" ({result.version})" if result.version else ""
+            log.info("%s: %s%s", result.status, result.reason, version)
         except Exception:
             if every is None:
                 raise

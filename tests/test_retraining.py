@@ -3,6 +3,7 @@ retrain run (promote, refuse a worse model, one at a time, killed half-way)."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import KVASIR
-from polypseg.data_store import DatasetStore, LabelledImage, entry_key
+from polypseg import retraining
+from polypseg.checkpoints import load_checkpoint
+from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame, entry_key
 from polypseg.errors import CheckpointError, DatasetError, PolypsegError
 from polypseg.images import read_mask
 from polypseg.model_store import CurrentModel, ModelStore, ModelStoreError
@@ -21,6 +24,22 @@ from polypseg.predictors import default_checkpoint
 from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain, retrain_every
 
 SOURCE = "test:kvasir"
+# Another process asking for a retrain (a webhook's, the scheduled trainer's); prints its status.
+REQUEST = (
+    "import sys; from pathlib import Path; from polypseg.retraining import RetrainSettings, retrain; "
+    "print(retrain(RetrainSettings(Path(sys.argv[1]), Path(sys.argv[2]), device='cpu')).status)"
+)
+
+
+def request_retrain(models: Path, dataset: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", REQUEST, str(models), str(dataset)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def item(name: str, annotation: str = "1", updated: str = "t1") -> LabelledImage:
@@ -158,6 +177,62 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     assert entry_key(SOURCE, "x") not in store.index
 
 
+def test_the_index_is_saved_before_files_are_deleted(tmp_path: Path) -> None:
+    """A process stopped between saving the index and deleting files leaves files the index does
+    not list (which training never reads), not an index that lists missing files. A deletion
+    that fails (here: a folder where the file was) stands in for the process stopped there."""
+    import io
+
+    from PIL import Image
+
+    first, second = names_with_validation(3)[1:]
+    store = DatasetStore(tmp_path)
+    png = io.BytesIO()
+    Image.open(KVASIR / "images" / f"{first}.jpg").save(png, format="PNG")
+    store.put(LabelledImage(SOURCE, first, "1", "t1", png.getvalue(), ".gif", item(first).mask))
+    old_image = tmp_path / "images" / f"{entry_key(SOURCE, first)}.png"
+    old_image.unlink()
+    old_image.mkdir()  # cannot be unlinked
+    with pytest.raises(OSError):
+        store.put(item(first, "2", "t2"))  # the same task, now a JPEG
+    assert DatasetStore(tmp_path).index[entry_key(SOURCE, first)]["image"].endswith(".jpg")
+
+    store.put(item(second))
+    mask = tmp_path / "masks" / f"{entry_key(SOURCE, second)}.png"
+    mask.unlink()
+    mask.mkdir()
+    with pytest.raises(OSError):
+        store.remove_missing(SOURCE, {first})
+    assert set(DatasetStore(tmp_path).index) == {entry_key(SOURCE, first)}
+
+
+def sequence(fingerprint: str) -> LabelledSequence:
+    names = names_with_validation(4)[2:]
+    frames = [
+        SequenceFrame(
+            number,
+            ".jpg",
+            lambda name=name: (KVASIR / "images" / f"{name}.jpg").read_bytes(),
+            lambda name=name: read_mask(KVASIR / "masks" / f"{name}.jpg"),
+        )
+        for number, name in enumerate(names)
+    ]
+    return LabelledSequence("test:video", fingerprint, "t1", frames)
+
+
+def test_a_sequence_left_unlisted_is_replaced(tmp_path: Path) -> None:
+    """A process killed between renaming a sequence into place and saving sequences.json leaves
+    a folder that sequences.json does not list; the next pull replaces it instead of failing on
+    it for ever."""
+    DatasetStore(tmp_path).put_sequence(sequence("a"))
+    (tmp_path / "sequences.json").write_text("{}")  # as if killed before the save
+    store = DatasetStore(tmp_path)
+    store.put_sequence(sequence("b"))
+    (entry,) = DatasetStore(tmp_path).sequences.values()
+    assert entry["fingerprint"] == "b" and len(list((tmp_path / entry["folder"] / "frames").iterdir())) == 2
+    assert store.remove_sequence("test:video") and not (tmp_path / entry["folder"]).exists()
+
+
 @pytest.fixture()
 def filled_store(tmp_path: Path) -> Path:
     store = DatasetStore(tmp_path / "dataset")
@@ -169,11 +244,16 @@ def filled_store(tmp_path: Path) -> Path:
 @pytest.mark.slow  # trains (minutes on two CPU cores)
 def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
+    # An image and mask that the index does not list (a pull stopped half-way): not trained on.
+    shutil.copy(KVASIR / "images" / "cju0qkwl35piu0993l0dewei2.jpg", filled_store / "images" / "orphan.jpg")
+    shutil.copy(KVASIR / "masks" / "cju0qkwl35piu0993l0dewei2.jpg", filled_store / "masks" / "orphan.jpg")
     settings = RetrainSettings(models, filled_store, epochs=1, max_steps=1, tolerance=0.05, device="cpu")
     result = retrain(settings)
     assert result.status == "promoted", result
     store = ModelStore(models)
     assert store.current().id == result.version and len(store.list_versions()) == 2  # shipped + new
+    _, metadata, _ = load_checkpoint(store.current().path)
+    assert metadata["training"]["train_images"] == len(DatasetStore(filled_store).samples("train")) == 8
     again = retrain(settings)
     assert again.status == "skipped" and "no label added, changed or removed" in again.reason
     wrecked = retrain(  # the same labels, so forced
@@ -203,6 +283,111 @@ def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_p
     assert lock.acquire()  # the holder's death released it
     assert lock.take_pending() and not lock.take_pending()
     lock.release()
+
+
+def hold_in_another_process(code: str) -> subprocess.Popen[str]:
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_request_during_a_retrain_only_records_itself(filled_store: Path, tmp_path: Path) -> None:
+    """While another process retrains, a request neither pulls into the store that process is
+    training on nor trains: it records itself and returns."""
+    models = tmp_path / "models"
+    holder = hold_in_another_process(
+        "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
+        f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\nprint('locked', flush=True)\n"
+        "time.sleep(60)"
+    )
+    pulls: list[int] = []
+    try:
+        settings = RetrainSettings(models, filled_store, max_steps=1, device="cpu")
+        retrain_every(settings, None, lambda: pulls.append(1) or True)
+        assert pulls == [] and (models / "retrain.pending").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_retrains_of_two_model_folders_take_turns_on_one_store(tmp_path: Path) -> None:
+    """A retrain of another MODEL_DIR on the same store waits for the store before it pulls."""
+    dataset, released = tmp_path / "dataset", tmp_path / "released"
+    holder = hold_in_another_process(
+        "from polypseg.data_store import store_lock; from pathlib import Path; import time\n"
+        f"with store_lock({str(dataset)!r}):\n    print('locked', flush=True)\n    time.sleep(1.5)\n"
+        f"    Path({str(released)!r}).touch()"
+    )
+    seen: list[bool] = []
+    try:
+        result = retrain(
+            RetrainSettings(tmp_path / "other", dataset), lambda: seen.append(released.exists()) or True
+        )
+    finally:
+        holder.wait(timeout=60)
+    assert seen == [True] and result.status == "skipped"  # an empty store: nothing to train
+
+
+def test_the_holder_pulls_again_for_a_request_made_during_its_round(tmp_path: Path) -> None:
+    models, dataset = tmp_path / "models", tmp_path / "dataset"
+    answers: list[str] = []
+
+    def pull() -> bool:
+        if not answers:
+            answers.append(request_retrain(models, dataset))  # another process, while this one pulls
+        return True
+
+    settings = RetrainSettings(models, dataset, device="cpu")
+    assert retrain(settings, pull).status == "skipped"
+    assert answers == ["queued"] and not (models / "retrain.pending").exists()
+
+
+def test_a_request_made_just_before_the_release_is_run(tmp_path: Path, monkeypatch) -> None:
+    """A request that comes after the holder's last look at `pending` but before it lets go of
+    the lock finds the lock held and only records itself: the holder runs it after letting go."""
+    models, dataset = tmp_path / "models", tmp_path / "dataset"
+    answers: list[str] = []
+
+    class LateRequest(RetrainLock):
+        def release(self) -> None:
+            if self._handle is not None and not answers:
+                answers.append(request_retrain(models, dataset))
+            super().release()
+
+    monkeypatch.setattr(retraining, "RetrainLock", LateRequest)
+    pulls: list[int] = []
+    retrain_every(RetrainSettings(models, dataset, device="cpu"), None, lambda: pulls.append(1) or True)
+    assert answers == ["queued"] and len(pulls) == 2 and not (models / "retrain.pending").exists()
+
+
+def test_promotes_only_what_is_not_worse_by_default(tmp_path: Path) -> None:
+    """A tolerance would let round after round drift down, each a little worse than the last."""
+    from polypseg.cli import build_parser
+
+    assert RetrainSettings(tmp_path, tmp_path).tolerance == 0
+    args = build_parser().parse_args(["retrain", "--model-dir", str(tmp_path), "--dataset", str(tmp_path)])
+    assert args.tolerance == 0
+
+
+def test_a_rollback_during_training_is_not_undone(filled_store: Path, tmp_path: Path, monkeypatch) -> None:
+    """An admin rolls back while a retrain from the rolled-back version trains: its candidate,
+    as good as that version, is kept aside, not promoted over the admin's choice. (The training
+    is a copy of the starting model, so that only the promotion is under test.)"""
+    models = tmp_path / "models"
+    store = ModelStore(models)
+    v4 = store.promote(store.add(default_checkpoint(), {}, "v4").id, "v4")
+    v5 = store.promote(store.add(default_checkpoint(), {}, "v5").id, "v5")
+
+    def train_while_admin_rolls_back(base: Path, settings: RetrainSettings, out: Path, *rest) -> Path:
+        rollback = [sys.executable, "-m", "polypseg.cli", "models", "rollback", "--model-dir", str(models)]
+        subprocess.run(rollback, check=True, capture_output=True, timeout=120)
+        return Path(shutil.copy(base, out / "best.pt"))
+
+    monkeypatch.setattr(retraining, "_train", train_while_admin_rolls_back)
+    result = retrain(RetrainSettings(models, filled_store, device="cpu"))
+    assert result.status == "kept" and "served model changed during training" in result.reason, result
+    assert ModelStore(models).current().id == v4.id  # the admin's choice stands
+    assert result.version and store.get(result.version).info["parent"] == v5.id  # kept aside
 
 
 def test_intervals() -> None:

@@ -1,12 +1,17 @@
-"""Retraining after RETRAIN_AFTER annotation events, counted across the backend's worker processes."""
+"""Retraining after RETRAIN_AFTER annotation events, counted across the backend's worker processes;
+a retrain a webhook starts while one runs."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from backends.labelstudio.webhooks import EventCounter
+from backends.labelstudio.webhooks import EventCounter, RetrainTrigger
 
 
 def _annotate(path: str, events: int, threshold: int, triggers: multiprocessing.Queue) -> None:
@@ -38,3 +43,41 @@ def test_counts_per_project_reset_and_survive_a_garbled_file(tmp_path: Path) -> 
     assert json.loads(counter.path.read_text()) == {"1": 0, "2": 1}
     counter.path.write_text("{ half")
     assert not counter.add(1, 3) and json.loads(counter.path.read_text()) == {"1": 1}
+
+
+def test_a_retrain_started_during_a_retrain_does_not_pull(tmp_path: Path) -> None:
+    """ "Start training" while another process retrains: the retrain it starts neither pulls from
+    Label Studio into the store that the running one trains on, nor trains; it is queued."""
+    asked: list[str] = []
+
+    class LabelStudio(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(403)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), LabelStudio)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    models = tmp_path / "models"
+    hold = "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
+    hold += f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
+    hold += "print('locked', flush=True)\ntime.sleep(120)"
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        trigger = RetrainTrigger(models, tmp_path / "dataset", url, "token", extra_args=("--device", "cpu"))
+        trigger("START_TRAINING", {"project": {"id": 3}})
+        (started,) = trigger.started
+        assert started.wait(timeout=120) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+        server.shutdown()
+    assert asked == [] and (models / "retrain.pending").exists()
+    assert "a retrain is running" in (models / "retrain.log").read_text()

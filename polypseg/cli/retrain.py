@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 
 def _pull(dataset: Path, sources: Sequence[LabelSource]) -> bool:
-    """Pull every configured source into the dataset store; False if any could not be read."""
+    """Pull every configured source into the dataset store; False if any could not be read.
+    Called by `retrain` under the store's lock, so the store is read afresh here, inside it."""
     from polypseg.data_store import DatasetStore
 
     store, ok = DatasetStore(dataset), True
@@ -48,6 +49,8 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     every = parse_interval(args.every) if args.every else None
     # The platforms' sources, their settings checked once: a schedule would trip over them every round.
     sources = [source for kind in load_plugins().source_kinds.values() for source in kind.sources(args)]
+    # The pull happens inside retrain, under its locks: a request that finds a retrain running
+    # only records itself, and the running one pulls again for it.
     retrain_every(settings, every, lambda: _pull(args.dataset, sources), args.train_anyway)
 
 
@@ -101,7 +104,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
     retrain_cmd.add_argument("--epochs", type=positive_int, default=3)
     retrain_cmd.add_argument("--lr", type=float, default=5e-4)
-    retrain_cmd.add_argument("--tolerance", type=float, default=0.01, help="promote if IoU >= current - this")
+    retrain_cmd.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="promote if IoU >= current - this (default 0: only a model that is not worse; a "
+        "positive value lets repeated rounds drift down)",
+    )
     retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")
     retrain_cmd.add_argument("--train-anyway", action="store_true", help="retrain even if a source failed")
     retrain_cmd.add_argument(
