@@ -9,6 +9,8 @@ mistakes. A network sees clicks as disks drawn on two channels (positive, negati
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -51,10 +53,12 @@ def click_channels(
 ) -> np.ndarray:
     """Positive and negative clicks as two `size` x `size` float32 disk maps, each click at
     ((x - offset_x) * scale_x, (y - offset_y) * scale_y) in network pixels. Clicks that fall
-    outside the window are drawn where they are, clipped away by the map's edge."""
+    outside the window are drawn where they are, clipped away by the map's edge. A disk is
+    centred on the pixel that holds the click: the floor of its continuous coordinate (a click
+    at a pixel's centre, x + 0.5, lands on pixel x)."""
     maps = np.zeros((2, size, size), dtype=np.float32)
     for p in points:
-        cx = int(round((p.x - offset[0]) * scale[0]))
-        cy = int(round((p.y - offset[1]) * scale[1]))
+        cx = math.floor((p.x - offset[0]) * scale[0])
+        cy = math.floor((p.y - offset[1]) * scale[1])
         cv2.circle(maps[0 if p.positive else 1], (cx, cy), radius, 1.0, -1)
     return maps

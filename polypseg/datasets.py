@@ -85,7 +85,7 @@ def polyp_targets(mask: np.ndarray, boxes: tuple[Box, ...] | None) -> list[tuple
     try:  # a box reaching past the frame (xmin -2) would otherwise slice from the far side
         inside = [box.clipped(width, height) for box in boxes]
     except PromptError as exc:
-        raise DatasetError(f"a polyp's box does not fit its {width}x{height} mask: {exc}") from None
+        raise DatasetError(str(exc)) from None  # "box (...) lies outside the WxH image"
     return [(box, _components_in(labels, box)) for box in inside]
 
 

@@ -1,15 +1,18 @@
 """Evaluation on an image/mask dataset: one box prompt per true polyp, scores per image.
 
 Each image's prediction is the union of the masks for its polyps' boxes, scored against its
-whole true mask. Box noise is seeded per image name, so every model sees the same boxes.
+whole true mask. Box noise is seeded per image name, so every model sees the same boxes. An
+image with no polyp to prompt (an empty mask, one a shift emptied, or only specks under
+`component_boxes`' minimum area) tells nothing about a prompted model: it is counted as
+`unprompted` and left out of the means, in both protocols.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -20,6 +23,9 @@ from polypseg.images import read_image, read_mask
 from polypseg.masks import ellipse_in_box
 from polypseg.metrics import Scores, mean_scores, score_masks
 from polypseg.prompts import Prompt
+
+if TYPE_CHECKING:
+    from polypseg.predictors.base import ImagePredictor
 
 Segmenter = Callable[[np.ndarray, Prompt], np.ndarray]
 # (image, mask, image name) -> (image, mask): a shift applied before prompting and scoring
@@ -45,6 +51,7 @@ class ImageResult:
 @dataclass
 class EvaluationResult:
     per_image: list[ImageResult] = field(default_factory=list)
+    unprompted: int = 0  # images without a polyp to prompt, not in `per_image`
 
     @property
     def mean(self) -> Scores:
@@ -58,6 +65,7 @@ class EvaluationResult:
         mean = self.mean
         return {
             "n": len(self.per_image),
+            "unprompted": self.unprompted,
             "mean_iou": mean.iou,
             "mean_dice": mean.dice,
             "mean_precision": mean.precision,
@@ -83,6 +91,66 @@ def polyp_prompts(sample: PolypSample, truth: np.ndarray, box_noise: float, seed
     ]
 
 
+@dataclass(frozen=True)
+class EvaluationImage:
+    """One image as both protocols score it: its pixels and truth (shifted, where a shift is
+    given) and one box prompt per true polyp."""
+
+    sample: PolypSample  # after a shift, without boxes: they come from the changed mask
+    image: np.ndarray
+    truth: np.ndarray
+    prompts: list[Prompt]
+
+    def targets(self) -> list[np.ndarray]:
+        """Each prompted polyp's own mask, in the order of `prompts`."""
+        return [target for _, target in polyp_targets(self.truth, self.sample.boxes)]
+
+
+def load_evaluation_image(
+    sample: PolypSample, box_noise: float, seed: int, transform: Transform | None = None
+) -> EvaluationImage:
+    """Read a sample, check that its mask fits its image, apply `transform`, prompt its polyps."""
+    image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
+    if image.shape[:2] != truth.shape:
+        raise DatasetError(
+            f"{sample.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]}, "
+            f"its image {image.shape[1]}x{image.shape[0]}"
+        )
+    if transform is not None:
+        image, truth = transform(image, truth, sample.name)
+        sample = replace(sample, boxes=None)
+    try:
+        prompts = polyp_prompts(sample, truth, box_noise, seed)
+    except (PromptError, DatasetError) as exc:  # a box from a boxes file that misses its image
+        raise type(exc)(f"{sample.image_path}: {exc}") from None
+    return EvaluationImage(sample, image, truth, prompts)
+
+
+def union_mask(answers: Iterable[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """An image's predicted mask: the union of the answers for its polyps."""
+    predicted = np.zeros(shape, dtype=bool)
+    for answer in answers:
+        predicted |= answer
+    return predicted
+
+
+def shift_transform(shift: str, seed: int) -> Transform:
+    """The named shift as a `Transform`; "clean" changes nothing (but its boxes, as a shift's,
+    come from the mask, so that the rows compare)."""
+    from polypseg.shifts import apply_shift
+
+    def transform(image: np.ndarray, mask: np.ndarray, key: str) -> tuple[np.ndarray, np.ndarray]:
+        return (image, mask) if shift == "clean" else apply_shift(shift, image, mask, key, seed)
+
+    return transform
+
+
+def check_scored(scored: int, unprompted: int) -> None:
+    """Refuse a run in which no image had a polyp to prompt: there is no mean to give."""
+    if not scored and unprompted:
+        raise DatasetError(f"none of the {unprompted} images has a polyp to prompt: nothing to score")
+
+
 def evaluate(
     segmenters: dict[str, Segmenter],
     samples: Sequence[PolypSample],
@@ -96,28 +164,19 @@ def evaluate(
     changed mask's components (a shift may move, cut or hide a polyp)."""
     results = {name: EvaluationResult() for name in segmenters}
     for sample in tqdm(samples, desc="evaluating", unit="image", disable=not progress):
-        image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
-        if image.shape[:2] != truth.shape:
-            raise DatasetError(
-                f"{sample.mask_path}: mask is {truth.shape[1]}x{truth.shape[0]}, "
-                f"its image {image.shape[1]}x{image.shape[0]}"
-            )
-        if transform is not None:
-            image, truth = transform(image, truth, sample.name)
-            sample = replace(sample, boxes=None)
-        try:
-            prompts = polyp_prompts(sample, truth, box_noise, seed)
-        except PromptError as exc:  # a box from a boxes file that misses its image
-            raise PromptError(f"{sample.image_path}: {exc}") from None
+        item = load_evaluation_image(sample, box_noise, seed, transform)
         for name, segment in segmenters.items():
-            predicted = np.zeros_like(truth)
+            if not item.prompts:
+                results[name].unprompted += 1
+                continue
             start = time.perf_counter()
-            for prompt in prompts:
-                predicted |= segment(image, prompt)
-            seconds = (time.perf_counter() - start) / max(len(prompts), 1)
+            predicted = union_mask((segment(item.image, p) for p in item.prompts), item.truth.shape)
+            seconds = (time.perf_counter() - start) / len(item.prompts)
             results[name].per_image.append(
-                ImageResult(sample.name, len(prompts), score_masks(predicted, truth), seconds)
+                ImageResult(sample.name, len(item.prompts), score_masks(predicted, item.truth), seconds)
             )
+    for result in results.values():
+        check_scored(len(result.per_image), result.unprompted)
     return results
 
 
@@ -126,13 +185,19 @@ class ShiftScores:
     shift: str
     model: Scores
     ellipse: Scores
+    unprompted: int  # images the shift left without a polyp to prompt, not in the means
 
     def as_dict(self) -> dict[str, Any]:
-        return {"shift": self.shift, "model": self.model.as_dict(), "ellipse": self.ellipse.as_dict()}
+        return {
+            "shift": self.shift,
+            "model": self.model.as_dict(),
+            "ellipse": self.ellipse.as_dict(),
+            "unprompted": self.unprompted,
+        }
 
 
 def evaluate_shifts(
-    predictor: Any,
+    predictor: ImagePredictor,
     samples: Sequence[PolypSample],
     shifts: Sequence[str],
     box_noise: float = 0.0,
@@ -140,22 +205,14 @@ def evaluate_shifts(
 ) -> list[ShiftScores]:
     """The model and the ellipse baseline on the clean images, then under each shift (boxes
     from each shifted mask, the clean row too, so that the rows compare)."""
-    from polypseg.shifts import apply_shift
-
+    segmenters = {"model": predictor.segmenter(), "ellipse": ellipse_baseline}
     rows = []
     for shift in ["clean", *shifts]:
-
-        def transform(
-            image: np.ndarray, mask: np.ndarray, key: str, shift: str = shift
-        ) -> tuple[np.ndarray, np.ndarray]:
-            return (image, mask) if shift == "clean" else apply_shift(shift, image, mask, key, seed)
-
-        segmenters: dict[str, Segmenter] = {
-            "model": lambda image, prompt: predictor.predict(image, prompt).mask,
-            "ellipse": ellipse_baseline,
-        }
-        results = evaluate(segmenters, samples, box_noise, seed, progress=False, transform=transform)
-        rows.append(ShiftScores(shift, results["model"].mean, results["ellipse"].mean))
+        results = evaluate(
+            segmenters, samples, box_noise, seed, progress=False, transform=shift_transform(shift, seed)
+        )
+        model, ellipse = results["model"], results["ellipse"]
+        rows.append(ShiftScores(shift, model.mean, ellipse.mean, model.unprompted))
     return rows
 
 
@@ -164,13 +221,13 @@ def shift_table(rows: list[ShiftScores], title: str) -> str:
     lines = [
         title,
         "",
-        "| shift | IoU | Dice | IoU - clean | ellipse IoU | ellipse Dice |",
-        "|---|---|---|---|---|---|",
+        "| shift | IoU | Dice | IoU - clean | ellipse IoU | ellipse Dice | unprompted |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.shift} | {r.model.iou:.4f} | {r.model.dice:.4f} | {r.model.iou - clean:+.4f} "
-            f"| {r.ellipse.iou:.4f} | {r.ellipse.dice:.4f} |"
+            f"| {r.ellipse.iou:.4f} | {r.ellipse.dice:.4f} | {r.unprompted} |"
         )
     worst = min(rows[1:] or rows, key=lambda r: r.model.iou)
     lines += [

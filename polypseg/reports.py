@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from polypseg.atomic import atomic_output, write_atomic
 from polypseg.datasets import PolypSample
-from polypseg.evaluation import EvaluationResult, polyp_prompts
-from polypseg.images import read_image, read_mask
+from polypseg.evaluation import EvaluationResult, load_evaluation_image, union_mask
 from polypseg.masks import draw_overlay
 from polypseg.predictors.base import ImagePredictor
 
-COLUMNS = ("model", "images", "mean IoU", "mean Dice", "precision", "recall", "median s/prompt")
+COLUMNS = (
+    "model",
+    "images",
+    "unprompted",
+    "mean IoU",
+    "mean Dice",
+    "precision",
+    "recall",
+    "median s/prompt",
+)
 
 
 def _rows(results: dict[str, EvaluationResult]) -> list[list[str]]:
@@ -29,6 +37,7 @@ def _rows(results: dict[str, EvaluationResult]) -> list[list[str]]:
             [
                 name,
                 str(len(result.per_image)),
+                str(result.unprompted),
                 f"{mean.iou:.4f}",
                 f"{mean.dice:.4f}",
                 f"{mean.precision:.4f}",
@@ -59,19 +68,20 @@ def write_report(
     model: str,
     samples: Sequence[PolypSample],
     predictor: ImagePredictor,
-    args: argparse.Namespace,
+    box_noise: float,
+    seed: int,
     worst: int = 8,
 ) -> None:
     """`summary.md` (the table), `per_image.csv`, and `worst.png`: the worst images of `model`
-    as image | truth | prediction rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    title = f"# Evaluation: {len(samples)} images, box noise {args.box_noise:g}\n\n"
-    (folder / "summary.md").write_text(title + markdown_table(results))
+    as image | truth | prediction rows (each file written whole or not at all)."""
+    title = f"# Evaluation: {len(samples)} images, box noise {box_noise:g}\n\n"
+    write_atomic(folder / "summary.md", (title + markdown_table(results)).encode())
     per_image = results[model].per_image
-    with open(folder / "per_image.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(per_image[0].as_dict()))
-        writer.writeheader()
-        writer.writerows(r.as_dict() for r in per_image)
+    rows = io.StringIO(newline="")
+    writer = csv.DictWriter(rows, fieldnames=list(per_image[0].as_dict()))
+    writer.writeheader()
+    writer.writerows(r.as_dict() for r in per_image)
+    write_atomic(folder / "per_image.csv", rows.getvalue().encode())
     by_name = {s.name: s for s in samples}
     chosen = sorted(per_image, key=lambda r: r.scores.iou)[:worst]
     _worst_grid(
@@ -79,8 +89,8 @@ def write_report(
         [by_name[r.name] for r in chosen],
         [r.scores.iou for r in chosen],
         predictor,
-        args.box_noise,
-        args.seed,
+        box_noise,
+        seed,
     )
 
 
@@ -98,15 +108,14 @@ def _worst_grid(
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
+    segment = predictor.segmenter()
     for row, (sample, iou) in enumerate(zip(samples, ious, strict=True)):
-        image, truth = read_image(sample.image_path), read_mask(sample.mask_path)
-        predicted = np.zeros_like(truth)
-        prompts = polyp_prompts(sample, truth, box_noise, seed)
-        for prompt in prompts:
-            predicted |= predictor.predict(image, prompt).mask
+        item = load_evaluation_image(sample, box_noise, seed)
+        image, prompts = item.image, item.prompts
+        predicted = union_mask((segment(image, p) for p in prompts), item.truth.shape)
         panels = [
             (image, sample.name),
-            (draw_overlay(image, truth), "truth"),
+            (draw_overlay(image, item.truth), "truth"),
             (draw_overlay(image, predicted, prompts[0] if prompts else None), f"prediction, IoU {iou:.3f}"),
         ]
         for ax, (picture, label) in zip(axes[row], panels, strict=True):
@@ -114,5 +123,6 @@ def _worst_grid(
             ax.set_title(label, fontsize=8)
             ax.axis("off")
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    with atomic_output(path) as handle:
+        figure.savefig(handle, format="png", dpi=80)
     plt.close(figure)

@@ -74,6 +74,16 @@ def test_click_channels_draw_disks_where_the_clicks_are() -> None:
     assert maps[1][120, 100] == 1 and maps[1][20, 10] == 0
 
 
+def test_a_click_lands_on_the_pixel_that_holds_it() -> None:
+    """Clicks are pixel centres (x + 0.5): 2.5 is on pixel 2 and 3.5 on pixel 3, whichever way
+    rounding would break the tie."""
+    maps = click_channels([Point(2.5, 2.5, True), Point(3.5, 3.5, False)], (0.0, 0.0), (1.0, 1.0), 8, 0)
+    assert np.argwhere(maps[0]).tolist() == [[2, 2]] and np.argwhere(maps[1]).tolist() == [[3, 3]]
+    # Through a window: pixel 13 of the image (centre 13.5) is network pixel 7 at scale 2 from 10.
+    maps = click_channels([Point(13.5, 13.5, True)], (10.0, 10.0), (2.0, 2.0), 16, 0)
+    assert np.argwhere(maps[0]).tolist() == [[7, 7]]
+
+
 @pytest.fixture(scope="module")
 def widened_default(tmp_path_factory) -> ClickUnetPredictor:
     """The shipped box U-Net widened into a click model (zero weights on the new channels),

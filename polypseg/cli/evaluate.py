@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from polypseg.cli.options import add_model_options, click_count, known_shifts, log, names_file
+from polypseg.atomic import write_atomic, write_json
+from polypseg.cli.options import add_model_options, click_count, known_shifts, log, names_file, positive_int
 from polypseg.errors import PolypsegError
 
 
@@ -27,27 +27,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         _evaluate_shifts(args, samples, predictor)
         return
     results = evaluate(
-        {
-            predictor.version: lambda image, prompt: predictor.predict(image, prompt).mask,
-            "ellipse in box": ellipse_baseline,
-        },
+        {predictor.version: predictor.segmenter(), "ellipse in box": ellipse_baseline},
         samples,
         box_noise=args.box_noise,
         seed=args.seed,
     )
     print_table(results, title=f"{len(samples)} images, box noise {args.box_noise:g}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         body = results[predictor.version].as_dict()
         body.update(
             model=predictor.version,
             box_noise=args.box_noise,
             baseline=results["ellipse in box"].as_dict() | {"per_image": None},
         )
-        args.json.write_text(json.dumps(body, indent=1))
+        write_json(args.json, body)
         log.info("wrote %s", args.json)
     if args.report:
-        write_report(args.report, results, predictor.version, samples, predictor, args)
+        write_report(args.report, results, predictor.version, samples, predictor, args.box_noise, args.seed)
         log.info("report -> %s", args.report)
 
 
@@ -84,7 +80,6 @@ def _evaluate_clicks(args: argparse.Namespace, samples: list, predictor) -> None
     table = click_table(curves, title)
     print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "model": predictor.version,
             "box_noise": args.box_noise,
@@ -96,11 +91,10 @@ def _evaluate_clicks(args: argparse.Namespace, samples: list, predictor) -> None
                 | {"baseline": curves["ellipse in box"].as_dict() | {"per_image": None}}
             ),
         }
-        args.json.write_text(json.dumps(body, indent=1))
+        write_json(args.json, body)
         log.info("wrote %s", args.json)
     if args.report:
-        args.report.mkdir(parents=True, exist_ok=True)
-        (args.report / "clicks.md").write_text(table + "\n")
+        write_atomic(args.report / "clicks.md", (table + "\n").encode())
         plot_click_curves(curves, args.report / "clicks.png", title)
         log.info("report -> %s", args.report)
 
@@ -120,16 +114,15 @@ def _evaluate_shifts(args: argparse.Namespace, samples: list, predictor) -> None
     )
     print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {
             "model": predictor.version,
             "box_noise": args.box_noise,
             "shifts": [r.as_dict() for r in rows],
         }
-        args.json.write_text(json.dumps(body, indent=1))
+        write_json(args.json, body)
+        log.info("wrote %s", args.json)
     if args.report:
-        args.report.mkdir(parents=True, exist_ok=True)
-        (args.report / "shifts.md").write_text(table + "\n")
+        write_atomic(args.report / "shifts.md", (table + "\n").encode())
         log.info("report -> %s", args.report / "shifts.md")
 
 
@@ -141,7 +134,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--boxes", type=Path, help="bboxes.json (Kvasir-SEG form); default: boxes of the mask's components"
     )
     evaluate.add_argument("--names", type=Path, help="only the images named in this file (one name a line)")
-    evaluate.add_argument("--limit", type=int, help="only the first N images")
+    evaluate.add_argument("--limit", type=positive_int, help="only the first N images")
     evaluate.add_argument(
         "--box-noise",
         type=float,
