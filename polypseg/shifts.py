@@ -73,15 +73,24 @@ def noise(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
     return np.clip(image + rng.normal(0, sigma, image.shape), 0, 255).astype(np.uint8), mask
 
 
+def blur_along(image: np.ndarray, length: int, degrees: float) -> np.ndarray:
+    """The image smeared along a line `length` pixels long (odd, so the kernel is centred on its
+    anchor and the image stays aligned with its mask), turned `degrees` counter-clockwise from
+    the x axis as seen on screen."""
+    if length % 2 == 0:
+        raise ValueError(f"a blur line of even length {length} would shift the image half a pixel")
+    line = np.zeros((length, length), np.float32)
+    line[length // 2] = 1.0
+    rotation = cv2.getRotationMatrix2D((length // 2, length // 2), degrees, 1.0)
+    kernel = np.asarray(cv2.warpAffine(line, rotation, (length, length)), dtype=np.float32)
+    return cv2.filter2D(image, -1, kernel / max(float(kernel.sum()), 1e-6))
+
+
 def motion_blur(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    size = int(rng.integers(9, 22)) | 1
-    line = np.zeros((size, size), np.float32)
-    line[size // 2] = 1.0
-    rotation = cv2.getRotationMatrix2D((size / 2 - 0.5, size / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-    kernel = np.asarray(cv2.warpAffine(line, rotation, (size, size)), dtype=np.float32)
-    return cv2.filter2D(image, -1, kernel / kernel.sum()), mask
+    length = int(rng.integers(9, 22)) | 1
+    return blur_along(image, length, float(rng.uniform(0, 180))), mask
 
 
 def specular(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

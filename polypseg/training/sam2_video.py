@@ -13,7 +13,6 @@ through at most `bptt` frames of memory (older memories are detached), which bou
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from polypseg.datasets import IMAGE_SUFFIXES, PolypSample
+from polypseg.datasets import PolypSample
 from polypseg.errors import DatasetError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
@@ -33,16 +32,9 @@ from polypseg.training.augment import annotator_box
 from polypseg.training.common import SeededDataset
 from polypseg.training.config import Sam2VideoConfig
 from polypseg.training.sam2_finetune import Sam2Run, mask_losses, normalise
+from polypseg.video.evaluation import sequence_folders
+from polypseg.video.frames import numbered_images
 from polypseg.video.sam2_memory import Sam2MemoryTracker, empty_memory, memory_step
-
-
-def _numbered(folder: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in folder.iterdir() if folder.is_dir() else []:
-        digits = re.findall(r"\d+", path.stem)
-        if path.suffix.lower() in IMAGE_SUFFIXES and digits:
-            found.append((int(digits[-1]), path))
-    return sorted(found)
 
 
 @dataclass(frozen=True)
@@ -54,11 +46,11 @@ class SparseSequence:
 
 
 def read_sequence(folder: Path) -> SparseSequence:
-    frames = _numbered(folder / "frames")
+    frames = numbered_images(folder / "frames")
     if len(frames) < 2:
         raise DatasetError(f"{folder}: a sequence needs at least 2 frames in frames/")
     position = {number: index for index, (number, _) in enumerate(frames)}
-    masks = {position[n]: p for n, p in _numbered(folder / "masks") if n in position}
+    masks = {position[n]: p for n, p in numbered_images(folder / "masks") if n in position}
     if len(frames) - 1 not in masks:
         raise DatasetError(f"{folder}: the last frame ({frames[-1][1].name}) has no mask in masks/")
     box = None
@@ -73,10 +65,7 @@ def read_sequence(folder: Path) -> SparseSequence:
 
 
 def read_sequences(root: Path) -> list[SparseSequence]:
-    folders = sorted(p for p in Path(root).iterdir() if (p / "frames").is_dir())
-    if not folders:
-        raise DatasetError(f"{root}: no sequence folders (each with frames/ and masks/)")
-    return [read_sequence(f) for f in folders]
+    return [read_sequence(folder) for folder in sequence_folders(root)]
 
 
 class SparseSequences(SeededDataset):

@@ -128,23 +128,30 @@ class VideoFileSource(FrameSource):
             capture.release()
 
 
+def numbered_images(folder: Path) -> list[tuple[int, Path]]:
+    """The image files in `folder` (none where it is missing) with the last number in each
+    name, in that order; two files with the same number are an InputImageError naming both."""
+    numbered = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        found = re.findall(r"\d+", path.stem)
+        if path.suffix.lower() in IMAGE_SUFFIXES and found:
+            numbered.append((int(found[-1]), path))
+    numbered.sort()
+    for (number, path), (again, other) in zip(numbered, numbered[1:], strict=False):
+        if number == again:
+            raise InputImageError(f"{folder}: {path.name} and {other.name} both have number {number}")
+    return numbered
+
+
 class FrameFolderSource(FrameSource):
     """A folder of frame images, ordered by the last number in each file name; frame K is the
     K-th of them (0-based), whatever the numbers (gaps, a start at 1)."""
 
     def __init__(self, folder: Path) -> None:
         self.name = str(folder)
-        numbered = []
-        for path in folder.iterdir():
-            found = re.findall(r"\d+", path.stem)
-            if path.suffix.lower() in IMAGE_SUFFIXES and found:
-                numbered.append((int(found[-1]), path))
+        numbered = numbered_images(folder)
         if not numbered:
             raise InputImageError(f"{folder}: no numbered frame images in it")
-        numbered.sort()
-        for (number, path), (again, other) in zip(numbered, numbered[1:], strict=False):
-            if number == again:
-                raise InputImageError(f"{folder}: {path.name} and {other.name} both have number {number}")
         self.numbers = [number for number, _ in numbered]
         self.paths = [path for _, path in numbered]
         height, width = read_image(self.paths[0]).shape[:2]

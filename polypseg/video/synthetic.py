@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from polypseg.datasets import PolypSample, polyp_targets
 from polypseg.images import read_image, read_mask, write_mask
+from polypseg.shifts import blur_along
 
 
 def smooth_path(length: int, rng: np.random.Generator, amplitude: float, knots: int = 4) -> np.ndarray:
@@ -94,16 +95,11 @@ def random_camera_move(
 def _motion_blur(frame: np.ndarray, motion: tuple[float, float]) -> np.ndarray:
     """The frame smeared along `motion` (pixels, x right and y down): a line kernel of odd
     length, so it is centred on its anchor and the frame stays aligned with its mask."""
-    size = 2 * int(round(float(np.hypot(*motion)) / 2)) + 1
-    if size < 3:
+    length = 2 * int(round(float(np.hypot(*motion)) / 2)) + 1
+    if length < 3:
         return frame
-    line = np.zeros((size, size), dtype=np.float32)
-    line[size // 2, :] = 1.0
-    # getRotationMatrix2D turns counter-clockwise as seen on screen (y down), atan2 clockwise.
-    degrees = -float(np.degrees(np.arctan2(motion[1], motion[0])))
-    rotation = cv2.getRotationMatrix2D((size // 2, size // 2), degrees, 1.0)
-    kernel = np.asarray(cv2.warpAffine(line, rotation, (size, size)), dtype=np.float32)
-    return cv2.filter2D(frame, -1, kernel / max(float(kernel.sum()), 1e-6))
+    # blur_along turns counter-clockwise as seen on screen (y down), atan2 clockwise.
+    return blur_along(frame, length, -float(np.degrees(np.arctan2(motion[1], motion[0]))))
 
 
 def sample_sequence(
