@@ -39,6 +39,17 @@ class Environment:
             raise SettingsError(f"{name}={raw!r}: at least {minimum}")
         return value
 
+    def number(self, name: str, default: float) -> float:
+        """A number above 0 (seconds, say)."""
+        raw = self.environ.get(name, "")
+        try:
+            value = float(raw) if raw.strip() else default
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if not value > 0 or value == float("inf"):
+            raise SettingsError(f"{name}={raw!r}: a number above 0")
+        return value
+
     def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
         value = self.environ.get(name, default).strip().lower() or default
         if value not in choices:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from polypseg.errors import PolypsegError
 from polypseg.masks import mask_box
 
 Shift = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -192,7 +193,7 @@ def shift_names(spec: str) -> list[str]:
     names = list(SHIFTS) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in SHIFTS]
     if unknown or not names:
-        raise ValueError(f"unknown shift {', '.join(unknown) or spec!r}; known: {', '.join(SHIFTS)}, all")
+        raise PolypsegError(f"unknown shift {', '.join(unknown) or spec!r}; known: {', '.join(SHIFTS)}, all")
     return names
 
 

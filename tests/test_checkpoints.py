@@ -4,7 +4,8 @@ import torch
 from conftest import random_box_channel_checkpoint
 from polypseg.checkpoints import load_checkpoint, save_checkpoint
 from polypseg.errors import CheckpointError, ModelError
-from polypseg.predictors import build_predictor
+from polypseg.predictors import build_predictor, default_checkpoint
+from polypseg.predictors.registry import DEFAULT_MODEL
 
 
 def test_round_trip_and_no_temporary_left(tmp_path):
@@ -73,6 +74,8 @@ def test_a_model_name_without_checkpoint_needs_one_unless_it_is_the_default(monk
     assert build_predictor("unet").version == "test-unet"  # the default is a unet: take it
     with pytest.raises(ModelError, match="no checkpoint given for model 'sam2' .*pass one with --checkpoint"):
         build_predictor("sam2")
+    monkeypatch.setenv("POLYPSEG_CHECKPOINT", "")  # set but empty, as compose passes an unset one
+    assert default_checkpoint() == DEFAULT_MODEL
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_it_and_what_was_expected(tmp_path):

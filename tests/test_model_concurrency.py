@@ -112,8 +112,11 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"POLYPSEG_MODEL_CONCURRENCY": "0"}, "POLYPSEG_MODEL_CONCURRENCY='0' must be above 0"),
+        ({"POLYPSEG_MODEL_CONCURRENCY": "0"}, "POLYPSEG_MODEL_CONCURRENCY='0': at least 1"),
+        # 0.5 would have been int(0.5) == 0 requests at a time: refused, not truncated.
+        ({"POLYPSEG_MODEL_CONCURRENCY": "0.5"}, "POLYPSEG_MODEL_CONCURRENCY='0.5' is not a whole number"),
         ({"POLYPSEG_QUEUE_TIMEOUT": "soon"}, "POLYPSEG_QUEUE_TIMEOUT='soon' is not a number"),
+        ({"POLYPSEG_QUEUE_TIMEOUT": "0"}, "POLYPSEG_QUEUE_TIMEOUT='0': a number above 0"),
     ],
 )
 def test_a_bad_concurrency_setting_stops_the_server_with_its_reason(env: dict, message: str) -> None:

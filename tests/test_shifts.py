@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import KVASIR, ONE_POLYP
+from polypseg.errors import PolypsegError
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.shifts import GEOMETRIC, SHIFTS, apply_shift, shift_names
@@ -62,7 +63,7 @@ def test_edge_crop_cuts_the_polyp_at_the_frame_edge(frame) -> None:
 def test_shift_names() -> None:
     assert shift_names("all") == list(SHIFTS)
     assert shift_names("jpeg, noise") == ["jpeg", "noise"]
-    with pytest.raises(ValueError, match="unknown shift 'blur'; known"):
+    with pytest.raises(PolypsegError, match="unknown shift 'blur'; known"):
         shift_names("jpeg,blur")
 
 

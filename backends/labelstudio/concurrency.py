@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from polypseg.environment import SettingsError
+from polypseg.environment import Environment
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,6 @@ class ModelBusy(Exception):
             f"the model is busy: waited {waited:.1f} s for a free slot; retry in {retry_after} s"
         )
         self.retry_after = retry_after
-
-
-def _positive(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be above 0")
-    return value
 
 
 def cores_available() -> int:
@@ -89,10 +76,10 @@ class ConcurrencySettings:
 
     @classmethod
     def from_env(cls) -> ConcurrencySettings:
-        cores = cores_available()
-        workers = int(_positive(WORKER_PROCESSES_VARIABLE, 1))
-        limit = int(_positive("POLYPSEG_MODEL_CONCURRENCY", default_concurrency(cores, workers)))
-        timeout = _positive("POLYPSEG_QUEUE_TIMEOUT", QUEUE_TIMEOUT)
+        cores, env = cores_available(), Environment()
+        workers = env.integer(WORKER_PROCESSES_VARIABLE, 1, minimum=1)
+        limit = env.integer("POLYPSEG_MODEL_CONCURRENCY", default_concurrency(cores, workers), minimum=1)
+        timeout = env.number("POLYPSEG_QUEUE_TIMEOUT", QUEUE_TIMEOUT)
         return cls(limit, timeout, threads_per_request(cores, workers, limit))
 
 

@@ -74,10 +74,7 @@ def cmd_evaluate_detection(args: argparse.Namespace) -> None:
     samples = load_folder_dataset(args.images, args.masks, args.boxes, names_file(args.names))
     if args.limit:
         samples = samples[: args.limit]
-    try:
-        shifts = [None, *shift_names(args.shift)] if args.shift else [None]
-    except ValueError as exc:
-        raise PolypsegError(str(exc)) from None
+    shifts = [None, *shift_names(args.shift)] if args.shift else [None]
     detector = build_detector(args.detector, args.device)
     predictor = build_predictor(args.model, args.checkpoint, args.device)
     print(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from polypseg.atomic import write_atomic, write_json
 from polypseg.cli.options import add_model_options, click_count, known_shifts, log, names_file, positive_int
-from polypseg.errors import PolypsegError
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -61,10 +60,7 @@ def _evaluate_clicks(args: argparse.Namespace, samples: list, predictor) -> None
 
     title = f"{len(samples)} images, box noise {args.box_noise:g}, {args.clicks} clicks"
     if args.shift:
-        try:
-            names = shift_names(args.shift)
-        except ValueError as exc:
-            raise PolypsegError(str(exc)) from None
+        names = shift_names(args.shift)
         curves = evaluate_click_shifts(
             predictor.segmenter(), samples, names, args.clicks, args.box_noise, args.seed
         )
@@ -104,10 +100,7 @@ def _evaluate_shifts(args: argparse.Namespace, samples: list, predictor) -> None
     from polypseg.evaluation import evaluate_shifts, shift_table
     from polypseg.shifts import shift_names
 
-    try:
-        names = shift_names(args.shift)
-    except ValueError as exc:
-        raise PolypsegError(str(exc)) from None
+    names = shift_names(args.shift)
     rows = evaluate_shifts(predictor, samples, names, args.box_noise, args.seed)
     table = shift_table(
         rows, f"{len(samples)} images, box noise {args.box_noise:g}, model {predictor.version}"

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from polypseg.checkpoints import load_checkpoint
+from polypseg.environment import Environment
 from polypseg.errors import CheckpointError, ModelError
 from polypseg.families import family_of, segmenter_names
 from polypseg.predictors.base import ImagePredictor
@@ -22,8 +23,9 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default.pt"
 
 
 def default_checkpoint() -> Path:
-    """The shipped default model, or the file named by POLYPSEG_CHECKPOINT."""
-    return Path(os.environ.get("POLYPSEG_CHECKPOINT", DEFAULT_MODEL))
+    """The shipped default model, or the file named by POLYPSEG_CHECKPOINT (set and not empty,
+    as the servers read it)."""
+    return Environment().path("POLYPSEG_CHECKPOINT") or DEFAULT_MODEL
 
 
 def resolve_device(device: str | None = None) -> str:
