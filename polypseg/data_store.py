@@ -121,24 +121,23 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _read_index(path: Path, what: str) -> dict[str, dict[str, Any]]:
+    """One of the store's JSON indexes; none yet is an empty one, an unreadable one an error."""
+    try:
+        index: dict[str, dict[str, Any]] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: not a readable {what} ({exc})") from None
+    return index
+
+
 class DatasetStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
-        path = self.root / "index.json"
-        try:
-            self.index: dict[str, dict[str, Any]] = json.loads(path.read_text())
-        except FileNotFoundError:
-            self.index = {}
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not a readable dataset index ({exc})") from None
-        path = self.root / "sequences.json"
-        try:
-            self.sequences: dict[str, dict[str, Any]] = json.loads(path.read_text())
-        except FileNotFoundError:
-            self.sequences = {}
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{path}: not a readable sequence index ({exc})") from None
+        self.index = _read_index(self.root / "index.json", "dataset index")
+        self.sequences = _read_index(self.root / "sequences.json", "sequence index")
 
     def has(self, source: str, task: str) -> bool:
         return entry_key(source, task) in self.index

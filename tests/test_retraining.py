@@ -494,3 +494,12 @@ def test_retrain_a_sam2_model(filled_store: Path, tmp_path: Path, sam2_checkpoin
     trained, promoted, _ = load_checkpoint(store.current().path)
     assert promoted["architecture"] == "sam2" and promoted["image_size"] == 256
     assert any(not torch.equal(state[k].half(), trained[k].half()) for k in state)  # it trained
+
+
+@pytest.mark.parametrize(
+    ("file", "what"), [("index.json", "dataset index"), ("sequences.json", "sequence index")]
+)
+def test_an_unreadable_store_index_is_named(tmp_path: Path, file: str, what: str) -> None:
+    (tmp_path / file).write_text('{"cut": ')  # torn by a disk that filled up
+    with pytest.raises(DatasetError, match=f"{file}: not a readable {what}"):
+        DatasetStore(tmp_path)
