@@ -68,6 +68,20 @@ def test_a_box_reaching_past_the_frame_is_clipped_not_wrapped_around() -> None:
         polyp_targets(mask, (Box(70, 0, 90, 10),))
 
 
+def test_a_version_says_what_the_model_is_and_what_it_was_fine_tuned_from() -> None:
+    from polypseg.training.common import version_name
+
+    fresh = ["clickunet", "resnet18", "crop224"]
+    tags = {"shifts": 0.5, "camera": 0.0}
+    assert version_name(fresh, None, False, tags, 6) == "clickunet-resnet18-crop224-shifts-e6"
+    shipped = {"version": "clickunet-resnet18-crop224-shifts-e6"}
+    camera = {"shifts": 0.5, "camera": 0.5}  # the shifts were in the base already: said once
+    assert version_name(fresh, shipped, True, camera, 3) == "clickunet-resnet18-crop224-shifts-e6-camera-e3"
+    # Started from another kind (a box U-Net widened to take clicks): named afresh.
+    box = {"version": "unet-resnet18-crop224-shifts-e6"}
+    assert version_name(fresh, box, False, tags, 2) == "clickunet-resnet18-crop224-shifts-e2"
+
+
 def loss_of(state_dict, batch) -> float:
     """The loss of the weights on a fixed batch. Batch-norm statistics come from the batch
     itself: the running ones after a couple of dozen steps of batch 2 say little."""

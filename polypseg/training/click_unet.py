@@ -98,7 +98,9 @@ class ClickUnetRun(UnetRun):
             box_model = metadata.get("architecture") in ("unet", "unetplusplus")
             return widen_box_channel_state(state, self.model) if box_model else state
 
-        start_from(self.model, c.init, adapt, f"a click-guided {c.decoder} with a {c.encoder} encoder")
+        self.start = start_from(
+            self.model, c.init, adapt, f"a click-guided {c.decoder} with a {c.encoder} encoder"
+        )
         self.model.to(self.device)
         self.data = PolypRegions(
             self.train_samples, self.geometry, c.negative_fraction, c.shift_augment, c.camera_augment
@@ -188,6 +190,16 @@ class ClickUnetRun(UnetRun):
         metadata["decoder"] = c.decoder
         metadata["training"]["init"] = str(c.init) if c.init else None
         return metadata
+
+    def kind(self) -> str:
+        return "clickunet" if self.config.decoder == "unet" else f"clickunet-{self.config.decoder}"
+
+    @staticmethod
+    def kind_of(metadata: dict[str, Any]) -> str:
+        decoder = metadata.get("decoder", "unet")
+        if metadata.get("architecture") != "clickunet":
+            return str(metadata.get("architecture"))
+        return "clickunet" if decoder == "unet" else f"clickunet-{decoder}"
 
     def predictor(self) -> ClickUnetPredictor:
         return ClickUnetPredictor(self.model, self.metadata(), device=str(self.device))

@@ -53,15 +53,31 @@ def start_from(
     init: Path | None,
     adapt: Callable[[dict[str, torch.Tensor], dict[str, Any]], dict[str, torch.Tensor]],
     what: str,
-) -> None:
+) -> dict[str, Any] | None:
     """Load --init's weights into `model`, after `adapt` fits another family's (e.g. a box
-    U-Net's first convolution); a checkpoint that still does not fit is a named error."""
+    U-Net's first convolution); a checkpoint that still does not fit is a named error. Returns
+    --init's metadata (None without --init)."""
     if init is None:
-        return
+        return None
     state, metadata, _ = load_checkpoint(init)
     load_weights(
         model, adapt(state, metadata), init, f"{what}: --model and --encoder must match the checkpoint's"
     )
+    return metadata
+
+
+def version_name(
+    fresh: list[str], start: dict[str, Any] | None, same_kind: bool, tags: dict[str, float], epoch: int
+) -> str:
+    """A checkpoint's version that says what it is. Trained afresh (or from another kind of
+    model): its `fresh` parts (architecture, encoder, input) and the augmentations it used.
+    Fine-tuned from a model of the same kind (`same_kind`): that model's version and the
+    augmentations this run added (`...-shifts-e6-camera-e3`). Then this run's epoch."""
+    used = [name for name, chance in tags.items() if chance]
+    base = str((start or {}).get("version") or "")
+    if same_kind and base:
+        return "-".join([base, *(t for t in used if f"-{t}-" not in f"-{base}-"), f"e{epoch}"])
+    return "-".join([*fresh, *used, f"e{epoch}"])
 
 
 def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, float]:

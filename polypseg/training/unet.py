@@ -28,7 +28,14 @@ from polypseg.predictors import build_predictor
 from polypseg.predictors.box_channel import BoxChannelPredictor, create_box_channel_model
 from polypseg.prompts import Box
 from polypseg.training.augment import annotator_box, camera_view, frame_shift, training_transform
-from polypseg.training.common import SeededDataset, TrainingRun, dataset_split, start_from, validation_metrics
+from polypseg.training.common import (
+    SeededDataset,
+    TrainingRun,
+    dataset_split,
+    start_from,
+    validation_metrics,
+    version_name,
+)
 from polypseg.training.config import UnetTrainConfig
 from polypseg.training.losses import bce_dice_loss
 
@@ -153,7 +160,7 @@ class UnetRun(TrainingRun):
         self.geometry = BoxInputGeometry(c.geometry, c.size, c.margin)
         self.train_samples, self.val_samples = dataset_split(c)
         self.model = create_box_channel_model(c.architecture, c.encoder, c.encoder_weights).to(self.device)
-        start_from(
+        self.start = start_from(
             self.model, c.init, lambda state, _: state, f"a {c.architecture} with a {c.encoder} encoder"
         )
         self.data = PolypRegions(
@@ -195,8 +202,7 @@ class UnetRun(TrainingRun):
             "architecture": c.architecture,
             "encoder": c.encoder,
             "input": self.geometry.as_dict(),
-            "version": f"{c.architecture}-{c.encoder}-{self.geometry.mode}{c.size}"
-            f"{'-shifts' if c.shift_augment else ''}-e{self.epoch}",
+            "version": self.version(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": {
                 "images": str(c.images),
@@ -208,6 +214,22 @@ class UnetRun(TrainingRun):
             },
             "metrics": metrics or {},
         }
+
+    def kind(self) -> str:
+        """The model's kind as its versions name it."""
+        return self.config.architecture
+
+    @staticmethod
+    def kind_of(metadata: dict[str, Any]) -> str:
+        """The kind of the checkpoint whose metadata this is, named as `kind` names it."""
+        return str(metadata.get("architecture"))
+
+    def version(self) -> str:
+        c, start = self.config, self.start or {}
+        same_kind = self.kind_of(start) == self.kind() and start.get("input") == self.geometry.as_dict()
+        fresh = [self.kind(), c.encoder, f"{self.geometry.mode}{c.size}"]
+        tags = {"shifts": c.shift_augment, "camera": c.camera_augment}
+        return version_name(fresh, self.start, same_kind, tags, self.epoch)
 
     def validate(self) -> dict[str, float]:
         if not self.val_samples:
