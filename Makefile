@@ -1,6 +1,7 @@
-# Short names for the commands in README.md. Everything installs into .venv from pinned versions:
-# torch first (sam2 is a source distribution built against it), then the rest. Label Studio
-# gets its own .venv-labelstudio (its pins clash with ours).
+# Short names for the commands in README.md. Everything installs into .venv from pinned versions
+# (pyproject.toml's, and constraints.txt for what they pull in): torch first (sam2 is a source
+# distribution built against it), then the rest. Label Studio gets its own .venv-labelstudio
+# (its pins clash with ours), pinned by constraints-labelstudio.txt.
 VENV := .venv
 BIN := $(VENV)/bin
 LS_VENV := .venv-labelstudio
@@ -13,22 +14,29 @@ BACKEND_PORT ?= 9090
 TITLE ?= Polyps
 CODE := polypseg backends serverless tests benchmarks docs training
 
-.PHONY: install install-labelstudio system-packages annotate lint check test demo
+.PHONY: install install-labelstudio system-packages annotate lint check test demo constraints
 
-$(BIN)/polypseg: pyproject.toml
+$(BIN)/polypseg: pyproject.toml constraints.txt
 	python3.11 -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1 setuptools wheel
-	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-build-isolation sam2==1.1.0
-	$(BIN)/pip install --quiet --no-build-isolation -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1 setuptools wheel
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet -c constraints.txt --no-build-isolation sam2==1.1.0
+	$(BIN)/pip install --quiet -c constraints.txt --no-build-isolation -e ".[dev]"
 	touch $@
 
 install: $(BIN)/polypseg
 
-$(LABEL_STUDIO):
+$(LABEL_STUDIO): constraints-labelstudio.txt
 	python3.11 -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install --quiet label-studio==1.23.2
+	$(LS_VENV)/bin/pip install --quiet -c constraints-labelstudio.txt label-studio==1.23.2
 
 install-labelstudio: $(LABEL_STUDIO)
+
+# After a change of pins in pyproject.toml: reinstall, then record what was installed.
+constraints: install install-labelstudio
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	{ sed -n '/^#/p' constraints-labelstudio.txt; $(LS_VENV)/bin/pip freeze --all | grep -v '^pip=='; } > constraints-labelstudio.txt.new
+	mv constraints-labelstudio.txt.new constraints-labelstudio.txt
 
 # Debian packages the tests use: Chromium for the browser test (driven by Playwright, which
 # downloads no browser), redis-server for the CVAT tracker's state store, docker-compose to

@@ -44,6 +44,7 @@ mkdir "$work/src" "$work/wheels"
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/polypseg" "$root/backends" "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 "$python" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/wheels" "$work/src"
+cp "$root/constraints.txt" "$work/wheels/"  # what it pulls in, at the versions CI tested
 
 nuctl create project cvat --platform local 2>/dev/null || true
 for config in "$here"/*/"$file"; do

@@ -84,5 +84,9 @@ def test_deploy_builds_outside_the_checkout_and_gives_each_function_the_wheel(tm
     assert len(deploys) == len(FUNCTIONS) >= 3
     for i, name in zip(deploys, FUNCTIONS, strict=True):
         assert f"--path {SERVERLESS / name} --file {SERVERLESS / name / 'function.yaml'}" in lines[i]
-        assert lines[i + 1].startswith("polypseg-0.1.0-") and lines[i + 1].endswith(".whl")
+        # The wheel, and the constraints its install in function.yaml pins what it pulls in by.
+        assert lines[i + 1] == "constraints.txt", lines[i + 1 : i + 3]
+        assert lines[i + 2].startswith("polypseg-0.1.0-") and lines[i + 2].endswith(".whl")
+    for config in SERVERLESS.glob("*/function*.yaml"):
+        assert "pip install -c /opt/nuclio/wheels/constraints.txt " in config.read_text(), config
     assert _untracked() == before  # no build/, no *.egg-info, no wheels/ left behind
