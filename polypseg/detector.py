@@ -116,8 +116,16 @@ class PolypDetector(ABC):
     uncertainty_measure: ClassVar[str]
 
     def __init__(
-        self, model: torch.nn.Module, metadata: dict[str, Any], device: str = "cpu", threshold: float = 0.5
+        self,
+        model: torch.nn.Module,
+        metadata: dict[str, Any],
+        device: str = "cpu",
+        threshold: float = 0.5,
+        tta: bool = False,
     ) -> None:
+        """`tta`: also look at the frame mirrored left-right and join what both views see
+        (test-time augmentation; twice the network's work)."""
+        self.tta = tta
         self.model = model.to(device).eval()
         self.metadata = metadata
         self.version = str(metadata.get("version", "unversioned"))
@@ -153,7 +161,9 @@ class PolypDetector(ABC):
         return self.find(image)[1]
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(detector_input(as_rgb(image), self.size))[None].to(self.device)
+        """The network's batch for a frame: the frame, and with `tta` its mirror image too."""
+        x = torch.from_numpy(detector_input(as_rgb(image), self.size))[None].to(self.device)
+        return torch.cat([x, x.flip(-1)]) if self.tta else x
 
 
 class MapDetector(PolypDetector):
@@ -168,7 +178,10 @@ class MapDetector(PolypDetector):
     def probability(self, image: np.ndarray) -> np.ndarray:
         """The polyp probability at the working size (size x size)."""
         with torch.inference_mode():
-            return torch.sigmoid(self.model(self._input(image))[0, 0].float()).cpu().numpy()
+            maps = torch.sigmoid(self.model(self._input(image))[:, 0].float())
+        if self.tta:
+            maps = torch.stack([maps[0], maps[1].flip(-1)])
+        return maps.mean(0).cpu().numpy()
 
     def find(self, image: np.ndarray, min_score: float | None = None) -> tuple[list[Detection], float]:
         height, width = image.shape[:2]
@@ -247,15 +260,58 @@ class FcosDetector(PolypDetector):
         height, width = image.shape[:2]
         floor = self.threshold if min_score is None else min_score
         with torch.inference_mode():
-            out = self.model(list(self._input(image)))[0]
-        sx, sy = width / self.size, height / self.size
-        boxes = [Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy) for x1, y1, x2, y2 in out["boxes"].tolist()]
-        # FCOS's box sides are distances through a ReLU, so a box can come out with no width or
-        # height (seen from a briefly trained model): that is no polyp, and no valid prompt.
-        found = [
-            Detection(box, float(score))
-            for box, score in zip(boxes, out["scores"].tolist(), strict=True)
-            if box.width >= 1 and box.height >= 1
-        ]
+            outputs = self.model(list(self._input(image)))
+        views = [self._detections(out, width, height, mirrored=k == 1) for k, out in enumerate(outputs)]
+        found = fuse_views(views) if self.tta else views[0]
         uncertainty = score_uncertainty([d.score for d in found])
         return sorted((d for d in found if d.score >= floor), key=lambda d: -d.score), uncertainty
+
+    def _detections(
+        self, out: dict[str, torch.Tensor], width: int, height: int, mirrored: bool
+    ) -> list[Detection]:
+        """One view's boxes in the frame's pixels (a mirrored view's turned back)."""
+        sx, sy = width / self.size, height / self.size
+        found = []
+        for (x1, y1, x2, y2), score in zip(out["boxes"].tolist(), out["scores"].tolist(), strict=True):
+            if mirrored:
+                x1, x2 = self.size - x2, self.size - x1
+            box = Box(x1 * sx, y1 * sy, x2 * sx, y2 * sy)
+            # FCOS's box sides are distances through a ReLU, so a box can come out with no width
+            # or height (seen from a briefly trained model): that is no polyp, and no valid prompt.
+            if box.width >= 1 and box.height >= 1:
+                found.append(Detection(box, float(score)))
+        return found
+
+
+# Boxes of two views overlapping this much are the same polyp.
+FUSION_IOU = 0.55
+
+
+def fuse_views(views: list[list[Detection]], iou: float = FUSION_IOU) -> list[Detection]:
+    """The detections of several views of one frame as one list, by weighted box fusion
+    (Solovyev et al., 2021): taken best score first, a detection joins the first cluster whose
+    box it overlaps at `iou` or more and that holds nothing of its view yet, else starts one. A
+    cluster's box is its members' score-weighted mean, its score their sum over the number of
+    views, so that a polyp seen in one view only scores half."""
+    ranked = sorted(((d, view) for view, found in enumerate(views) for d in found), key=lambda t: -t[0].score)
+    clusters: list[tuple[list[Detection], set[int]]] = []
+    fused: list[Box] = []
+    for detection, view in ranked:
+        for k, (members, seen) in enumerate(clusters):
+            if view not in seen and fused[k].iou(detection.box) >= iou:
+                members.append(detection)
+                seen.add(view)
+                weights = np.array([m.score for m in members])
+                corners = np.array([m.box.as_array() for m in members])
+                fused[k] = Box(*(weights @ corners / weights.sum()).tolist())
+                break
+        else:
+            clusters.append(([detection], {view}))
+            fused.append(detection.box)
+    return sorted(
+        (
+            Detection(box, sum(m.score for m in members) / len(views))
+            for box, (members, _) in zip(fused, clusters, strict=True)
+        ),
+        key=lambda d: -d.score,
+    )

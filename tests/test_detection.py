@@ -241,6 +241,13 @@ def test_both_detector_designs_train_and_their_checkpoint_detects(kvasir, tmp_pa
         b = detection.box
         assert -1 <= b.x1 < b.x2 <= width + 1 and -1 <= b.y1 < b.y2 <= height + 1
     assert uncertainty >= 0
+    if design == "unet":  # test-time augmentation: its map and its mirror image's, averaged
+        x = detector._input(image)
+        with torch.no_grad():
+            plain = torch.sigmoid(detector.model(x)[0, 0])
+            mirror = torch.sigmoid(detector.model(x.flip(-1))[0, 0]).flip(-1)
+        detector.tta = True
+        np.testing.assert_allclose(detector.probability(image), ((plain + mirror) / 2).numpy(), atol=1e-5)
 
 
 def test_box_detector_uncertainty_is_zero_when_decided_and_grows_with_doubt() -> None:
@@ -272,3 +279,41 @@ def test_box_detector_drops_boxes_without_area(kvasir) -> None:
         head.classification_head.cls_logits.bias.fill_(10.0)
     found, uncertainty = detector.find(image, min_score=0.0)
     assert found == [] and uncertainty == 0.0
+
+
+def test_views_are_fused_by_weighted_boxes_and_a_one_view_polyp_scores_half() -> None:
+    from polypseg.detector import Detection, fuse_views
+
+    plain = [Detection(Box(10, 10, 50, 50), 0.8), Detection(Box(200, 200, 220, 230), 0.6)]
+    mirrored = [Detection(Box(14, 10, 54, 50), 0.4), Detection(Box(12, 12, 52, 52), 0.3)]
+    fused = fuse_views([plain, mirrored])
+    assert [round(d.score, 3) for d in fused] == [0.6, 0.3, 0.15]
+    both = fused[0].box  # the 0.8 and the 0.4 box, weighted 2:1
+    assert [round(v, 3) for v in both.as_array()] == [11.333, 10, 51.333, 50]
+    # A second box of the mirrored view over the same polyp is not merged into it: its own.
+    assert fused[2].box == Box(12, 12, 52, 52)
+    assert fused[1].box == Box(200, 200, 220, 230)  # seen in one view only: half its score
+    assert fuse_views([[], []]) == []
+
+
+def test_test_time_augmentation_of_the_shipped_detector(kvasir, monkeypatch) -> None:
+    """POLYPSEG_TTA=1: the frame and its mirror image in one batch, boxes turned back and
+    fused; the polyp is found where it is, and a mirrored frame gives the mirrored boxes."""
+    from conftest import ONE_POLYP
+    from polypseg.detection_job import build_detector
+    from polypseg.images import read_image, read_mask
+    from polypseg.masks import mask_box
+
+    image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
+    truth = mask_box(read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg"))
+    monkeypatch.setenv("POLYPSEG_TTA", "1")
+    detector = build_detector(device="cpu")
+    assert detector.tta and detector._input(image).shape[0] == 2
+    found = detector.detect(image, min_score=0.3)
+    assert found and found[0].box.iou(truth) > 0.5
+    width = image.shape[1]
+    mirrored = detector.detect(np.ascontiguousarray(image[:, ::-1]), min_score=0.3)
+    assert len(mirrored) == len(found)
+    for a, b in zip(found, mirrored, strict=True):
+        assert abs(a.score - b.score) < 0.02
+        assert abs(a.box.x1 - (width - b.box.x2)) < 2 and abs(a.box.y1 - b.box.y1) < 2

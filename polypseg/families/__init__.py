@@ -24,6 +24,14 @@ State = dict[str, "torch.Tensor"]
 Metadata = dict[str, Any]
 
 
+def test_time_augmentation() -> bool:
+    """POLYPSEG_TTA=1: test-time augmentation for the U-Nets and the detectors, off by default
+    (docs/models.md: about half an IoU point for three times the network's work)."""
+    from polypseg.environment import Environment
+
+    return Environment().text("POLYPSEG_TTA") == "1"
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     name: str  # the `architecture` a checkpoint's metadata names

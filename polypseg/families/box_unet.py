@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polypseg.environment import Environment
-from polypseg.families import Metadata, ModelFamily, State
-
-
-def test_time_augmentation() -> bool:
-    """POLYPSEG_TTA=1: test-time augmentation for the U-Net families, off by default
-    (docs/models.md: +0.2 to +0.9 IoU points for three times the latency)."""
-    return Environment().text("POLYPSEG_TTA") == "1"
+from polypseg.families import Metadata, ModelFamily, State, test_time_augmentation
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:

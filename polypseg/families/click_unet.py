@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from polypseg.families import Metadata, ModelFamily, State
-from polypseg.families.box_unet import input_fields, test_time_augmentation
+from polypseg.families import Metadata, ModelFamily, State, test_time_augmentation
+from polypseg.families.box_unet import input_fields
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:

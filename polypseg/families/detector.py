@@ -5,18 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from polypseg.families import Metadata, ModelFamily, State
+from polypseg.families import Metadata, ModelFamily, State, test_time_augmentation
 
 
 def load_map_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import MapDetector
 
+    options.setdefault("tta", test_time_augmentation())
     return MapDetector.from_state(state, metadata, path, **options)
 
 
 def load_fcos_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import FcosDetector
 
+    options.setdefault("tta", test_time_augmentation())
     return FcosDetector.from_state(state, metadata, path, **options)
 
 
