@@ -131,8 +131,12 @@ class PolypDetector(ABC):
         self.version = str(metadata.get("version", "unversioned"))
         self.size = int(metadata.get("input", {}).get("size", DEFAULT_SIZE))
         self.device = torch.device(device)
-        # The shipped score floor, chosen on validation data (precision and recall), in the file.
+        # The shipped score floor, chosen on validation data (precision and recall), in the file;
+        # views fused by test-time augmentation score on their own scale, with their own floor
+        # where the file has one (`tta_threshold`).
         self.threshold = float(metadata.get("threshold", threshold))
+        if tta:
+            self.threshold = float(metadata.get("tta_threshold", self.threshold))
 
     @classmethod
     def from_state(

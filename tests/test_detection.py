@@ -306,9 +306,12 @@ def test_test_time_augmentation_of_the_shipped_detector(kvasir, monkeypatch) -> 
 
     image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
     truth = mask_box(read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg"))
+    plain_floor = build_detector(device="cpu").threshold
     monkeypatch.setenv("POLYPSEG_TTA", "1")
     detector = build_detector(device="cpu")
     assert detector.tta and detector._input(image).shape[0] == 2
+    # Fused scores have their own floor, chosen on the validation images as the plain one was.
+    assert detector.threshold == detector.metadata["tta_threshold"] != plain_floor
     found = detector.detect(image, min_score=0.3)
     assert found and found[0].box.iou(truth) > 0.5
     width = image.shape[1]
