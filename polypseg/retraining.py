@@ -1,7 +1,8 @@
 """Retrain on the dataset store and promote only a model that is not worse.
 
 One retrain at a time per MODEL_DIR (an OS record lock, released even if the process is killed);
-a retrain asked for while one runs is recorded and run right after it, not lost. Each round
+a retrain asked for while one runs brings its own labels in (once the running round lets go
+of the store), is recorded with its --force, and run right after it, not lost. Each round
 pulls and trains under the dataset store's lock too, so no other process changes the store
 while a round reads it, and trains on exactly the images the store's index lists. Training
 writes only into MODEL_DIR/runs/<time>/; the candidate becomes a version only once it is
@@ -16,10 +17,11 @@ from __future__ import annotations
 import datetime
 import fcntl
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +62,18 @@ class RetrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """Retrain requests recorded while a retrain ran: whether any came, and whether one asked
+    for a retrain even without new labels (--force, Label Studio's "Start training")."""
+
+    asked: bool = False
+    force: bool = False
+
+
 class RetrainLock:
-    """An exclusive lock on MODEL_DIR/retrain.lock; a busy lock records a pending request."""
+    """An exclusive lock on MODEL_DIR/retrain.lock, and the requests recorded beside it
+    (MODEL_DIR/retrain.pending) for its holder to run."""
 
     def __init__(self, model_dir: Path) -> None:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -77,15 +89,25 @@ class RetrainLock:
         except OSError:
             self._handle.close()
             self._handle = None
-            self.pending.touch()
             return False
         return True
 
-    def take_pending(self) -> bool:
-        if self.pending.exists():
-            self.pending.unlink(missing_ok=True)
-            return True
-        return False
+    def request(self, force: bool) -> None:
+        """Record a request for the holder (one line each, appended: none is lost)."""
+        with open(self.pending, "a") as pending:
+            pending.write("force\n" if force else "retrain\n")
+
+    def take_pending(self) -> Pending:
+        """The requests recorded so far, taken (renamed away first, so that one recorded while
+        they are read waits for the next look)."""
+        taken = self.pending.with_name(self.pending.name + ".taken")
+        try:
+            os.replace(self.pending, taken)
+        except FileNotFoundError:
+            return Pending()
+        lines = taken.read_text().split()
+        taken.unlink(missing_ok=True)
+        return Pending(asked=True, force="force" in lines)
 
     def release(self) -> None:
         if self._handle is not None:
@@ -98,20 +120,28 @@ Pull = Callable[[], bool]  # pulls the label sources into the store; False if on
 
 
 def retrain(settings: RetrainSettings, pull: Pull | None = None, train_anyway: bool = False) -> RetrainResult:
-    """Pull, then retrain (again, while requests arrived during a run); the last round's result.
-    Without the lock, only record the request: its holder pulls and trains for it."""
+    """Pull, then retrain (again, while requests arrive); the last round's result.
+
+    A request that finds a retrain running brings its own labels in (its project or task,
+    once that round lets go of the store), records itself with its --force and returns
+    "queued": the running retrain trains once more, on them."""
     lock = RetrainLock(settings.model_dir)
-    result = RetrainResult("queued", "a retrain is running; this request runs when it ends")
-    while lock.acquire():
+    if not lock.acquire():
+        if pull is not None:
+            with store_lock(settings.dataset):
+                pull()
+        lock.request(settings.force)
+        if not lock.acquire():  # still running: its next round is this request's
+            return RetrainResult("queued", "a retrain is running; it trains once more for this request")
+    while True:
         try:
             result = _rounds(settings, lock, pull, train_anyway)
         finally:
             lock.release()
-        # A request made after the last round's check but before the release found the lock
-        # held and only recorded itself: run it, unless another process has taken the lock.
-        if not lock.pending.exists():
-            break
-    return result
+        # A request made after the last round's look at `pending` but before the release found
+        # the lock held and only recorded itself: run it, unless another process took the lock.
+        if not lock.pending.exists() or not lock.acquire():
+            return result
 
 
 def _rounds(
@@ -120,10 +150,12 @@ def _rounds(
     """Rounds while requests arrive: each pulls afresh and trains, holding the store's lock
     throughout, so that no other process's pull changes the files it trains on."""
     while True:
-        lock.take_pending()  # this round (and its pull) covers the requests made before it started
+        # This round (and its pull) covers the requests made before it started.
+        asked = lock.take_pending()
+        this_round = replace(settings, force=True) if asked.force else settings
         with store_lock(settings.dataset):
             if pull is None or pull() or train_anyway:
-                result = _retrain_once(settings)
+                result = _retrain_once(this_round)
             else:
                 result = RetrainResult("skipped", "a source could not be read; the served model is unchanged")
                 log.error("no retrain this round: %s (--train-anyway trains all the same)", result.reason)

@@ -21,7 +21,7 @@ from polypseg.errors import CheckpointError, DatasetError, PolypsegError
 from polypseg.images import read_mask
 from polypseg.model_store import CurrentModel, ModelStore, ModelStoreError
 from polypseg.predictors import default_checkpoint
-from polypseg.retraining import RetrainLock, RetrainSettings, parse_interval, retrain, retrain_every
+from polypseg.retraining import Pending, RetrainLock, RetrainSettings, parse_interval, retrain, retrain_every
 
 SOURCE = "test:kvasir"
 # Another process asking for a retrain (a webhook's, the scheduled trainer's); prints its status.
@@ -276,12 +276,16 @@ def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_p
         assert holder.stdout.readline().strip() == "locked"  # another process is retraining
         result = retrain(RetrainSettings(models, filled_store, max_steps=1, device="cpu"))
         assert result.status == "queued" and (models / "retrain.pending").exists()
+        forced = retrain(RetrainSettings(models, filled_store, max_steps=1, device="cpu", force=True))
+        assert forced.status == "queued"
     finally:
         holder.kill()
         holder.wait()
     lock = RetrainLock(models)
     assert lock.acquire()  # the holder's death released it
-    assert lock.take_pending() and not lock.take_pending()
+    # Both requests are there for the holder, and the second's --force with them.
+    assert lock.take_pending() == Pending(asked=True, force=True)
+    assert lock.take_pending() == Pending()
     lock.release()
 
 
@@ -291,9 +295,12 @@ def hold_in_another_process(code: str) -> subprocess.Popen[str]:
     return holder
 
 
-def test_a_request_during_a_retrain_only_records_itself(filled_store: Path, tmp_path: Path) -> None:
-    """While another process retrains, a request neither pulls into the store that process is
-    training on nor trains: it records itself and returns."""
+def test_a_request_during_a_retrain_brings_its_labels_and_records_itself(
+    filled_store: Path, tmp_path: Path
+) -> None:
+    """While another process retrains, a request pulls its own sources (once the store is not
+    being trained on: here it is free), does not train, records itself and returns; the running
+    retrain trains once more on what it brought."""
     models = tmp_path / "models"
     holder = hold_in_another_process(
         "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
@@ -304,10 +311,29 @@ def test_a_request_during_a_retrain_only_records_itself(filled_store: Path, tmp_
     try:
         settings = RetrainSettings(models, filled_store, max_steps=1, device="cpu")
         retrain_every(settings, None, lambda: pulls.append(1) or True)
-        assert pulls == [] and (models / "retrain.pending").exists()
+        assert pulls == [1] and (models / "retrain.pending").read_text() == "retrain\n"
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_request_pulls_only_once_the_running_round_lets_go_of_the_store(tmp_path: Path) -> None:
+    models, dataset, released = tmp_path / "models", tmp_path / "dataset", tmp_path / "released"
+    holder = hold_in_another_process(
+        "from pathlib import Path; import time\n"
+        "from polypseg.data_store import store_lock; from polypseg.retraining import RetrainLock\n"
+        f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
+        f"with store_lock({str(dataset)!r}):\n    print('locked', flush=True)\n    time.sleep(1.5)\n"
+        f"    Path({str(released)!r}).touch()\n"
+        "time.sleep(60)  # still retraining: the request is queued for it"
+    )
+    seen: list[bool] = []
+    try:
+        result = retrain(RetrainSettings(models, dataset), lambda: seen.append(released.exists()) or True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert seen == [True] and result.status == "queued"
 
 
 def test_retrains_of_two_model_folders_take_turns_on_one_store(tmp_path: Path) -> None:

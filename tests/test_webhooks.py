@@ -45,9 +45,10 @@ def test_counts_per_project_reset_and_survive_a_garbled_file(tmp_path: Path) -> 
     assert not counter.add(1, 3) and json.loads(counter.path.read_text()) == {"1": 1}
 
 
-def test_a_retrain_started_during_a_retrain_does_not_pull(tmp_path: Path) -> None:
-    """ "Start training" while another process retrains: the retrain it starts neither pulls from
-    Label Studio into the store that the running one trains on, nor trains; it is queued."""
+def test_a_retrain_started_during_a_retrain_pulls_its_project_and_is_queued_forced(tmp_path: Path) -> None:
+    """ "Start training" while another process retrains: the retrain it starts pulls its own
+    project (here Label Studio refuses, which it logs), does not train, and leaves a forced
+    request for the running one, which trains once more for it."""
     asked: list[str] = []
 
     class LabelStudio(BaseHTTPRequestHandler):
@@ -79,5 +80,6 @@ def test_a_retrain_started_during_a_retrain_does_not_pull(tmp_path: Path) -> Non
         holder.kill()
         holder.wait()
         server.shutdown()
-    assert asked == [] and (models / "retrain.pending").exists()
+    assert asked and all(path.startswith("/api/projects/3") for path in asked)  # its own project
+    assert (models / "retrain.pending").read_text() == "force\n"
     assert "a retrain is running" in (models / "retrain.log").read_text()
