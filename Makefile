@@ -16,11 +16,16 @@ CODE := polypseg backends serverless tests benchmarks docs training
 
 .PHONY: install install-labelstudio system-packages annotate lint check test demo constraints
 
+# $(call install-into,VENV,PIP FLAGS): polypseg and its tools, editable, torch first.
+define install-into
+	python3.11 -m venv $(1)
+	$(1)/bin/pip install --quiet $(2) torch==2.14.1 torchvision==0.29.1 setuptools wheel
+	SAM2_BUILD_CUDA=0 $(1)/bin/pip install --quiet $(2) --no-build-isolation sam2==1.1.0
+	$(1)/bin/pip install --quiet $(2) --no-build-isolation -e ".[dev]"
+endef
+
 $(BIN)/polypseg: pyproject.toml constraints.txt
-	python3.11 -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.14.1 torchvision==0.29.1 setuptools wheel
-	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet -c constraints.txt --no-build-isolation sam2==1.1.0
-	$(BIN)/pip install --quiet -c constraints.txt --no-build-isolation -e ".[dev]"
+	$(call install-into,$(VENV),-c constraints.txt)
 	touch $@
 
 install: $(BIN)/polypseg
@@ -28,15 +33,23 @@ install: $(BIN)/polypseg
 $(LABEL_STUDIO): constraints-labelstudio.txt
 	python3.11 -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet -c constraints-labelstudio.txt label-studio==1.23.2
+	touch $@
 
 install-labelstudio: $(LABEL_STUDIO)
 
-# After a change of pins in pyproject.toml: reinstall, then record what was installed.
-constraints: install install-labelstudio
-	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
+# After a change of pins in pyproject.toml: install afresh from the pins alone, into venvs of
+# their own, and record what came (then `make install` reinstalls .venv from the new file).
+PINS := .venv-pins
+constraints:
+	rm -rf $(PINS) $(PINS)-labelstudio
+	$(call install-into,$(PINS),)
+	{ sed -n '/^#/p' constraints.txt; $(PINS)/bin/pip freeze --all --exclude-editable | grep -v '^pip=='; } > constraints.txt.new
+	python3.11 -m venv $(PINS)-labelstudio
+	$(PINS)-labelstudio/bin/pip install --quiet label-studio==1.23.2
+	{ sed -n '/^#/p' constraints-labelstudio.txt; $(PINS)-labelstudio/bin/pip freeze --all | grep -v '^pip=='; } > constraints-labelstudio.txt.new
 	mv constraints.txt.new constraints.txt
-	{ sed -n '/^#/p' constraints-labelstudio.txt; $(LS_VENV)/bin/pip freeze --all | grep -v '^pip=='; } > constraints-labelstudio.txt.new
 	mv constraints-labelstudio.txt.new constraints-labelstudio.txt
+	rm -rf $(PINS) $(PINS)-labelstudio
 
 # Debian packages the tests use: Chromium for the browser test (driven by Playwright, which
 # downloads no browser), redis-server for the CVAT tracker's state store, docker-compose to

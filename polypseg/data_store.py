@@ -217,6 +217,7 @@ class DatasetStore:
         shutil.rmtree(partial_root, ignore_errors=True)  # leftovers of an interrupted write
         partial_root.mkdir(parents=True)
         partial = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=partial_root))
+        partial.chmod(0o755)  # mkdtemp's 0700 would hide the sequence from a trainer run as another user
         annotated = 0
         for frame in sequence.frames:
             data = frame.image()

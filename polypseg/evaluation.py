@@ -9,6 +9,7 @@ image with no polyp to prompt (an empty mask, one a shift emptied, or only speck
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ from polypseg.prompts import Prompt
 
 if TYPE_CHECKING:
     from polypseg.predictors.base import ImagePredictor
+
+log = logging.getLogger(__name__)
 
 Segmenter = Callable[[np.ndarray, Prompt], np.ndarray]
 # (image, mask, image name) -> (image, mask): a shift applied before prompting and scoring
@@ -208,9 +211,15 @@ def evaluate_shifts(
     segmenters = {"model": predictor.segmenter(), "ellipse": ellipse_baseline}
     rows = []
     for shift in ["clean", *shifts]:
-        results = evaluate(
-            segmenters, samples, box_noise, seed, progress=False, transform=shift_transform(shift, seed)
-        )
+        try:
+            results = evaluate(
+                segmenters, samples, box_noise, seed, progress=False, transform=shift_transform(shift, seed)
+            )
+        except DatasetError as exc:
+            if shift == "clean":
+                raise
+            log.warning("%s: no row (%s)", shift, exc)  # it cropped every polyp away: the others stand
+            continue
         model, ellipse = results["model"], results["ellipse"]
         rows.append(ShiftScores(shift, model.mean, ellipse.mean, model.unprompted))
     return rows

@@ -95,18 +95,33 @@ def read_image(source: ImageSource) -> np.ndarray:
 
 
 def read_mask(source: ImageSource) -> np.ndarray:
-    """Read a mask image as bool (H, W). The polyp is: in a palette image, every index but 0;
-    in a mask of only 0 and 1, the 1s; otherwise the first channel above 127 (0/255 masks,
-    and JPEG masks whose values blur around those)."""
+    """Read a mask image as bool (H, W). The polyp is: in a label map (a palette image whose
+    index 0 is black, a few indices used), every index but 0, whatever its colour; in a mask of
+    only 0 and 1, the 1s; otherwise, other palette images included, the pixels brighter than
+    127 (0/255 masks, and JPEG masks whose values blur around those)."""
     image, _ = _open(source)
     array = np.asarray(image)
     if image.mode == "P":
-        return array != 0
+        if _is_label_map(image, array):
+            return array != 0
+        image, array = image.convert("L"), np.asarray(image.convert("L"))
     if array.ndim == 3:
         array = array[:, :, 0]
     if array.max(initial=0) <= 1:
         return array > 0
     return _to_uint8(array) > 127
+
+
+LABEL_MAP_INDICES = 16  # a palette image using more indices than this is a picture, not labels
+
+
+def _is_label_map(image: Image.Image, array: np.ndarray) -> bool:
+    """Index 0 black, a few indices used, and not a grey picture kept as a palette (whose
+    index i is the grey i, as Pillow converts one)."""
+    palette = np.asarray(image.getpalette() or [0, 0, 0]).reshape(-1, 3)
+    used = np.unique(array)
+    grey_ramp = all(used < len(palette)) and all((palette[used] == used[:, None]).all(axis=1))
+    return (palette[0] == 0).all() and len(used) <= LABEL_MAP_INDICES and not grey_ramp
 
 
 def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> None:

@@ -134,3 +134,17 @@ def test_a_report_takes_plain_values_and_counts_the_unprompted(tmp_path) -> None
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "box noise 0.1" in summary and "| model | 1 | 1 |" in summary
     assert (tmp_path / "report" / "per_image.csv").read_text().count("a-polyp") == 1
+
+
+def test_a_shift_that_leaves_no_polyp_to_prompt_gives_no_row_and_the_others_stand(tmp_path, caplog) -> None:
+    from polypseg.evaluation import evaluate_shifts
+    from polypseg.evaluation_clicks import evaluate_click_shifts
+    from polypseg.predictors import build_predictor
+
+    samples = dataset(tmp_path, {"corner": square(0, 0, 5, 5)})  # the octagon's cut takes it all
+    predictor = build_predictor(device="cpu")
+    with caplog.at_level("WARNING", logger="polypseg"):
+        rows = evaluate_shifts(predictor, samples, ["octagon", "jpeg"])
+        curves = evaluate_click_shifts(predictor.segmenter(), samples, ["octagon"], clicks=1)
+    assert [r.shift for r in rows] == ["clean", "jpeg"] and list(curves) == ["clean"]
+    assert "octagon: no row (none of the 1 images has a polyp to prompt" in caplog.text

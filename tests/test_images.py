@@ -66,7 +66,7 @@ def test_an_image_beyond_pillows_own_ceiling_is_refused_by_name(tmp_path, monkey
         read_image(path)
 
 
-@pytest.mark.parametrize("form", ["0/1", "palette", "0/255", "16-bit"])
+@pytest.mark.parametrize("form", ["0/1", "palette", "inverted palette", "grey palette", "0/255", "16-bit"])
 def test_masks_in_every_usual_form_read_the_same(tmp_path, polyp_image, form):
     truth = polyp_image[1]
     if form == "0/1":
@@ -74,6 +74,15 @@ def test_masks_in_every_usual_form_read_the_same(tmp_path, polyp_image, form):
     elif form == "palette":  # index 1 a dark red, darker than 127 as gray
         picture = Image.fromarray(truth.astype(np.uint8), mode="P")
         picture.putpalette([0, 0, 0, 128, 0, 0])
+    elif form == "inverted palette":  # a 0/255 mask re-saved by a PNG compressor: white first
+        picture = Image.fromarray((~truth).astype(np.uint8), mode="P")
+        picture.putpalette([255, 255, 255, 0, 0, 0])
+    elif form == "grey palette":  # a grey picture kept as a palette: its soft edge is not polyp
+        grey = (truth.astype(np.uint8) * 255).copy()
+        rim = np.zeros_like(truth)
+        rim[:, 1:] = truth[:, 1:] != truth[:, :-1]
+        grey[rim & ~truth] = 40  # a dark rim outside the polyp where the mask changes
+        picture = Image.fromarray(grey, mode="L").convert("P")
     elif form == "0/255":
         picture = Image.fromarray(truth.astype(np.uint8) * 255)
     else:

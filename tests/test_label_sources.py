@@ -31,7 +31,7 @@ def test_prompt_regions_follow_the_same_rule() -> None:
     box = {"type": "rectanglelabels", "to_name": "image"}
     task = {
         "annotations": [
-            # The latest annotation by time holds the box; text order would pick id 2 (no box).
+            # By time, id 1 (11:30Z) is later than id 2 (12:00+01:00 = 11:00Z): text would pick id 2.
             {"id": 1, "updated_at": "2026-11-29T11:30:00Z", "result": [dict(box, id="a")]},
             {"id": 2, "updated_at": "2026-11-29T12:00:00+01:00", "result": [dict(box, id="b")]},
             {"id": 3, "updated_at": "2026-11-29T12:00:00Z", "result": [{"type": "choices"}]},

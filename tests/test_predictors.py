@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from polypseg.errors import CheckpointError, PromptError
+from polypseg.errors import CheckpointError, ModelError, PromptError
 from polypseg.predictors import build_predictor
 from polypseg.predictors.sam2 import config_from_weights
 from polypseg.prompts import Box, Point, Prompt
@@ -50,6 +50,8 @@ def test_official_sam2_file_is_recognised(sam2, sam2_checkpoint):
     state = torch.load(sam2_checkpoint, weights_only=True)["model"]
     assert config_from_weights(state) == "configs/sam2.1/sam2.1_hiera_t.yaml"
     assert sam2.name == "sam2" and sam2.model.image_size == 1024
+    with pytest.raises(ModelError, match="test-time augmentation is for the U-Nets"):
+        build_predictor(checkpoint=sam2_checkpoint, device="cpu", tta=True)
 
 
 def test_sam2_prompts_and_the_cache(sam2, polyp_image):

@@ -230,6 +230,9 @@ def test_a_sequence_left_unlisted_is_replaced(tmp_path: Path) -> None:
     store.put_sequence(sequence("b"))
     (entry,) = DatasetStore(tmp_path).sequences.values()
     assert entry["fingerprint"] == "b" and len(list((tmp_path / entry["folder"] / "frames").iterdir())) == 2
+    assert (
+        tmp_path / entry["folder"]
+    ).stat().st_mode & 0o055 == 0o055  # a trainer run as another user reads it
     assert store.remove_sequence("test:video") and not (tmp_path / entry["folder"]).exists()
 
 

@@ -77,6 +77,13 @@ def test_a_version_says_what_the_model_is_and_what_it_was_fine_tuned_from() -> N
     shipped = {"version": "clickunet-resnet18-crop224-shifts-e6"}
     camera = {"shifts": 0.5, "camera": 0.5}  # the shifts were in the base already: said once
     assert version_name(fresh, shipped, True, camera, 3) == "clickunet-resnet18-crop224-shifts-e6-camera-e3"
+    # Retrained day after day with nothing added: counted, not stacked.
+    retrained = version_name(
+        fresh, {"version": "clickunet-resnet18-crop224-shifts-e6-camera-e3"}, True, camera, 3
+    )
+    assert retrained == "clickunet-resnet18-crop224-shifts-e6-camera-e3-ft1-e3"
+    again = version_name(fresh, {"version": retrained}, True, tags, 2)
+    assert again == "clickunet-resnet18-crop224-shifts-e6-camera-e3-ft2-e2"
     # Started from another kind (a box U-Net widened to take clicks): named afresh.
     box = {"version": "unet-resnet18-crop224-shifts-e6"}
     assert version_name(fresh, box, False, tags, 2) == "clickunet-resnet18-crop224-shifts-e2"

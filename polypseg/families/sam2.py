@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from polypseg.errors import ModelError
 from polypseg.families import Metadata, ModelFamily, State
 
 
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.sam2 import Sam2Predictor
 
+    if options.pop("tta", False):
+        raise ModelError("test-time augmentation is for the U-Nets and the detectors, not SAM2")
     return Sam2Predictor.from_state(state, metadata, path, **options)
 
 

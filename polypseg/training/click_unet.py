@@ -192,14 +192,14 @@ class ClickUnetRun(UnetRun):
         return metadata
 
     def kind(self) -> str:
-        return "clickunet" if self.config.decoder == "unet" else f"clickunet-{self.config.decoder}"
+        return self.kind_of({"architecture": "clickunet", "decoder": self.config.decoder})
 
     @staticmethod
     def kind_of(metadata: dict[str, Any]) -> str:
         decoder = metadata.get("decoder", "unet")
-        if metadata.get("architecture") != "clickunet":
+        if metadata.get("architecture") != "clickunet" or decoder == "unet":
             return str(metadata.get("architecture"))
-        return "clickunet" if decoder == "unet" else f"clickunet-{decoder}"
+        return f"clickunet-{decoder}"
 
     def predictor(self) -> ClickUnetPredictor:
         return ClickUnetPredictor(self.model, self.metadata(), device=str(self.device))

@@ -7,6 +7,7 @@ import csv
 import logging
 import math
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -70,14 +71,22 @@ def version_name(
     fresh: list[str], start: dict[str, Any] | None, same_kind: bool, tags: dict[str, float], epoch: int
 ) -> str:
     """A checkpoint's version that says what it is. Trained afresh (or from another kind of
-    model): its `fresh` parts (architecture, encoder, input) and the augmentations it used.
-    Fine-tuned from a model of the same kind (`same_kind`): that model's version and the
-    augmentations this run added (`...-shifts-e6-camera-e3`). Then this run's epoch."""
+    model): its `fresh` parts (architecture, encoder, input) and the augmentations it used, then
+    its epoch. Fine-tuned from a model of the same kind (`same_kind`): that model's version and
+    the augmentations this run added, then its epoch (`...-shifts-e6-camera-e3`); a fine-tune
+    that adds none counts itself instead (`-ft1-e3`, then `-ft2-e3`), so that the names of
+    retrains made day after day do not grow."""
     used = [name for name, chance in tags.items() if chance]
     base = str((start or {}).get("version") or "")
-    if same_kind and base:
-        return "-".join([base, *(t for t in used if f"-{t}-" not in f"-{base}-"), f"e{epoch}"])
-    return "-".join([*fresh, *used, f"e{epoch}"])
+    if not (same_kind and base):
+        return "-".join([*fresh, *used, f"e{epoch}"])
+    added = [t for t in used if f"-{t}-" not in f"-{base}-"]
+    if added:
+        return "-".join([base, *added, f"e{epoch}"])
+    counted = re.fullmatch(r"(.*)-ft(\d+)-e\d+", base)
+    if counted:
+        return f"{counted[1]}-ft{int(counted[2]) + 1}-e{epoch}"
+    return f"{base}-ft1-e{epoch}"
 
 
 def validation_metrics(predictor: Any, samples: list[PolypSample]) -> dict[str, float]:

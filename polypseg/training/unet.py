@@ -226,7 +226,8 @@ class UnetRun(TrainingRun):
 
     def version(self) -> str:
         c, start = self.config, self.start or {}
-        same_kind = self.kind_of(start) == self.kind() and start.get("input") == self.geometry.as_dict()
+        same_input = BoxInputGeometry(**start.get("input", {})) == self.geometry
+        same_kind = self.kind_of(start) == self.kind() and same_input
         fresh = [self.kind(), c.encoder, f"{self.geometry.mode}{c.size}"]
         tags = {"shifts": c.shift_augment, "camera": c.camera_augment}
         return version_name(fresh, self.start, same_kind, tags, self.epoch)
