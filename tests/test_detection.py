@@ -320,3 +320,24 @@ def test_test_time_augmentation_of_the_shipped_detector(kvasir, monkeypatch) -> 
     for a, b in zip(found, mirrored, strict=True):
         assert abs(a.score - b.score) < 0.02
         assert abs(a.box.x1 - (width - b.box.x2)) < 2 and abs(a.box.y1 - b.box.y1) < 2
+
+
+def test_a_deeper_box_detector_starts_out_answering_as_the_trained_one(kvasir) -> None:
+    """resnet34 from the shipped resnet18 detector: the blocks resnet18 lacks start as the
+    identity, so the deeper network gives the same boxes and scores before any training."""
+    from polypseg.checkpoints import load_checkpoint
+    from polypseg.detection_job import build_detector, default_detector_checkpoint
+    from polypseg.detector import FcosDetector, create_fcos_model
+    from polypseg.images import read_image
+    from polypseg.training.detector import deepened_state
+
+    state, metadata, _ = load_checkpoint(default_detector_checkpoint())
+    assert metadata["encoder"] == "resnet18"
+    deeper = create_fcos_model("resnet34", metadata["input"]["size"])
+    deeper.load_state_dict(deepened_state(state, deeper))
+    image = read_image(next((kvasir / "images").iterdir()))
+    trained = build_detector(device="cpu").find(image, min_score=0.05)[0]
+    grown = FcosDetector(deeper, {**metadata, "encoder": "resnet34"}).find(image, min_score=0.05)[0]
+    assert trained and len(grown) == len(trained)
+    for a, b in zip(trained, grown, strict=True):
+        assert abs(a.score - b.score) < 1e-4 and a.box.iou(b.box) > 0.999

@@ -16,6 +16,7 @@ features already know polyps.
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,22 @@ def fcos_state_from(state: dict[str, torch.Tensor], model: torch.nn.Module) -> d
     return fitted
 
 
+def deepened_state(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A trained box detector's weights in a deeper one of the same widths (a resnet18 FCOS in a
+    resnet34 FCOS): every weight the two share by name and shape is the trained one, and each
+    residual block the trained backbone lacks starts with its last batch norm's scale at zero,
+    so that it passes its input through unchanged and the deeper model starts out answering as
+    the trained one did (the deepening of Net2Net, Chen et al. 2016)."""
+    grown = dict(model.state_dict())
+    for key, value in state.items():
+        if key in grown and grown[key].shape == value.shape:
+            grown[key] = value.float()
+    for key in grown:
+        if key not in state and re.fullmatch(r"backbone\.body\.layer\d\.\d+\.bn2\.weight", key):
+            grown[key] = torch.zeros_like(grown[key])
+    return grown
+
+
 def mask_boxes(mask: torch.Tensor) -> torch.Tensor:
     """The boxes (x1, y1, x2, y2, pixels) of the polyps of a 1 x H x W target mask: its
     connected parts, specks left out as the map detector leaves them out."""
@@ -166,7 +183,8 @@ class DetectorRun(TrainingRun):
 
         def adapt(state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> dict[str, torch.Tensor]:
             if metadata.get("architecture") == self.architecture:
-                return state
+                deeper = self.fcos and metadata.get("encoder", "resnet18") != c.encoder
+                return deepened_state(state, self.model) if deeper else state
             if self.fcos:
                 return fcos_state_from(state, self.model)
             box_model = metadata.get("architecture") in ("unet", "unetplusplus")
