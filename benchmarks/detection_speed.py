@@ -8,7 +8,7 @@
   leaves the view, so the track is lost on many frames): frames per second with re-acquisition
   (the default: the detector runs on every lost frame) and without (`--no-reacquire`).
 
-    python benchmarks/detection_speed.py [--frames 20] [--threads N] [--markdown]
+    python benchmarks/detection_speed.py [--frames 20] [--threads N] [--detector FILE] [--markdown]
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def main() -> None:
     parser.add_argument("--track-frames", type=int, default=60, help="frames tracked backward from 133")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--detector", type=Path, help="a detector checkpoint (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
+    detector, predictor = build_detector(args.detector, device="cpu"), build_predictor(device="cpu")
     source = open_frames(CLIP)
     clip = [frame for _, frame in source.frames(START - args.frames, "forward", args.frames)]
     sizes = {

@@ -22,6 +22,7 @@ from polypseg.detection_metrics import (
     average_precision,
     coco_average_precision,
     precision_recall,
+    recall_at_precision,
 )
 from polypseg.detector import Detection, PolypDetector
 from polypseg.errors import CheckpointError, InputImageError, PolypsegError
@@ -267,6 +268,7 @@ class DetectionScores:
             "recall@0.5": recall,
             "ap50": average_precision(self.images, 0.5),
             "ap50_95": coco_average_precision(self.images),
+            "recall@0.5_at_precision_0.85": recall_at_precision(self.images, 0.85),
             "mean_refined_iou": self.mean_polyp_iou,
             "refined_iou_most_uncertain_quarter": most_uncertain,
             "refined_iou_least_uncertain_quarter": least_uncertain,

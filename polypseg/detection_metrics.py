@@ -91,3 +91,11 @@ def best_threshold(images: Sequence[ImageDetections], iou: float = 0.5) -> tuple
     scores = sorted({math.floor(score * 1000) / 1000 for image in images for _, score in image.detections})
     rows = [(floor, *precision_recall(images, floor, iou)) for floor in scores] or [(0.5, 1.0, 0.0)]
     return max(rows, key=lambda row: (round(2 * row[1] * row[2] / max(row[1] + row[2], 1e-9), 6), row[0]))
+
+
+def recall_at_precision(images: Sequence[ImageDetections], precision: float, iou: float = 0.5) -> float:
+    """The most recall any score floor gives with at least `precision` (0 where none does): what
+    a floor chosen for that precision would find. The floors tried are best_threshold's."""
+    scores = {math.floor(score * 1000) / 1000 for image in images for _, score in image.detections}
+    rows = (precision_recall(images, floor, iou) for floor in scores)
+    return max((found for kept, found in rows if kept >= precision), default=0.0)

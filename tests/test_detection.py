@@ -14,6 +14,7 @@ from polypseg.detection_metrics import (
     average_precision,
     best_threshold,
     precision_recall,
+    recall_at_precision,
 )
 from polypseg.detector import REGION_THRESHOLD, detections_from_probability, frame_uncertainty
 from polypseg.prompts import Box
@@ -65,6 +66,9 @@ def test_matching_precision_recall_and_ap_on_a_hand_made_case() -> None:
     # F1 at the floors 0.9, 0.8, 0.6, 0.3: 0.667, 0.5, 0.8, 0.667
     floor, precision, recall = best_threshold(images)
     assert (floor, precision, recall) == pytest.approx((0.6, 2 / 3, 1.0))
+    # The most recall with precision >= 0.85: the 0.9 floor's 0.5; with >= 0.6, the 0.6 floor's 1.
+    assert recall_at_precision(images, 0.85) == 0.5 and recall_at_precision(images, 0.6) == 1.0
+    assert recall_at_precision(images[:0], 0.85) == 0.0
 
 
 def test_a_floor_keeps_the_detection_it_comes_from_and_outlines_match_as_recall_counts() -> None:
@@ -171,6 +175,7 @@ def test_evaluate_detection_under_a_shift_and_the_ranking_check(kvasir, tmp_path
     table = capsys.readouterr().out
     assert "| clean |" in table and "| jpeg |" in table
     for body in rows.values():
+        assert 0 <= body["recall@0.5_at_precision_0.85"] <= 1
         per_image = sorted(body["per_image"], key=lambda entry: -entry["uncertainty"])
         ious = [float(np.mean(e["refined_iou"])) if e["refined_iou"] else 0.0 for e in per_image]
         assert body["refined_iou_most_uncertain_quarter"] == pytest.approx(np.mean(ious[:2]))
