@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,3 +202,21 @@ def label_studio(tmp_path_factory, kvasir: Path) -> Iterator[LabelStudioStack]:
     local files from `/` as the quickstart does (a folder is served once a storage names it)."""
     with label_studio_stack(tmp_path_factory.mktemp("label-studio"), Path("/")) as stack:
         yield stack
+
+
+@contextmanager
+def retrain_running(models: Path) -> Iterator[None]:
+    """Another process holds MODEL_DIR's retrain lock, as a running retrain does, while the
+    block runs; it is killed after it (which releases the lock)."""
+    code = (
+        "from pathlib import Path; import time; from polypseg.retraining import RetrainLock\n"
+        f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
+        "print('locked', flush=True)\ntime.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import KVASIR
+from conftest import KVASIR, retrain_running
 from polypseg import retraining
 from polypseg.checkpoints import load_checkpoint
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame, entry_key
@@ -271,19 +271,11 @@ def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_pat
 
 def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_path: Path) -> None:
     models = tmp_path / "models"
-    hold = "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
-    hold += f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
-    hold += "print('locked', flush=True)\ntime.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"  # another process is retraining
+    with retrain_running(models):
         result = retrain(RetrainSettings(models, filled_store, max_steps=1, device="cpu"))
         assert result.status == "queued" and (models / "retrain.pending").exists()
         forced = retrain(RetrainSettings(models, filled_store, max_steps=1, device="cpu", force=True))
         assert forced.status == "queued"
-    finally:
-        holder.kill()
-        holder.wait()
     lock = RetrainLock(models)
     assert lock.acquire()  # the holder's death released it
     # Both requests are there for the holder, and the second's --force with them.
@@ -305,19 +297,11 @@ def test_a_request_during_a_retrain_brings_its_labels_and_records_itself(
     being trained on: here it is free), does not train, records itself and returns; the running
     retrain trains once more on what it brought."""
     models = tmp_path / "models"
-    holder = hold_in_another_process(
-        "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
-        f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\nprint('locked', flush=True)\n"
-        "time.sleep(60)"
-    )
     pulls: list[int] = []
-    try:
+    with retrain_running(models):
         settings = RetrainSettings(models, filled_store, max_steps=1, device="cpu")
         retrain_every(settings, None, lambda: pulls.append(1) or True)
-        assert pulls == [1] and (models / "retrain.pending").read_text() == "retrain\n"
-    finally:
-        holder.kill()
-        holder.wait()
+    assert pulls == [1] and (models / "retrain.pending").read_text() == "retrain\n"
 
 
 def test_a_request_pulls_only_once_the_running_round_lets_go_of_the_store(tmp_path: Path) -> None:

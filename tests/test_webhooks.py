@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from backends.labelstudio.webhooks import EventCounter, RetrainTrigger
+from conftest import retrain_running
 
 
 def _annotate(path: str, events: int, threshold: int, triggers: multiprocessing.Queue) -> None:
@@ -65,20 +64,16 @@ def test_a_retrain_started_during_a_retrain_pulls_its_project_and_is_queued_forc
     server = ThreadingHTTPServer(("127.0.0.1", 0), LabelStudio)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     models = tmp_path / "models"
-    hold = "from pathlib import Path; from polypseg.retraining import RetrainLock; import time\n"
-    hold += f"lock = RetrainLock(Path({str(models)!r}))\nassert lock.acquire()\n"
-    hold += "print('locked', flush=True)\ntime.sleep(120)"
-    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        trigger = RetrainTrigger(models, tmp_path / "dataset", url, "token", extra_args=("--device", "cpu"))
-        trigger("START_TRAINING", {"project": {"id": 3}})
-        (started,) = trigger.started
-        assert started.wait(timeout=120) == 0
+        with retrain_running(models):
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            trigger = RetrainTrigger(
+                models, tmp_path / "dataset", url, "token", extra_args=("--device", "cpu")
+            )
+            trigger("START_TRAINING", {"project": {"id": 3}})
+            (started,) = trigger.started
+            assert started.wait(timeout=120) == 0
     finally:
-        holder.kill()
-        holder.wait()
         server.shutdown()
     assert asked and all(path.startswith("/api/projects/3") for path in asked)  # its own project
     assert (models / "retrain.pending").read_text() == "force\n"
