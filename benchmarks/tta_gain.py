@@ -34,9 +34,7 @@ def main() -> None:
     for tta in (False, True):
         predictor = build_predictor(tta=tta)
         rows = evaluate_shifts(predictor, samples, SHIFTS, box_noise=0.1)
-        timing = evaluate(
-            {"m": lambda im, p, pr=predictor: pr.predict(im, p).mask}, samples, 0.1, progress=False
-        )
+        timing = evaluate({"m": predictor.segmenter()}, samples, 0.1, progress=False)
         seconds = statistics.median(r.seconds_per_prompt for r in timing["m"].per_image)
         results[tta] = ({r.shift: r.model.iou for r in rows}, seconds)
     print(f"{len(samples)} validation images, box noise 0.1, model {predictor.version}")

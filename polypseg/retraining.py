@@ -166,9 +166,7 @@ def _rounds(
 
 def _iou(checkpoint: Path, samples: list[Any], device: str, seed: int) -> float:
     predictor = build_predictor(None, checkpoint, device)
-    scores = evaluate(
-        {"m": lambda im, p: predictor.predict(im, p).mask}, samples, box_noise=0.1, seed=seed, progress=False
-    )
+    scores = evaluate({"m": predictor.segmenter()}, samples, box_noise=0.1, seed=seed, progress=False)
     return float(scores["m"].mean.iou)
 
 
