@@ -49,7 +49,7 @@ from PIL import Image
 from polypseg.atomic import write_atomic
 from polypseg.datasets import IMAGE_SUFFIXES, PolypSample
 from polypseg.errors import DatasetError
-from polypseg.images import read_image
+from polypseg.images import read_image, write_mask
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class DatasetStore:
             suffix, data = ".png", _png(image)
         image_name = f"{key}{suffix}"
         write_atomic(self.root / "images" / image_name, data)
-        write_atomic(self.root / "masks" / f"{key}.png", _png(item.mask.astype(np.uint8) * 255))
+        write_mask(self.root / "masks" / f"{key}.png", item.mask)
         with self._lock:
             previous = self.index.get(key, {}).get("image")
             self.index[key] = {
@@ -225,16 +225,14 @@ class DatasetStore:
             suffix = frame.image_suffix.lower()
             if suffix not in IMAGE_SUFFIXES:
                 suffix, data = ".png", _png(image)
-            write_atomic(
-                partial / "frames" / f"{frame.number:06d}{suffix}", data
-            )  # on disk before the rename
+            write_atomic(partial / "frames" / f"{frame.number:06d}{suffix}", data)  # synced before the rename
             if frame.mask is not None:
                 mask = frame.mask()
                 if mask.shape != image.shape[:2]:
                     raise DatasetError(
                         f"{sequence.source} frame {frame.number}: the mask does not fit its image"
                     )
-                write_atomic(partial / "masks" / f"{frame.number:06d}.png", _png(mask.astype(np.uint8) * 255))
+                write_mask(partial / "masks" / f"{frame.number:06d}.png", mask)
                 annotated += 1
         with self._lock:
             self._drop_sequence_folder(key)

@@ -104,7 +104,7 @@ def read_mask(source: ImageSource) -> np.ndarray:
     if image.mode == "P":
         if _is_label_map(image, array):
             return array != 0
-        image, array = image.convert("L"), np.asarray(image.convert("L"))
+        array = np.asarray(image.convert("L"))
     if array.ndim == 3:
         array = array[:, :, 0]
     if array.max(initial=0) <= 1:
