@@ -254,9 +254,9 @@ def annotate(
         if shape.label_id in mask_labels
         and shape.source == "auto"
         and shape.type.value in ("mask", "polygon")
-    }
-    if masked & set(frames):
-        log.info("%d of them have masks from an earlier run: left as they are", len(masked & set(frames)))
+    } & set(frames)
+    if masked:
+        log.info("%d of them have masks from an earlier run: left as they are", len(masked))
         frames = [frame for frame in frames if frame not in masked]
     function = BoxesToMasks(predictor, boxes, mask_label, detector, min_score)
     batch: list[models.LabeledShapeRequest] = []
