@@ -84,18 +84,21 @@ def coco_average_precision(images: Sequence[ImageDetections]) -> float:
     return float(np.mean([average_precision(images, t) for t in COCO_THRESHOLDS]))
 
 
+def _floors(images: Sequence[ImageDetections]) -> list[float]:
+    """The score floors worth trying: the detections' scores rounded down to 3 decimals."""
+    return sorted({math.floor(score * 1000) / 1000 for image in images for _, score in image.detections})
+
+
 def best_threshold(images: Sequence[ImageDetections], iou: float = 0.5) -> tuple[float, float, float]:
     """The score floor with the best F1 of precision and recall (ties: the higher floor):
     (floor, precision, recall). The floors tried are the detections' scores rounded down to 3
     decimals, so the detection a floor comes from stays above it."""
-    scores = sorted({math.floor(score * 1000) / 1000 for image in images for _, score in image.detections})
-    rows = [(floor, *precision_recall(images, floor, iou)) for floor in scores] or [(0.5, 1.0, 0.0)]
+    rows = [(floor, *precision_recall(images, floor, iou)) for floor in _floors(images)] or [(0.5, 1.0, 0.0)]
     return max(rows, key=lambda row: (round(2 * row[1] * row[2] / max(row[1] + row[2], 1e-9), 6), row[0]))
 
 
 def recall_at_precision(images: Sequence[ImageDetections], precision: float, iou: float = 0.5) -> float:
     """The most recall any score floor gives with at least `precision` (0 where none does): what
     a floor chosen for that precision would find. The floors tried are best_threshold's."""
-    scores = {math.floor(score * 1000) / 1000 for image in images for _, score in image.detections}
-    rows = (precision_recall(images, floor, iou) for floor in scores)
+    rows = (precision_recall(images, floor, iou) for floor in _floors(images))
     return max((found for kept, found in rows if kept >= precision), default=0.0)
