@@ -274,7 +274,7 @@ class FcosDetector(PolypDetector):
         views = [self._detections(out, width, height, mirrored=k == 1) for k, out in enumerate(outputs)]
         found = drop_overlaps(fuse_views(views) if self.tta else views[0])
         uncertainty = score_uncertainty([d.score for d in found])
-        return sorted((d for d in found if d.score >= floor), key=lambda d: -d.score), uncertainty
+        return [d for d in found if d.score >= floor], uncertainty  # best first, as drop_overlaps leaves them
 
     def _detections(
         self, out: dict[str, torch.Tensor], width: int, height: int, mirrored: bool
