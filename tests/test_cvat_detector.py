@@ -38,7 +38,7 @@ from nuclio_sdk.test import Platform
 from scipy import ndimage
 
 from conftest import ROOT
-from polypseg.detection_job import build_detector
+from polypseg.detection_job import build_detector, find_polyps
 from polypseg.formats.cvat_mask import decode_cvat_mask
 from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
@@ -122,13 +122,13 @@ def function() -> tuple[Platform, object]:
 
 @pytest.fixture(scope="module")
 def core():
-    """The core's own answer: the shipped detector's detections, and the box model's mask for
-    each detection's box."""
+    """The core's own answer (`find_polyps`): the shipped detector's detections, each outlined
+    by the box model and boxed by its outline, and the outlines."""
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
 
     def answer(image: np.ndarray, threshold: float | None) -> tuple[list, list[np.ndarray]]:
-        detections = detector.detect(image, threshold)
-        return detections, [predictor.predict(image, Prompt(box=d.box)).mask for d in detections]
+        polyps = find_polyps(detector, predictor, image, threshold).polyps
+        return [p.detection for p in polyps], [p.mask for p in polyps]
 
     return answer
 
@@ -167,16 +167,18 @@ def test_the_threshold_cvat_sends_is_the_score_floor(function, core, kvasir) -> 
     platform, main = function
     path = kvasir / "images" / f"{FAINT}.jpg"
     image = read_image(path)
-    detections, masks = core(image, 0.05)
+    detections, _ = core(image, 0.05)
     assert detections and max(d.score for d in detections) < 1.0
     status, answer = call(platform, main, payload(path, 1.0))
     assert (status, answer) == (200, [])
     # A low threshold finds more than CVAT's usual one: every faint region the detector sees,
-    # less those where the box model finds no polyp in the box (they give no object).
+    # less those where the box model finds no polyp in the box or outlines a polyp found better
+    # (they give no object).
     status, low = call(platform, main, payload(path, 0.05))
-    outlined = [d.score for d, m in zip(detections, masks, strict=True) if m.any()]
-    assert status == 200 and len(outlined) > 1
-    assert [float(item["confidence"]) for item in low] == pytest.approx(outlined, abs=1e-3)
+    assert status == 200 and len(detections) > 1
+    assert [float(item["confidence"]) for item in low] == pytest.approx(
+        [d.score for d in detections], abs=1e-3
+    )
     # No threshold (CVAT sends none for 0): the detector's own shipped floor.
     status, default = call(platform, main, payload(path, None))
     assert status == 200 and len(default) == len(core(image, None)[0])

@@ -369,3 +369,27 @@ def test_a_deeper_box_detector_starts_out_answering_as_the_trained_one(kvasir) -
     assert trained and len(grown) == len(trained)
     for a, b in zip(trained, grown, strict=True):
         assert abs(a.score - b.score) < 1e-4 and a.box.iou(b.box) > 0.999
+
+
+def test_two_boxes_on_one_polyp_are_outlined_once(kvasir) -> None:
+    """Two detections on one polyp, each a quarter of its width off to a side (box IoU 0.33:
+    the detector keeps both), outline it alike: the polyp is found once, by the better."""
+    from conftest import ONE_POLYP
+    from polypseg.detection_job import outline
+    from polypseg.detector import Detection
+    from polypseg.images import read_image, read_mask
+    from polypseg.masks import mask_box
+    from polypseg.metrics import score_masks
+    from polypseg.predictors import build_predictor
+
+    image = read_image(kvasir / "images" / f"{ONE_POLYP}.jpg")
+    truth = read_mask(kvasir / "masks" / f"{ONE_POLYP}.jpg") > 0
+    box = mask_box(truth)
+    off = box.width / 4
+    left = Detection(Box(box.x1 - off, box.y1, box.x2 - off, box.y2), 0.7)
+    right = Detection(Box(box.x1 + off, box.y1, box.x2 + off, box.y2), 0.9)
+    assert left.box.iou(right.box) == pytest.approx(1 / 3)
+    (found,) = outline(build_predictor(None, None, "cpu"), image, [left, right])
+    assert found.detection == right and score_masks(found.mask, truth).iou > 0.6
+    # Each alone is outlined.
+    assert [p.detection for p in outline(build_predictor(None, None, "cpu"), image, [left])] == [left]

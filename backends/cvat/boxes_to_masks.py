@@ -45,6 +45,7 @@ from cvat_sdk.auto_annotation import (
     polygon,
 )
 
+from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
@@ -117,15 +118,16 @@ class BoxesToMasks:
             raise PolypsegError("boxes_to_masks needs the frame's index: run it with FrameContext")
         frame = as_rgb(np.asarray(image))
         boxes = self.boxes.get(index, [])
-        if not boxes and self.detector is not None:
+        if boxes:
+            prepared = self.predictor.prepare(frame)
+            masks = [self.predictor.segment(prepared, Prompt(box=box)).mask for box in boxes]
+        elif self.detector is not None:
             floor = context.conf_threshold if context.conf_threshold is not None else self.min_score
-            boxes = [detection.box for detection in self.detector.detect(frame, floor)]
-        if not boxes:
+            masks = [polyp.mask for polyp in find_polyps(self.detector, self.predictor, frame, floor).polyps]
+        else:
             return []
-        prepared = self.predictor.prepare(frame)
         shapes = []
-        for box in boxes:
-            found = self.predictor.segment(prepared, Prompt(box=box)).mask
+        for found in masks:
             if not found.any():
                 continue
             if context.conv_mask_to_poly:  # one polygon per box, as the detector function gives
