@@ -417,15 +417,22 @@ def test_video_box_is_tracked_both_ways(default_predictor) -> None:
 
 @pytest.mark.slow
 def test_a_video_box_lost_out_of_view_is_found_again_by_the_detector(default_predictor) -> None:
-    """Tracked backward from frame 133, the polyp leaves the view after frame ~106: nothing is
-    drawn on frames 62-105, and the detector (loaded for pre-annotation) finds it again, small
-    on the right, on frames 57-61 (tests/test_video.py has the core's side of this)."""
+    """Tracked backward from frame 133, the polyp leaves the view at the right edge: out of view
+    on frames 100-109, back small near the lumen on the right on 57-98 (read by eye from the
+    frames). Nothing is drawn on 100-108; the detector (loaded for pre-annotation) finds the
+    polyp again, on frame 59 at least; and whatever is drawn on 57-98 is on the polyp, not on
+    the fold at the left that the detector boxes there (tests/test_video.py has the core's
+    side of this)."""
     answer = track_video_box(default_predictor, 134, (360, 240, 450, 400), max_frames=80)
     assert answer.status_code == 200, answer.text
     keyframes = {k["frame"] - 1: k for k in answer.json()["results"][0]["result"][0]["value"]["sequence"]}
-    assert not [i for i in range(62, 106) if i in keyframes], sorted(keyframes)
+    assert not [i for i in range(100, 109) if i in keyframes and keyframes[i]["enabled"]], sorted(keyframes)
     found = keyframe_box(keyframes[59])
     assert keyframes[59]["enabled"] and box_iou(found, (391, 176, 445, 287)) > 0.5, found
+    for i in range(57, 99):
+        if i in keyframes and keyframes[i]["enabled"]:
+            x1, y1, x2, y2 = keyframe_box(keyframes[i])
+            assert 340 < (x1 + x2) / 2 < 470 and 160 < (y1 + y2) / 2 < 320, (i, keyframes[i])
 
 
 def test_video_frames_out_of_view_are_disabled(default_predictor) -> None:
