@@ -308,8 +308,8 @@ def evaluate_detection(
 ) -> DetectionScores:
     """Detections down to a low floor (for AP), outlined, those outlining a polyp found better
     dropped, as pre-annotation does (`find_polyps`); precision and recall at `min_score`
-    (default: the detector's own threshold); each true polyp's IoU with the outline of the detection that
-    matched it at box IoU 0.5 (0 if none did). Under a `shift` (polypseg.shifts), each
+    (default: the detector's own threshold); each true polyp's IoU with the outline of the
+    detection that matched it at box IoU 0.5 (0 if none did). Under a `shift` (polypseg.shifts), each
     image and mask are degraded alike and the polyps are the shifted mask's components."""
     from polypseg.shifts import apply_shift
 

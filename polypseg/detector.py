@@ -197,7 +197,7 @@ class MapDetector(PolypDetector):
 # The box detector's own floor: scores below it are never returned.
 FCOS_SCORE_FLOOR = 0.05
 # Of two boxes overlapping this much, only the better is kept (after FCOS's own suppression at
-# torchvision's 0.6). Most of the shipped detector's false detections at its floor were a
+# torchvision's 0.6). Most of the resnet18 detector's false detections at its floor were a
 # second box on a polyp it had found; dropping them raised its precision there from 0.807 to
 # 0.829 at the same recall (0.868) on the validation images, and under motion blur, edge crops
 # and hue too (docs/models.md).

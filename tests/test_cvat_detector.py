@@ -122,8 +122,8 @@ def function() -> tuple[Platform, object]:
 
 @pytest.fixture(scope="module")
 def core():
-    """The core's own answer (`find_polyps`): the shipped detector's detections, each outlined
-    by the box model and boxed by its outline, and the outlines."""
+    """The core's own answer (`find_polyps`): the shipped detector's detections, one per
+    outline, and the box model's outlines of them."""
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
 
     def answer(image: np.ndarray, threshold: float | None) -> tuple[list, list[np.ndarray]]:

@@ -394,7 +394,8 @@ def test_two_boxes_on_one_polyp_are_outlined_once(kvasir) -> None:
     left = Detection(Box(box.x1 - off, box.y1, box.x2 - off, box.y2), 0.7)
     right = Detection(Box(box.x1 + off, box.y1, box.x2 + off, box.y2), 0.9)
     assert left.box.iou(right.box) == pytest.approx(1 / 3)
-    (found,) = outline(build_predictor(None, None, "cpu"), image, [left, right])
+    predictor = build_predictor(None, None, "cpu")
+    (found,) = outline(predictor, image, [left, right])
     assert found.detection == right and score_masks(found.mask, truth).iou > 0.6
     # Each alone is outlined.
-    assert [p.detection for p in outline(build_predictor(None, None, "cpu"), image, [left])] == [left]
+    assert [p.detection for p in outline(predictor, image, [left])] == [left]

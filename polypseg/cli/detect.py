@@ -31,7 +31,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
         open_frames(args.video)  # refuse a video that cannot be opened before any work
     files = image_files(args.inputs) if args.inputs else []
     detector = build_detector(args.detector, args.device)
-    predictor = build_predictor(args.model, args.checkpoint, args.device)  # outlines and re-boxes each
+    predictor = build_predictor(args.model, args.checkpoint, args.device)  # outlines each detection
     for folder in (args.masks, args.overlay):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -139,9 +139,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     detect = commands.add_parser("detect", help="find polyps without a prompt and outline them")
     detect.add_argument("inputs", nargs="*", type=Path, help="images or folders of images")
     detect.add_argument("--video", type=Path, help="a video file or folder of numbered frames: every frame")
-    detect.add_argument(
-        "--json", type=Path, required=True, help="where to write the boxes (their outlines' boxes) and scores"
-    )
+    detect.add_argument("--json", type=Path, required=True, help="where to write the boxes and scores")
     detect.add_argument("--min-score", type=min_score, help="least detection score (default: the detector's)")
     detect.add_argument("--masks", type=Path, help="write each frame's refined polyp mask (PNG) here")
     detect.add_argument(
