@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from polypseg.errors import DatasetError, PromptError
-from polypseg.masks import component_boxes
+from polypseg.masks import component_boxes, is_sliver
 from polypseg.prompts import Box
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -75,7 +75,8 @@ def polyp_targets(mask: np.ndarray, boxes: tuple[Box, ...] | None) -> list[tuple
     """Each polyp's box and its own mask (other polyps excluded).
 
     With given boxes, a polyp is the mask components that lie mostly inside its box; without,
-    each connected component is one polyp.
+    each connected component is one polyp. Either way a box too narrow to hold a polyp (a strip
+    1-3 pixels wide left by an annotation tool: `is_sliver`) is no polyp.
     """
     if boxes is None:
         labels, _ = ndimage.label(mask)
@@ -86,7 +87,7 @@ def polyp_targets(mask: np.ndarray, boxes: tuple[Box, ...] | None) -> list[tuple
         inside = [box.clipped(width, height) for box in boxes]
     except PromptError as exc:
         raise DatasetError(str(exc)) from None  # "box (...) lies outside the WxH image"
-    return [(box, _components_in(labels, box)) for box in inside]
+    return [(box, _components_in(labels, box)) for box in inside if not is_sliver(box)]
 
 
 def _components_in(labels: np.ndarray, box: Box) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 Each image's prediction is the union of the masks for its polyps' boxes, scored against its
 whole true mask. Box noise is seeded per image name, so every model sees the same boxes. An
-image with no polyp to prompt (an empty mask, one a shift emptied, or only specks under
-`component_boxes`' minimum area) tells nothing about a prompted model: it is counted as
+image with no polyp to prompt (an empty mask, one a shift emptied, or only specks and slivers
+too small to be a polyp: `polyp_targets`) tells nothing about a prompted model: it is counted as
 `unprompted` and left out of the means, in both protocols.
 """
 

@@ -8,6 +8,18 @@ from scipy import ndimage
 
 from polypseg.prompts import Box, Prompt
 
+# The least a true polyp is: a component of 16 pixels or more, at least 4 pixels on each side.
+# Smaller ones are specks, and narrower ones strips, that an annotation tool leaves behind: 6 of
+# Kvasir-SEG's 949 official boxes are 1-3 pixels wide or high (a 3 x 134 strip along the frame's
+# edge, a 129 x 1 line along its top), and no detector or prompt can find a polyp there.
+MIN_POLYP_AREA = 16
+MIN_POLYP_SIDE = 4
+
+
+def is_sliver(box: Box) -> bool:
+    """Whether a box is too narrow to hold a polyp (`MIN_POLYP_SIDE`)."""
+    return min(box.width, box.height) < MIN_POLYP_SIDE
+
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed holes: a polyp outline has none (glare spots make them in predictions)."""
@@ -49,15 +61,18 @@ def mask_box(mask: np.ndarray) -> Box | None:
     return Box(float(xs[0]), float(ys[0]), float(xs[-1] + 1), float(ys[-1] + 1))
 
 
-def component_boxes(mask: np.ndarray, min_area: int = 16) -> list[Box]:
-    """The tight box of each connected component at least `min_area` pixels large."""
+def component_boxes(mask: np.ndarray, min_area: int = MIN_POLYP_AREA) -> list[Box]:
+    """The tight box of each connected component at least `min_area` pixels large and not a
+    sliver (`is_sliver`)."""
     labels, _ = ndimage.label(mask)
     boxes = []
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
         if window is None or (labels[window] == index).sum() < min_area:
             continue
         ys, xs = window
-        boxes.append(Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop)))
+        box = Box(float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
+        if not is_sliver(box):
+            boxes.append(box)
     return boxes
 
 

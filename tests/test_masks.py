@@ -30,6 +30,9 @@ def test_boxes():
     assert mask_box(mask) == Box(7, 5, 50, 45)
     assert mask_box(np.zeros((3, 3), bool)) is None
     assert component_boxes(mask) == [Box(7, 5, 12, 10), Box(40, 30, 50, 45)]
+    mask[20:25, 0:3] = True  # a strip 3 pixels wide along the edge, 15 pixels: a speck
+    mask[0, 20:40] = True  # a line along the top, 20 pixels but one high: a sliver
+    assert component_boxes(mask) == [Box(7, 5, 12, 10), Box(40, 30, 50, 45)]
 
 
 def test_ellipse_baseline_on_a_real_polyp(polyp_image, boxes):

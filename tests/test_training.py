@@ -68,6 +68,22 @@ def test_a_box_reaching_past_the_frame_is_clipped_not_wrapped_around() -> None:
         polyp_targets(mask, (Box(70, 0, 90, 10),))
 
 
+def test_an_official_box_too_thin_to_hold_a_polyp_is_no_polyp(kvasir: Path) -> None:
+    """Kvasir-SEG's own boxes for this frame: two polyps and a 3 x 134 strip of mask along the
+    frame's right edge, which an evaluation would count as a polyp that no model can find."""
+    name = "cju0roawvklrq0799vmjorwfv"
+    (sample,) = load_folder_dataset(kvasir / "images", kvasir / "masks", kvasir / "bboxes.json", [name])
+    mask = read_mask(sample.mask_path)
+    assert len(sample.boxes) == 3 and min(sample.boxes[2].width, sample.boxes[2].height) == 3
+    targets = polyp_targets(mask, sample.boxes)
+    assert [box for box, _ in targets] == list(sample.boxes[:2])
+    assert all(target.sum() > 5000 for _, target in targets)
+    # Without the boxes, from the mask's components, the strip is no polyp either.
+    components = [box for box, _ in polyp_targets(mask, None)]
+    assert len(components) == 2
+    assert all(max(box.iou(official) for official in sample.boxes[:2]) > 0.95 for box in components)
+
+
 def test_a_version_says_what_the_model_is_and_what_it_was_fine_tuned_from() -> None:
     from polypseg.training.common import version_name
 
