@@ -324,6 +324,38 @@ def test_the_shipped_detector_gives_no_two_boxes_on_one_place(kvasir) -> None:
     assert all(a.box.iou(b.box) < 0.5 for i, a in enumerate(found) for b in found[:i])
 
 
+@pytest.mark.parametrize(
+    ("setting", "detector_views", "segmenter_views"),
+    [
+        ("", False, False),
+        ("0", False, False),
+        ("1", True, True),
+        ("detector", True, False),
+        ("Segmenter", False, True),
+    ],
+)
+def test_test_time_augmentation_is_chosen_per_kind_of_model(
+    monkeypatch, setting: str, detector_views: bool, segmenter_views: bool
+) -> None:
+    """POLYPSEG_TTA=detector pays for the mirror image where it gains most (the detector's
+    recall) and leaves the interactive model's latency alone."""
+    from polypseg.detection_job import build_detector
+    from polypseg.predictors import build_predictor
+
+    monkeypatch.setenv("POLYPSEG_TTA", setting)
+    assert build_detector(device="cpu").tta is detector_views
+    assert build_predictor(device="cpu").tta is segmenter_views
+
+
+def test_an_unknown_test_time_augmentation_setting_is_refused_by_name(monkeypatch) -> None:
+    from polypseg.detection_job import build_detector
+    from polypseg.environment import SettingsError
+
+    monkeypatch.setenv("POLYPSEG_TTA", "yes")
+    with pytest.raises(SettingsError, match="POLYPSEG_TTA='yes': one of 0, 1, detector, segmenter"):
+        build_detector(device="cpu")
+
+
 def test_test_time_augmentation_of_the_shipped_detector(kvasir, monkeypatch) -> None:
     """POLYPSEG_TTA=1: the frame and its mirror image in one batch, boxes turned back and
     fused; the polyp is found where it is, and a mirrored frame gives the mirrored boxes."""

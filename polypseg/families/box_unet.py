@@ -11,7 +11,7 @@ from polypseg.families import Metadata, ModelFamily, State, test_time_augmentati
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.box_channel import BoxChannelPredictor
 
-    options.setdefault("tta", test_time_augmentation())
+    options.setdefault("tta", test_time_augmentation("segment"))
     return BoxChannelPredictor.from_state(state, metadata, path, **options)
 
 

@@ -12,7 +12,7 @@ from polypseg.families.box_unet import input_fields
 def load(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.predictors.click_unet import ClickUnetPredictor
 
-    options.setdefault("tta", test_time_augmentation())
+    options.setdefault("tta", test_time_augmentation("segment"))
     return ClickUnetPredictor.from_state(state, metadata, path, **options)
 
 

@@ -11,14 +11,14 @@ from polypseg.families import Metadata, ModelFamily, State, test_time_augmentati
 def load_map_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import MapDetector
 
-    options.setdefault("tta", test_time_augmentation())
+    options.setdefault("tta", test_time_augmentation("detect"))
     return MapDetector.from_state(state, metadata, path, **options)
 
 
 def load_fcos_detector(state: State, metadata: Metadata, path: str, **options: Any) -> Any:
     from polypseg.detector import FcosDetector
 
-    options.setdefault("tta", test_time_augmentation())
+    options.setdefault("tta", test_time_augmentation("detect"))
     return FcosDetector.from_state(state, metadata, path, **options)
 
 
