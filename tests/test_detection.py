@@ -4,11 +4,11 @@ hand-made cases, and the detector's commands on real frames."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from polypseg.detection_metrics import (
     ImageDetections,
     average_precision,
@@ -196,7 +196,7 @@ def test_the_box_detector_starts_from_another_models_encoder() -> None:
 
     model = create_fcos_model("resnet18", 128)
     own = {k: v.clone() for k, v in model.state_dict().items()}
-    shipped, _, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "polypseg/models/box-unet.pt")
+    shipped, _, _ = load_checkpoint(ROOT / "polypseg/models/box-unet.pt")
     model.load_state_dict(fcos_state_from(shipped, model))
     state = model.state_dict()
     encoder = [k for k in shipped if k.startswith("encoder.")]
@@ -394,7 +394,7 @@ def test_a_deeper_box_detector_starts_out_answering_as_the_trained_one(kvasir) -
     from polypseg.training.detector import deepened_state, fcos_state_from
 
     shallow = create_fcos_model("resnet18", 320)
-    box_unet, _, _ = load_checkpoint(Path(__file__).resolve().parents[1] / "polypseg/models/box-unet.pt")
+    box_unet, _, _ = load_checkpoint(ROOT / "polypseg/models/box-unet.pt")
     shallow.load_state_dict(fcos_state_from(box_unet, shallow))
     deeper = create_fcos_model("resnet34", 320)
     deeper.load_state_dict(deepened_state(shallow.state_dict(), deeper))
