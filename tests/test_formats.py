@@ -88,3 +88,10 @@ def test_cvat_mask_errors():
         decode_cvat_mask([1, 0, 0, 10, 0], 10, 10)
     with pytest.raises(ValueError, match="cover 3 pixels, its box 4"):
         decode_cvat_mask([1, 2, 0, 0, 1, 1], 10, 10)
+    # Runs far beyond the box are refused before anything is allocated for them.
+    with pytest.raises(ValueError, match=f"cover {10**10 + 3} pixels, its box 4"):
+        decode_cvat_mask([3, 10**10, 0, 0, 1, 1], 10, 10)
+    with pytest.raises(ValueError, match="cover .* pixels, its box 4"):
+        decode_cvat_mask([1e300, 0, 0, 1, 1], 10, 10)
+    with pytest.raises(ValueError, match="must be finite"):
+        decode_cvat_mask([float("inf"), 0, 0, 1, 1], 10, 10)

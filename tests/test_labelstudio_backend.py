@@ -184,9 +184,10 @@ def test_batch_turns_the_task_boxes_into_masks(
     body["tasks"] += [
         {"id": 8, "data": {"image": f"/data/upload/{ONE_POLYP}.jpg"}},  # no box: pre-annotated
         {"id": 9, "data": {"image": "/data/upload/missing.jpg"}, "annotations": [annotation]},  # fails alone
+        {"id": 10, "data": {"image": "http://[abc/x.jpg"}, "annotations": [annotation]},  # not a URL: alone
     ]
-    boxed, detected, failed = client.post("/predict", json=body).json()["results"]
-    assert len(boxed["result"]) == 2 and failed == []  # no prediction: Label Studio asks again next time
+    boxed, detected, failed, malformed = client.post("/predict", json=body).json()["results"]
+    assert len(boxed["result"]) == 2 and failed == malformed == []  # Label Studio asks again next time
     union = brush_mask(boxed["result"][0]) | brush_mask(boxed["result"][1])
     expected = core_mask(kvasir / "images" / f"{two}.jpg", *[(b.x1, b.y1, b.x2, b.y2) for b in boxes[two]])
     assert score_masks(union, expected).iou > 0.99
@@ -236,6 +237,7 @@ def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:
         ("no url", predict_body("", good), 422, "has no 'image'"),
         ("odd scheme", predict_body("ftp://x/y.jpg", good), 422, "not a URL"),
         ("bad port", predict_body("http://127.0.0.1:99999/y.jpg", good), 422, "not a valid URL (its port)"),
+        ("bad host", predict_body("http://[abc/y.jpg", good), 422, "not a valid URL (Invalid IPv6 URL)"),
         ("config not a string", predict_body(image, good) | {"label_config": 5}, 422, "no label_config"),
         ("result not a list", predict_body(image, None) | {"params": {"context": {"result": "box"}}}, 422,
          "context.result must be a list of region objects"),
@@ -300,6 +302,10 @@ def test_basic_auth(servers, default_predictor) -> None:
     assert client.post("/setup", json=setup).status_code == 401
     assert client.post("/setup", json=setup, auth=("ls", "wrong")).status_code == 401
     assert client.post("/setup", json=setup, auth=("ls", "pw")).status_code == 200
+    assert client.post("/setup", json=setup, auth=("lś", "pw")).status_code == 401  # not ASCII: no 500
+    accented, _ = make_client(servers[0].url, default_predictor, basic_auth_user="ls", basic_auth_pass="pâté")
+    assert accented.post("/setup", json=setup, auth=("ls", "pâté")).status_code == 200
+    assert accented.post("/setup", json=setup, auth=("ls", "pate")).status_code == 401
     assert client.post("/predict", json={"tasks": []}).status_code == 401
     assert client.get("/health").status_code == 200  # for health checks; it tells nothing more
     for n in range(20):  # a scan of paths, unauthenticated
@@ -307,6 +313,26 @@ def test_basic_auth(servers, default_predictor) -> None:
     routes = client.get("/metrics", auth=("ls", "pw")).json()["routes"]
     assert routes["other"] == {"requests": 20, "errors": 20, "mean_seconds": routes["other"]["mean_seconds"]}
     assert set(routes) <= {"other", "/setup", "/predict", "/health", "/metrics"}  # one entry per route
+
+
+def test_an_internal_failure_is_answered_500_and_counted(
+    servers, default_predictor, polyp, monkeypatch
+) -> None:
+    client, _ = make_client(servers[0].url, default_predictor)
+    _, box, width, height = polyp
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the model's disk went away")
+
+    monkeypatch.setattr(client.app.state.model, "predict", broken)
+    answer = client.post(
+        "/predict", json=predict_body(f"/data/upload/{ONE_POLYP}.jpg", [rectangle(box, width, height)])
+    )
+    assert answer.status_code == 500 and answer.json()["status"] == "error"
+    assert client.get("/metrics").json()["routes"]["/predict"] == {
+        "requests": 1, "errors": 1, "mean_seconds": pytest.approx(0.0, abs=5.0)
+    }  # fmt: skip
+    assert client.get("/health").status_code == 200  # and it goes on serving
 
 
 def test_webhooks_are_handed_on_without_blocking(servers, default_predictor) -> None:
@@ -517,6 +543,7 @@ def test_garbled_video_regions_are_refused_with_a_reason(default_predictor) -> N
     [
         ({"POLYPSEG_TRACKER": "kalman"}, "POLYPSEG_TRACKER='kalman': one of auto, classical, sam2"),
         ({"RETRAIN_AFTER": "ten"}, "RETRAIN_AFTER='ten' is not a whole number"),
+        ({"POLYPSEG_FETCH_TIMEOUT": "0"}, "POLYPSEG_FETCH_TIMEOUT='0': at least 1"),
     ],
 )
 def test_a_bad_setting_stops_the_server_with_its_reason(env, message) -> None:
@@ -672,3 +699,29 @@ def test_click_sessions_keep_the_most_recent_tasks() -> None:
     assert len(sessions) == 2
     assert sessions.prompt_for(2, click) == click  # forgotten: the click alone
     assert sessions.prompt_for(1, click) == Prompt(box=Box(0, 0, 10, 10), points=click.points * 2)
+
+
+def test_a_tracked_box_never_replaces_the_clicks_made_on_its_page_while_the_track_ran() -> None:
+    """A box drawn on one page of a clip is tracked through the others (seconds), then each
+    page's tracked box becomes that page's session (`PagedTasks.box`), without holding those
+    pages: a click on another page meanwhile is kept, the pages nobody touched take the track."""
+    sessions = ClickSessions()
+    before = Prompt(box=Box(0, 0, 10, 10))
+    sessions.remember("page 4", before)
+    started = sessions.stamp()  # the track begins
+    clicked = Prompt(box=Box(5, 5, 60, 60), points=(Point(20, 20, False),))
+    sessions.remember("page 5", clicked)  # a click answered on page 5 while the track runs
+    tracked = Box(8, 8, 50, 50)
+    for page in ("page 4", "page 5", "page 6"):
+        sessions.remember(page, Prompt(box=tracked), unless_since=started)
+    click = Prompt(points=(Point(30, 30, True),))
+    assert sessions.prompt_for("page 5", click) == Prompt(
+        box=clicked.box, points=clicked.points + click.points
+    )
+    assert (
+        sessions.prompt_for("page 4", click)
+        == sessions.prompt_for("page 6", click)
+        == Prompt(box=tracked, points=click.points)
+    )
+    sessions.remember("page 5", Prompt(box=tracked), unless_since=sessions.stamp())  # a later track
+    assert sessions.prompt_for("page 5", click).box == tracked

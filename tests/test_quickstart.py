@@ -249,3 +249,19 @@ def test_a_data_dir_from_before_the_fixed_files_root_is_pointed_out(tmp_path: Pa
     assert first.returncode == 1 and "Label Studio is not installed there" in first.stderr
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "earlier polypseg" not in again.stderr  # said once; the root is recorded now
+
+
+def test_the_saved_login_is_private_and_a_damaged_one_is_named(tmp_path: Path, kvasir: Path) -> None:
+    data_dir = tmp_path / "ls"
+    command = [sys.executable, "-m", "backends.labelstudio.quickstart", "--images", str(kvasir / "images")]
+    command += ["--data-dir", str(data_dir), "--label-studio", str(tmp_path / "none")]
+    command += ["--port", str(_free_port()), "--backend-port", str(_free_port())]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert first.returncode == 1 and "Label Studio is not installed there" in first.stderr
+    saved = data_dir / "polypseg-login.txt"
+    assert saved.stat().st_mode & 0o777 == 0o600 and len(saved.read_text().split()) == 2
+    assert [p.name for p in data_dir.iterdir() if p.name.endswith(".tmp")] == []
+    saved.write_text("half a passw")  # a disk that filled up, an editor gone wrong
+    damaged = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    assert f"{saved}: not the two lines polypseg saved there" in damaged.stderr

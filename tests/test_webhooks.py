@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from backends.labelstudio.webhooks import EventCounter, RetrainTrigger
+from backends.labelstudio.webhooks import EventCounter, RetrainTrigger, project_id
 from conftest import retrain_running
 
 
@@ -44,6 +44,22 @@ def test_counts_per_project_reset_and_survive_a_garbled_file(tmp_path: Path) -> 
     assert not counter.add(1, 3) and json.loads(counter.path.read_text()) == {"1": 1}
 
 
+def test_the_project_of_each_event_shape_label_studio_sends() -> None:
+    """Label Studio 1.23.2, `label_studio/ml/api_connector.py`: webhooks carry the serialised
+    project, the older /train request the project's uid."""
+    assert project_id({"action": "ANNOTATION_CREATED", "project": {"id": 3, "title": "polyps"}}) == 3
+    assert project_id({"project": "12.1732870000"}) == 12
+    assert project_id({"project": 5}) == 5
+    for payload in (
+        {},
+        {"project": None},
+        {"project": "polyps"},
+        {"project": {"id": "x"}},
+        {"project": True},
+    ):
+        assert project_id(payload) is None
+
+
 def test_a_retrain_started_during_a_retrain_pulls_its_project_and_is_queued_forced(tmp_path: Path) -> None:
     """ "Start training" while another process retrains: the retrain it starts pulls its own
     project (here Label Studio refuses, which it logs), does not train, and leaves a forced
@@ -70,7 +86,8 @@ def test_a_retrain_started_during_a_retrain_pulls_its_project_and_is_queued_forc
             trigger = RetrainTrigger(
                 models, tmp_path / "dataset", url, "token", extra_args=("--device", "cpu")
             )
-            trigger("START_TRAINING", {"project": {"id": 3}})
+            # as the older /train route brings it (Label Studio's project uid, "id.created")
+            trigger("START_TRAINING", {"project": "3.1732870000", "annotations": []})
             (started,) = trigger.started
             assert started.wait(timeout=120) == 0
     finally:

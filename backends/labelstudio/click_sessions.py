@@ -34,6 +34,7 @@ class ClickSession:
     points: tuple[Point, ...]
     touched: float  # the clock's time of the last request that used it
     anchored: bool = False  # a box the annotator drew (not one the tracker found) on a clip's page
+    written: int = 0  # when it was remembered, in ClickSessions.stamp()'s count
 
 
 class ClickSessions:
@@ -48,6 +49,7 @@ class ClickSessions:
         self._sessions: OrderedDict[Hashable, ClickSession] = OrderedDict()
         self._lock = threading.Lock()
         self._held: dict[Hashable, tuple[threading.Lock, list[int]]] = {}  # key -> (lock, [holders])
+        self._writes = 0  # sessions remembered so far, the stamp of the latest
 
     def __len__(self) -> int:
         with self._lock:
@@ -98,14 +100,30 @@ class ClickSessions:
             session = self._live(key)
         return session.box if session is not None and session.anchored else None
 
-    def remember(self, key: Hashable, prompt: Prompt, anchored: bool = False) -> None:
+    def stamp(self) -> int:
+        """How many sessions have been remembered so far: `remember(..., unless_since=)` takes
+        it to leave alone a session remembered after it."""
+        with self._lock:
+            return self._writes
+
+    def remember(
+        self, key: Hashable, prompt: Prompt, anchored: bool = False, unless_since: int | None = None
+    ) -> None:
         """Keep an answered prompt that has a box as the task's session (after the model
         answered it, so a refused click does not stay in it); `anchored`: the annotator drew
-        the box on a clip's page (the track runs from it)."""
+        the box on a clip's page (the track runs from it). With `unless_since` (a `stamp()`),
+        a session remembered after that stamp stays as it is: a box tracked onto a page never
+        replaces the clicks made there while the track ran."""
         if prompt.box is None:
             return
         with self._lock:
-            self._sessions[key] = ClickSession(prompt.box, prompt.points, self._clock(), anchored)
+            current = self._live(key)
+            if unless_since is not None and current is not None and current.written > unless_since:
+                return
+            self._writes += 1
+            self._sessions[key] = ClickSession(
+                prompt.box, prompt.points, self._clock(), anchored, self._writes
+            )
             self._sessions.move_to_end(key)
             while len(self._sessions) > self.max_sessions:
                 self._sessions.popitem(last=False)

@@ -19,7 +19,6 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,7 +27,7 @@ import requests
 from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.errors import MediaError
 from backends.labelstudio.label_config import LabelConfig, parse_label_config
-from backends.labelstudio.media import MediaFetcher
+from backends.labelstudio.media import MediaFetcher, media_suffix
 from backends.labelstudio.regions import latest_annotation
 from backends.request_errors import RequestError
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
@@ -189,9 +188,8 @@ class LabelStudioProject(LabelSource):
         known = store.has(self.source, item)
         try:
             image = with_retries(lambda: self.fetcher.fetch(url, task["id"]), f"image of {item}")
-            suffix = Path(urllib.parse.urlsplit(url).path).suffix.lower() or ".jpg"
             updated = str(annotation.get("updated_at") or "")
-            store.put(LabelledImage(self.source, item, version, updated, image, suffix[:6], mask))
+            store.put(LabelledImage(self.source, item, version, updated, image, _suffix(url), mask))
         except (RequestError, PolypsegError, ValueError) as exc:
             report.failed[item] = str(exc)
             log.warning("task %s skipped: %s", item, exc)
@@ -258,11 +256,11 @@ class LabelStudioProject(LabelSource):
         def mask_of(page: int) -> Callable[[], np.ndarray]:
             return lambda: masks.get(page, empty)
 
-        frames = [
-            SequenceFrame(start + page * step, _suffix(urls[page]), image_of(urls[page]), mask_of(page))
-            for page in range(first, last + 1)
-        ]
         try:
+            frames = [
+                SequenceFrame(start + page * step, _suffix(urls[page]), image_of(urls[page]), mask_of(page))
+                for page in range(first, last + 1)
+            ]
             updated = str(annotation.get("updated_at") or "")
             store.put_sequence(LabelledSequence(source, fingerprint, updated, frames))
         except (RequestError, PolypsegError) as exc:
@@ -298,7 +296,7 @@ def unlabelled_images(project: LabelStudioProject) -> list[tuple[str, Callable[[
 
 
 def _suffix(url: str) -> str:
-    return (Path(urllib.parse.urlsplit(url).path).suffix.lower() or ".jpg")[:6]
+    return media_suffix(url, ".jpg", 6)
 
 
 def page_masks(result: list[dict[str, Any]], object_name: str, pages: int) -> dict[int, np.ndarray]:

@@ -59,8 +59,22 @@ class LabelStudioAuth:
         return {"Authorization": authorization}
 
 
+def split_url(url: str) -> urllib.parse.SplitResult:
+    """A task's media URL in parts; one that cannot be parsed (e.g. `http://[host/x.jpg`) is
+    a MediaError naming it, never a crash of the request that brought it."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise MediaError(f"{url}: not a valid URL ({exc})") from None
+
+
+def media_suffix(url: str, default: str, length: int) -> str:
+    """The file suffix of the media at `url` (lower case, at most `length` characters)."""
+    return (Path(split_url(url).path).suffix.lower() or default)[:length]
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urllib.parse.urlsplit(url)
+    parts = split_url(url)
     try:
         port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     except ValueError:  # a port that is not a number from 0 to 65535
@@ -80,7 +94,7 @@ class MediaFetcher:
 
     def resolve(self, url: str, task_id: int | None = None) -> str:
         """The http(s) URL to read `url` from."""
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        scheme = split_url(url).scheme.lower()
         if scheme in CLOUD_SCHEMES:
             if task_id is None:
                 raise MediaError(f"{url}: cloud storage links need the task id to be presigned")
@@ -161,7 +175,7 @@ class MediaFetcher:
     @contextmanager
     def download(self, url: str, task_id: int | None = None) -> Iterator[Path]:
         """`url` (a video) in a temporary file, written in chunks, removed afterwards."""
-        suffix = Path(urllib.parse.urlsplit(url).path).suffix[:8] or ".mp4"
+        suffix = media_suffix(url, ".mp4", 8)
         with tempfile.TemporaryDirectory(prefix="polypseg-") as folder:
             path = Path(folder) / f"media{suffix}"
             with self._open(url, task_id) as response, path.open("wb") as out:

@@ -191,6 +191,8 @@ class PagedTasks:
         }
         anchors = {**earlier, page: prompt}
         source = PageSource(urls, self.fetch_for(task_id), {page: image})
+        # Other pages' sessions are not held while the track runs: a click there meanwhile wins.
+        started = self.sessions.stamp()
         results = self._track(predictor, source, anchors)
         self.sessions.remember((task_id, urls[page]), prompt, anchored=True)
         answer = PagedAnswer()
@@ -204,7 +206,7 @@ class PagedTasks:
                 continue
             answer.regions += on_page(mask_regions(result.mask, result.score, config, labels), p)
             if p != page:  # a click on this page refines the tracked mask
-                self.sessions.remember((task_id, urls[p]), Prompt(box=result.box))
+                self.sessions.remember((task_id, urls[p]), Prompt(box=result.box), unless_since=started)
         answer.score = sum(scores) / len(scores) if scores else 0.0
         return answer
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.labelstudio import launcher
+from polypseg.atomic import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Label Studio's default; a fixed root keeps every folder's task URLs (`?d=` paths relative to
@@ -41,6 +42,10 @@ log = logging.getLogger("polypseg.quickstart")
 
 class AlreadyRunning(RuntimeError):
     """Another quickstart holds DATA_DIR, or another program holds a port."""
+
+
+class DamagedLogin(RuntimeError):
+    """DATA_DIR's saved login cannot be read."""
 
 
 @contextmanager
@@ -106,12 +111,17 @@ def _login(data_dir: Path, username: str) -> launcher.Login:
     first start)."""
     saved = data_dir / "polypseg-login.txt"
     if saved.is_file():
-        password, token = saved.read_text().split()
+        try:
+            password, token = saved.read_text().split()
+        except ValueError:
+            raise DamagedLogin(
+                f"{saved}: not the two lines polypseg saved there (the admin's password, then the API"
+                " token Label Studio was started with); write them back, or start with a fresh --data-dir"
+            ) from None
     else:
         password, token = secrets.token_urlsafe(12), secrets.token_hex(20)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(f"{password}\n{token}\n")
-        saved.chmod(0o600)
+        # whole or not at all, and private from the first byte
+        write_atomic(saved, f"{password}\n{token}\n".encode(), mode=0o600)
     return launcher.Login(username, password, token)
 
 
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             _claim(lock, url)
             _note_files_root(args.data_dir)
             return _run(args, url)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, DamagedLogin) as exc:
         log.error("%s", exc)
         return 1
 

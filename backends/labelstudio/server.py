@@ -144,11 +144,18 @@ def create_app(
                 "Unauthorized", status_code=401, headers={"WWW-Authenticate": 'Basic realm="polypseg"'}
             )
         else:
-            response = await call_next(request)
-        # By the app's own routes: any other path (a scan, a typo) counts as one, so the table stays small.
-        route = request.url.path if request.url.path in routes else "other"
-        metrics.record(route, time.perf_counter() - started, response.status_code >= 400)
+            try:
+                response = await call_next(request)
+            except Exception:  # answered 500 by the outermost handler, counted here as an error
+                metrics.record(route_of(request), time.perf_counter() - started, True)
+                raise
+        metrics.record(route_of(request), time.perf_counter() - started, response.status_code >= 400)
         return response
+
+    def route_of(request: Request) -> str:
+        """By the app's own routes: any other path (a scan, a typo) is "other", so the table
+        stays small."""
+        return request.url.path if request.url.path in routes else "other"
 
     @app.exception_handler(RequestError)
     async def _bad_request(request: Request, exc: RequestError) -> JSONResponse:
@@ -286,8 +293,9 @@ def _authorised(request: Request, settings: Settings) -> bool:
         user, _, password = base64.b64decode(encoded).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
         return False
-    return hmac.compare_digest(user, settings.basic_auth_user) & hmac.compare_digest(
-        password, settings.basic_auth_pass
+    # As bytes: compare_digest refuses str holding anything but ASCII.
+    return hmac.compare_digest(user.encode(), settings.basic_auth_user.encode()) & hmac.compare_digest(
+        password.encode(), settings.basic_auth_pass.encode()
     )
 
 

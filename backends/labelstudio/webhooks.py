@@ -21,11 +21,25 @@ TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"
 Handler = Callable[[str, dict[str, Any]], None]
 
 
+def project_id(payload: dict[str, Any]) -> int | None:
+    """The project an event is about, as Label Studio 1.23.2 names it
+    (`label_studio/ml/api_connector.py`): a webhook's serialised project (`{"id": 3, ...}`), or
+    the older `/train` request's project uid (`"3.1732870000"`, the id and the project's
+    creation time); None for anything else."""
+    project = payload.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    if isinstance(project, str):
+        head = project.split(".", 1)[0]
+        project = int(head) if head.isdigit() else None
+    return project if isinstance(project, int) and not isinstance(project, bool) else None
+
+
 def log_event(event: str, payload: dict[str, Any]) -> None:
     """The default handler until retraining is configured: say what arrived."""
-    project = (payload.get("project") or {}).get("id")
-    annotation = (payload.get("annotation") or {}).get("id")
-    log.info("webhook %s: project %s, annotation %s", event, project, annotation)
+    annotation = payload.get("annotation")
+    annotation = annotation.get("id") if isinstance(annotation, dict) else None
+    log.info("webhook %s: project %s, annotation %s", event, project_id(payload), annotation)
 
 
 class WebhookQueue:
@@ -115,8 +129,9 @@ class RetrainTrigger:
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         log_event(event, payload)
-        project = (payload.get("project") or {}).get("id")
-        if not isinstance(project, int):
+        project = project_id(payload)
+        if project is None:
+            log.warning("webhook %s names no project; nothing to retrain", event)
             return
         if event == "START_TRAINING":  # the user asked: retrain even on unchanged labels
             self.counter.reset(project)

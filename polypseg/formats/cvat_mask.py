@@ -37,9 +37,10 @@ def decode_cvat_runs(
         raise ValueError(
             f"its {box_width}x{box_height} box at ({left}, {top}) leaves the {width}x{height} frame"
         )
+    # Counted before anything is allocated: runs of 1e10 pixels must not become an array.
+    if (covered := sum(runs)) != box_width * box_height:
+        raise ValueError(f"its runs cover {covered} pixels, its box {box_width * box_height}")
     flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
-    if flat.size != box_width * box_height:
-        raise ValueError(f"its runs cover {flat.size} pixels, its box {box_width * box_height}")
     mask = np.zeros((height, width), dtype=bool)
     mask[top : top + box_height, left : left + box_width] = flat.reshape(box_height, box_width)
     return mask
@@ -50,5 +51,8 @@ def decode_cvat_mask(encoded: list[float], width: int, height: int) -> np.ndarra
     a ValueError says what does not fit."""
     if len(encoded) < 5:
         raise ValueError("a CVAT mask needs runs and a box: at least 5 numbers")
-    *runs, x1, y1, x2, y2 = (int(v) for v in encoded)
+    try:
+        *runs, x1, y1, x2, y2 = (int(v) for v in encoded)
+    except OverflowError:  # an infinite number
+        raise ValueError("a CVAT mask's numbers must be finite") from None
     return decode_cvat_runs(runs, x1, y1, x2 - x1 + 1, y2 - y1 + 1, width, height)
