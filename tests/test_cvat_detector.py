@@ -303,7 +303,7 @@ def test_boxes_to_masks_refuses_a_bad_min_score(capsys) -> None:
 
     common = ["--server-host", "http://localhost:1", "--task", "1", "--user", "u"]
     for extra, reason in (
-        (["--detect", "--min-score", "1.5"], "outside 0..1"),
+        (["--detect", "--min-score", "1.5"], "'1.5' is not a score between 0 and 1"),
         (["--min-score", "0.5"], "go with --detect"),
     ):
         with pytest.raises(SystemExit) as stopped:

@@ -45,6 +45,7 @@ from cvat_sdk.auto_annotation import (
     polygon,
 )
 
+from polypseg.cli.options import min_score
 from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
@@ -298,11 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also outline the polyps the detector finds on frames without a box",
     )
-    parser.add_argument("--min-score", type=float, help="with --detect: lowest detection score kept (0..1)")
+    parser.add_argument(
+        "--min-score", type=min_score, help="with --detect: lowest detection score kept (0..1)"
+    )
     parser.add_argument("--detector", help="with --detect: detector file (default: the shipped one)")
     args = parser.parse_args(argv)
-    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
-        parser.error(f"--min-score {args.min_score:g} is outside 0..1")
     if (args.min_score is not None or args.detector) and not args.detect:
         parser.error("--min-score and --detector go with --detect")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

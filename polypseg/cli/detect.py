@@ -9,6 +9,7 @@ from typing import Any
 from polypseg.atomic import write_json
 from polypseg.cli.options import (
     DEVICE_HELP,
+    add_detector_option,
     add_model_options,
     known_shifts,
     log,
@@ -145,7 +146,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     detect.add_argument(
         "--overlay", type=Path, help="write each frame with boxes and masks drawn (JPEG) here"
     )
-    detect.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    add_detector_option(detect)
     add_model_options(detect)
     detect.set_defaults(run=cmd_detect)
 
@@ -165,9 +166,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--shift",
         help="also under named other-centre shifts (comma-separated, or all): " + ", ".join(known_shifts()),
     )
-    detection_eval.add_argument(
-        "--detector", type=Path, help="detector checkpoint (default: the shipped one)"
-    )
+    add_detector_option(detection_eval)
     add_model_options(detection_eval)
     detection_eval.set_defaults(run=cmd_evaluate_detection)
 
@@ -181,7 +180,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="images or folders of images" + "".join(f", or {s.name}:{s.help}" for s in sources.values()),
     )
     rank.add_argument("--json", type=Path, help="write the ranking as JSON")
-    rank.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
+    add_detector_option(rank)
     rank.add_argument("--device", help=DEVICE_HELP)
     for source in sources.values():
         source.add_arguments(rank)

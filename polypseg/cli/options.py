@@ -83,6 +83,10 @@ def add_reacquire_options(parser: argparse.ArgumentParser) -> None:
         "again once it is confirmed (same place on 3 frames in a row, the polyp's size); "
         "--no-reacquire: only where it was lost",
     )
+    add_detector_option(parser)
+
+
+def add_detector_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", type=Path, help="detector checkpoint (default: the shipped one)")
 
 

@@ -23,7 +23,7 @@ TRAINERS = {
             "train_click_unet",
         ),
         "detector": (
-            "train the polyp detector (a whole-frame segmenter)",
+            "train the polyp detector (FCOS, a box detector; or a whole-frame segmenter)",
             "detector",
             "DetectorTrainConfig",
             "train_detector",

@@ -261,7 +261,7 @@ class ClickUnetTrainConfig(UnetTrainConfig):
 
 @dataclass(kw_only=True)
 class DetectorTrainConfig(FolderTrainConfig):
-    decoder: str = "unet"
+    decoder: str = "fcos"  # the shipped design; unet / unetplusplus: a whole-frame segmenter
     size: int = 320
     crop_fraction: float = 0.3  # share of draws cut to a random part of the frame
     epochs: int = 30
@@ -275,7 +275,8 @@ class DetectorTrainConfig(FolderTrainConfig):
             dest="decoder",
             choices=("unet", "unetplusplus", "fcos"),
             default=default("decoder"),
-            help="a whole-frame segmenter (its decoder) or fcos, a box detector (encoder resnet18/34/50)",
+            help="fcos: a box detector, the shipped design (encoder resnet18/34/50); unet or "
+            "unetplusplus: a whole-frame segmenter whose regions become boxes",
         )
         parser.add_argument(
             "--size", type=int, default=default("size"), help="working size of the whole frame"
