@@ -207,6 +207,7 @@ def test_pre_annotation_is_off_when_the_settings_say_so(servers, default_predict
         "results"
     ]
     assert prediction["result"] == []
+    assert client.get("/metrics").json()["detector"] is None  # not even loaded
 
 
 def bad_requests(polyp) -> list[tuple[str, dict | bytes, int, str]]:
@@ -346,6 +347,7 @@ def test_webhooks_are_handed_on_without_blocking(servers, default_predictor) -> 
     assert events[0][1]["annotation"]["id"] == 11
     metrics = client.get("/metrics").json()
     assert metrics["webhooks"] == {"received": 2, "handled": 2}
+    assert metrics["detector"] == {"version": build_detector(device="cpu").version, "mirror_image": False}
     assert metrics["routes"]["/webhook"]["requests"] == 2
 
 

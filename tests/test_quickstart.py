@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from backends.labelstudio.brush import decode_brush_rle
+from backends.labelstudio.quickstart import backend_settings
 from conftest import ONE_POLYP, ROOT, _free_port
 from labelstudio_fixtures import rectangle
 from polypseg.images import read_mask
@@ -131,6 +132,9 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         assert not [c for c in command_lines if password.encode() in c or token.encode() in c]
         # The model was loaded and run once before "ready", not on the first annotator's box.
         assert "warmed up" in (tmp_path / "ls" / "backend.log").read_text()
+        # Pre-annotation with the detector's mirror image, the project's setting (README).
+        served = requests.get(f"http://127.0.0.1:{backend_port}/metrics", timeout=30).json()
+        assert served["detector"]["mirror_image"] is True
 
         (backend,) = api("GET", f"/api/ml?project={project}")
         assert backend["url"] == f"http://127.0.0.1:{backend_port}"
@@ -265,3 +269,8 @@ def test_the_saved_login_is_private_and_a_damaged_one_is_named(tmp_path: Path, k
     damaged = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
     assert f"{saved}: not the two lines polypseg saved there" in damaged.stderr
+
+
+def test_the_project_backend_pre_annotates_with_the_mirror_image_unless_told_otherwise() -> None:
+    assert backend_settings({}) == {"POLYPSEG_TTA": "detector"}
+    assert backend_settings({"POLYPSEG_TTA": "0"}) == {"POLYPSEG_TTA": "0"}  # the user's own wins

@@ -106,6 +106,17 @@ def _note_files_root(data_dir: Path) -> None:
     record.write_text(f"{FILES_ROOT}\n")
 
 
+def backend_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What this project's backend runs with where the user's environment does not say: the
+    detector looks at each frame and its mirror image (POLYPSEG_TTA=detector). Pre-annotating
+    a project is where the detector matters most and its time least: on the validation split it
+    finds 0.904 of the polyps at precision 0.862 against 0.894 at 0.853, and more polyps with
+    better outlines under 14 of the 15 shift rows (docs/models.md), for about 1.2x the time of
+    a pre-annotated frame; the boxes and clicks an annotator draws do not use it."""
+    environ = os.environ if environ is None else environ
+    return {"POLYPSEG_TTA": environ.get("POLYPSEG_TTA", "detector")}
+
+
 def _login(data_dir: Path, username: str) -> launcher.Login:
     """The admin login, made once and kept in DATA_DIR (Label Studio keeps the user from the
     first start)."""
@@ -198,7 +209,9 @@ def _run(args: argparse.Namespace, url: str) -> int:
         )
         log.info("starting the polypseg backend on port %d ...", args.backend_port)
         processes.append(
-            launcher.start_backend(args.backend_port, url, login.token, args.data_dir / "backend.log")
+            launcher.start_backend(
+                args.backend_port, url, login.token, args.data_dir / "backend.log", backend_settings()
+            )
         )
         ls = launcher.client(url, login.token)
         if args.video is not None:

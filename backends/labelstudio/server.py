@@ -239,6 +239,10 @@ def create_app(
             "encoder_runs": predictor.encoder_runs,
             "cached_images": len(predictor.cache),
             "webhooks": {"received": webhooks.received, "handled": webhooks.handled},
+            # None where pre-annotation is off (POLYPSEG_PREANNOTATE=0)
+            "detector": None
+            if model.detector is None
+            else {"version": model.detector.version, "mirror_image": model.detector.tta},
             "model_slots": {
                 "limit": model_slots.limit,
                 "running": model_slots.running,
