@@ -623,12 +623,18 @@ def test_shapes_that_cannot_be_drawn_say_why() -> None:
         "polygon": ({"points": "1,1;5,1"}, "2 points"),
         "mask": ({"rle": "5, 10", "left": "60", "top": "0", "width": "5", "height": "3"}, "leaves the 64x48"),
         "box": ({"xtl": "0", "ytl": "0", "xbr": "1e12", "ybr": "5"}, "far outside"),
-        "ellipse": ({"cx": "nan", "cy": "3", "rx": "2", "ry": "2"}, "cannot be drawn"),
+        "ellipse": ({"cx": "nan", "cy": "3", "rx": "2", "ry": "2"}, "far outside"),
     }
+    more = [  # each of these once ended the whole pull (OverflowError, or OpenCV's own error)
+        ("ellipse", {"cx": "inf", "cy": "3", "rx": "2", "ry": "2"}, "far outside"),
+        ("ellipse", {"cx": "5", "cy": "3", "rx": "1e12", "ry": "2"}, "far outside"),
+        ("mask", {"rle": "inf, 10", "left": "0", "top": "0", "width": "5", "height": "3"}, "cannot be drawn"),
+        ("mask", {"rle": "1e10, 5", "left": "0", "top": "0", "width": "5", "height": "3"}, "cover"),
+    ]
     far_away = XmlShape("polygon", "polyp", 0, {"points": "0,0;1e9,0;0,1e9"})
     with pytest.raises(DatasetError, match="far outside"):
         far_away.fill(64, 48)
-    for kind, (attributes, reason) in cases.items():
+    for kind, attributes, reason in [(k, a, r) for k, (a, r) in cases.items()] + more:
         with pytest.raises(DatasetError, match=reason):
             XmlShape(kind, "polyp", 0, attributes).fill(64, 48)
 

@@ -396,6 +396,36 @@ def test_a_lost_polyp_keeps_its_last_box_and_says_so(sequence, tmp_path, monkeyp
     assert answer["shapes"] == [last] and answer["states"][0]["lost"] is True and answer["lost"] == [True]
 
 
+def test_the_sam2_tracker_keeps_its_sam2_model_beside_a_u_net_model_dir(
+    sequence, sam2_checkpoint: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """function-gpu.yaml's tracker (POLYPSEG_TRACKER=sam2) given the model volume the U-Net
+    functions retrain into: it serves its own SAM2 checkpoint and says why, instead of loading
+    the U-Net and refusing every call because SAM2's memory needs SAM2."""
+    from polypseg.model_store import ModelStore
+    from polypseg.predictors import default_checkpoint
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.add(default_checkpoint(), {}, "a U-Net").id, "start")
+    monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
+    for name, value in {
+        "POLYPSEG_TRACKER": "sam2", "MODEL_DIR": str(store.root), "POLYPSEG_CHECKPOINT": str(sam2_checkpoint),
+        "DEVICE": "cpu",  # (and no POLYPSEG_SAM2_SIZE, with which the U-Net was refused at load)
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    frames, masks = sequence
+    platform, main = Platform(), load_main("mask-tracker", "sam2-beside-unet")
+    with caplog.at_level("ERROR", logger="polypseg.model_store"):
+        status, answer = call(
+            platform,
+            main,
+            {"image": encoded(frames[0]), "shapes": [shape_of("rectangle", masks[0])], "states": []},
+        )
+    assert status == 200 and len(answer["states"]) == 1, answer
+    assert "holds a clickunet model, not sam2" in caplog.text
+    assert platform._get_handler_context(main.handler).user_data.function.model.get().name == "sam2"
+
+
 def test_tracker_refuses_bad_input_with_a_reason(sequence, monkeypatch) -> None:
     monkeypatch.delenv("CVAT_REDIS_HOST", raising=False)
     monkeypatch.setenv("POLYPSEG_TRACK_SHAPES", "rectangle")  # a rectangle-only deployment

@@ -15,11 +15,14 @@ from polypseg.predictors import build_predictor
 def init_context(context):
     settings = CvatSettings.from_env()
     options = settings.predictor_options()
-    if settings.tracker != "sam2":
+    name = settings.model
+    if settings.tracker == "sam2":
+        # SAM2's memory needs a SAM2 model: a MODEL_DIR whose current version is another kind is
+        # passed over for POLYPSEG_CHECKPOINT (and logged) rather than failing every call.
+        name = "sam2"
+    elif settings.tracker == "classical":
         options.pop("image_size", None)  # SAM2's working size is for its own tracker only
-    model = settings.current_model(
-        lambda path: build_predictor(settings.model, path, settings.device, **options)
-    )
+    model = settings.current_model(lambda path: build_predictor(name, path, settings.device, **options))
     kind = settings.tracker_for(model.get())
     store = state_store(settings.redis_host, settings.redis_port, settings.redis_password, settings.track_ttl)
     reacquire = kind == "classical" and settings.reacquire
