@@ -313,6 +313,7 @@ def parse_interval(text: str) -> float:
         seconds = float(cleaned[:-1]) * units[cleaned[-1]] if cleaned[-1] in units else float(cleaned)
     except (ValueError, IndexError):
         seconds = 0
-    if not seconds > 0:
-        raise PolypsegError(f"{text!r} is not an interval like 30m, 24h or 2d")
+    # At most a year: a sleep beyond the platform's clock (1e300 s, inf) fails after a round.
+    if not 0 < seconds <= 366 * 86400:
+        raise PolypsegError(f"{text!r} is not an interval like 30m, 24h or 2d (at most a year)")
     return seconds

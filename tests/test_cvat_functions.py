@@ -442,7 +442,15 @@ def test_tracker_refuses_bad_input_with_a_reason(sequence, monkeypatch) -> None:
         ({"image": image, "states": ["not a state"]}, 400, "must be the object this function answered"),
         ({"image": image, "shapes": [rectangle, rectangle], "states": [None]}, 400, "one state per shape"),
         ({"image": image, "shapes": [], "states": []}, 400, "no shapes to start tracking and no states"),
-        ({"image": image, "shapes": [None], "states": [None]}, 400, "neither a shape"),
+        ({"image": image, "shapes": [None], "states": [None]}, 400, "object 1 has neither a shape"),
+        (
+            {
+                "image": image,
+                "shapes": [rectangle, {"type": "rectangle", "points": [5000, 5000, 5100, 5100]}],
+            },
+            400,
+            "object 2: box (5000,5000,5100,5100) lies outside the",
+        ),
         ({"image": image, "shapes": [{"type": "rectangle", "points": [10, 10, 10, 40]}]}, 400, "no area"),
         (
             {"image": image, "shapes": [{"type": "rectangle", "points": [1, 2, 3, 4, 5, 6]}]},

@@ -6,6 +6,7 @@ out of view in frames 0-28, blurred out at the very end; a box around it on fram
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -524,3 +525,28 @@ def test_sam2_tracker_from_the_cli_on_the_clip_and_on_sequences(tmp_path, kvasir
         and written["frames"] == 4
         and len(written["per_sequence"][0]["iou"]) == 4
     )
+
+
+def test_the_overlay_keeps_every_frame_and_a_path_it_cannot_write_is_named(tmp_path, clip):
+    """A frame folder whose frames differ in size (OpenCV drops a frame of another size without
+    a word, leaving a video of nothing), and an overlay path no mp4 can be written to."""
+    from polypseg.errors import PolypsegError
+    from polypseg.video.tracking import TrackedFrame
+    from polypseg.video.tracking_job import mask_path, write_overlay
+
+    frames, masks = tmp_path / "frames", tmp_path / "masks"
+    frames.mkdir()
+    masks.mkdir()
+    results = []
+    for index, image in clip.frames(0, "forward", 4):
+        if index % 2:
+            image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2))  # another camera's size
+        Image.fromarray(image).save(frames / f"frame_{index}.png")
+        mask = np.zeros(image.shape[:2], bool)
+        mask[10:40, 10:60] = True
+        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path(masks, index))
+        results.append(TrackedFrame(index, mask, None, 1.0, False))
+    write_overlay(open_frames(frames), results, masks, tmp_path / "overlay.mp4")
+    assert open_frames(tmp_path / "overlay.mp4").info.frame_count == 4
+    with pytest.raises(PolypsegError, match="cannot write an mp4 video there"):
+        write_overlay(open_frames(frames), results, masks, tmp_path / "overlay.txt")

@@ -124,7 +124,8 @@ class TrackerFunction:
         try:
             if state is None:
                 start = parse_shape(shape, self.shape_kinds)
-                return None, 0, start, start.prompt(width, height)
+                # fitted here, so that a box off the frame is refused, named, before any tracking
+                return None, 0, start, start.prompt(width, height).fitted_to(width, height)
             token, step, last, loaded = self._load(tracker, self._carried(state))
             return token, step + 1, last, loaded
         except RequestError as exc:

@@ -249,5 +249,7 @@ def tracking_objects(body: dict[str, Any]) -> list[tuple[Any, Any]]:
     states = states or [None] * count
     for position, (shape, state) in enumerate(zip(shapes, states, strict=True)):
         if shape is None and state is None:
-            raise RequestError(f"object {position} has neither a shape to start from nor a state to continue")
+            raise RequestError(
+                f"object {position + 1} has neither a shape to start from nor a state to continue"
+            )
     return list(zip(shapes, states, strict=True))

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from polypseg.atomic import write_json
-from polypseg.errors import ModelError
+from polypseg.errors import ModelError, PolypsegError
 from polypseg.images import read_mask, write_mask
 from polypseg.masks import draw_overlay
 from polypseg.predictors.base import ImagePredictor
@@ -130,12 +130,15 @@ def _box(box: Box | None) -> list[float] | None:
 def write_overlay(source: FrameSource, results: list[TrackedFrame], masks: Path, path: Path) -> None:
     """An mp4 of the tracked frames with their masks drawn on, in frame order."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(
-        str(path), cv2.VideoWriter.fourcc(*"mp4v"), source.info.fps, (source.info.width, source.info.height)
-    )
+    size = (source.info.width, source.info.height)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), source.info.fps, size)
+    if not writer.isOpened():
+        raise PolypsegError(f"{path}: cannot write an mp4 video there (name it .mp4, in a writable folder)")
     try:
         for index, image in _frames_of(source, results):
             overlay = draw_overlay(image, read_mask(mask_path(masks, index)))
+            if overlay.shape[1::-1] != size:  # a folder's frame of another size: OpenCV would drop it
+                overlay = cv2.resize(overlay, size, interpolation=cv2.INTER_AREA)
             writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
     finally:
         writer.release()
