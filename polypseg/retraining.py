@@ -236,10 +236,19 @@ def _retrain_once(settings: RetrainSettings) -> RetrainResult:
     return result
 
 
+def _drop_checkpoints(runs: Path) -> None:
+    """Delete the training runs' checkpoints (snapshots with optimiser state, several times the
+    model's size each), keeping their logs: a retrain every day must not fill the disk."""
+    for path in runs.glob("*/*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def _train_and_compare(settings: RetrainSettings, train: list[Any], val: list[Any]) -> RetrainResult:
     store = ModelStore(settings.model_dir)
     current = _registered_current(store)
-    out = settings.model_dir / "runs" / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    runs = settings.model_dir / "runs"
+    _drop_checkpoints(runs)  # of a run killed before it could (one retrain runs at a time)
+    out = runs / datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     val_list = out / "val.txt"
     val_list.write_text("\n".join(s.name for s in val) + "\n")
@@ -256,6 +265,7 @@ def _train_and_compare(settings: RetrainSettings, train: list[Any], val: list[An
         "val": len(val),
     }
     version = store.add(candidate, metrics, f"retrained on {len(train)} images from {current.id}", current.id)
+    _drop_checkpoints(runs)  # the candidate is a version now; the run keeps its log
     if new_iou < old_iou - settings.tolerance:
         return RetrainResult(
             "kept",

@@ -267,6 +267,10 @@ def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_pat
     assert wrecked.status == "kept" and "stays" in wrecked.reason, wrecked
     assert store.current().id == result.version  # the worse model is kept aside, not served
     assert wrecked.metrics["iou"] < wrecked.metrics["current_iou"]
+    # Each run keeps its log, not its snapshots: the versions hold the models.
+    runs = sorted((models / "runs").iterdir())
+    assert len(runs) == 2 and list((models / "runs").glob("*/*.pt")) == []
+    assert all((run / "log.csv").is_file() for run in runs)
 
 
 def test_one_retrain_at_a_time_and_requests_are_queued(filled_store: Path, tmp_path: Path) -> None:

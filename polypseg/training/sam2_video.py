@@ -201,10 +201,14 @@ class Sam2VideoRun(Sam2Run):
         tracker = Sam2MemoryTracker(Sam2Predictor(self.model, self.metadata(), device=str(self.device)))
         ious = []
         for sequence in self.val_sequences:
-            frames = [(i, read_image(p)) for i, p in enumerate(sequence.frames)]
+            # read as the tracker goes: a sequence pulled from a long video need not fit in memory
+            frames = ((i, read_image(p)) for i, p in enumerate(sequence.frames))
             first = read_mask(sequence.masks[0]) if 0 in sequence.masks else None
-            box = mask_box(first) if first is not None else sequence.box
-            assert box is not None
+            box = (mask_box(first) if first is not None else None) or sequence.box
+            if box is None:  # as in training: the first frame's box, from its mask or box.json
+                raise DatasetError(
+                    f"{sequence.folder}: the first frame's mask is empty and there is no box.json"
+                )
             for result in tracker.track(frames, Prompt(box=box)):
                 if result.index > 0 and result.index in sequence.masks:
                     ious.append(score_masks(result.mask, read_mask(sequence.masks[result.index])).iou)
