@@ -599,6 +599,8 @@ def test_agent_functions(sequence, polyp, core_mask) -> None:
     frames, masks = sequence
     tracking = agent_tracker.create()
     assert tracking.spec.supported_shape_types == {"rectangle", "polygon", "mask"}
+    assert tracking.tracker.detector is not None  # it finds a lost polyp again, as the nuclio tracker
+    assert agent_tracker.create(reacquire=False).tracker.detector is None
     first = tracking.preprocess_image(None, PIL.Image.open(frames[0]))
     shape = shape_of("mask", masks[0])
     state = tracking.init_tracking_state(None, first, TrackableShape(type="mask", points=shape["points"]))
