@@ -37,14 +37,23 @@ class PolypDetection:
 
     def detect(self, context: Any, image: PIL.Image.Image) -> list[models.LabeledShapeRequest]:
         frame = as_rgb(np.asarray(image))
-        masks = [
-            p.mask for p in find_polyps(self.detector, self.predictor, frame, context.conf_threshold).polyps
-        ]
-        if context.conv_mask_to_poly:
-            # One polygon per polyp: its mask's largest outline.
-            outlines = [largest_outline(m) for m in masks]
-            return [polygon(0, points) for points in outlines if points]
-        return [mask(0, encode_cvat_mask(m)) for m in masks]
+        found = find_polyps(self.detector, self.predictor, frame, context.conf_threshold)
+        return shapes_of([p.mask for p in found.polyps], context.conv_mask_to_poly)
+
+
+def shapes_of(masks: list[np.ndarray], as_polygons: bool) -> list[models.LabeledShapeRequest]:
+    """Polyp masks as shapes of the function's label 0: each a mask, or with `as_polygons`
+    (CVAT's "convert masks to polygons") its largest outline; an empty mask, or a speck with
+    no outline, gives none."""
+    shapes = []
+    for found in masks:
+        if not found.any():
+            continue
+        if not as_polygons:
+            shapes.append(mask(0, encode_cvat_mask(found)))
+        elif outline := largest_outline(found):
+            shapes.append(polygon(0, outline))
+    return shapes
 
 
 def create(

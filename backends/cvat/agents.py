@@ -5,7 +5,8 @@ an agent,
     cvat-cli function create-native "polypseg tracker" --function-module backends.cvat.agent_tracker
     cvat-cli function run-agent FUNCTION_ID --function-module backends.cvat.agent_tracker
 
-(`-p checkpoint=str:FILE`, `-p tracker=str:sam2` choose the model and tracker). Tracking states
+(`-p checkpoint=str:FILE`, `-p tracker=str:sam2` choose the model and tracker; the classical
+tracker re-acquires a lost polyp with the detector unless `-p reacquire=bool:false`). Tracking states
 stay in the agent's process, which CVAT's agent protocol expects. The tracker declares
 rectangles, polygons and masks; which of them a CVAT edition's UI offers to track is its own.
 """

@@ -41,16 +41,13 @@ from cvat_sdk.auto_annotation import (
     DetectionFunctionContext,
     DetectionFunctionSpec,
     label_spec,
-    mask,
-    polygon,
 )
 
+from backends.cvat.agent_detector import shapes_of
 from polypseg.cli.options import min_score
 from polypseg.detection_job import find_polyps
 from polypseg.detector import PolypDetector
 from polypseg.errors import PolypsegError
-from polypseg.formats.cvat_mask import encode_cvat_mask
-from polypseg.formats.polygons import largest_outline
 from polypseg.images import as_rgb
 from polypseg.predictors.base import ImagePredictor
 from polypseg.prompts import Box, Prompt
@@ -127,17 +124,7 @@ class BoxesToMasks:
             masks = [polyp.mask for polyp in find_polyps(self.detector, self.predictor, frame, floor).polyps]
         else:
             return []
-        shapes = []
-        for found in masks:
-            if not found.any():
-                continue
-            if context.conv_mask_to_poly:  # one polygon per box, as the detector function gives
-                outline = largest_outline(found)
-                if outline:
-                    shapes.append(polygon(0, outline))
-            else:
-                shapes.append(mask(0, encode_cvat_mask(found)))
-        return shapes
+        return shapes_of(masks, context.conv_mask_to_poly)  # as the detector function gives them
 
 
 def _rectangle(points: Iterable[float]) -> Box | None:
