@@ -77,10 +77,10 @@ class Shape:
                 if not np.isfinite(box).all() or max(map(abs, box)) > 4 * (width + height):
                     raise ValueError(f"a box far outside the {width}x{height} frame")
                 return fill_box(*box, rotation, width, height)
-            ellipse = [float(a[k]) for k in ("cx", "cy", "rx", "ry")]
+            cx, cy, rx, ry = ellipse = [float(a[k]) for k in ("cx", "cy", "rx", "ry")]
             if not np.isfinite(ellipse).all() or max(map(abs, ellipse)) > 4 * (width + height):
                 raise ValueError(f"an ellipse far outside the {width}x{height} frame")
-            return fill_ellipse(*ellipse, rotation, width, height)
+            return fill_ellipse(cx, cy, rx, ry, rotation, width, height)
         except (KeyError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinity
             raise DatasetError(f"a {self.kind} of {self.label!r} cannot be drawn ({exc})") from None
 
