@@ -1,20 +1,21 @@
 """The local dataset that retraining learns from: labelled images pulled from annotation tools.
 
-    STORE/images/<key><ext>    the image as downloaded
-    STORE/masks/<key>.png      its polyp mask (every polyp of the image)
+    STORE/images/<key>-<tag><ext>   the image as downloaded (tag: of the image and mask's content)
+    STORE/masks/<key>-<tag>.png     its polyp mask (every polyp of the image)
     STORE/index.json           per key: source, task, annotation id, update time, image digest, split
     STORE/sequences/<split>/<key>/frames/000012.png ...   a video's frames, in order
     STORE/sequences/<split>/<key>/masks/000012.png ...    masks of its labelled frames only
     STORE/sequences.json       per sequence key: source, fingerprint, update time, frame counts, split
     STORE/.lock                held by whoever pulls into the store or trains on it (store_lock)
 
-Each entry is written file by file (temporary file, then rename) and the index last, after
-its files; an entry is removed from the index first, then its files deleted. A pull
-interrupted half-way thus leaves complete entries, no half-written file and at worst files
-that the index does not list (training reads only what it lists), and the next pull redoes
-what is missing. A key is stable (source and task), so pulling the same annotation twice
-changes nothing. The split is fixed by the key (one in ten is validation), so validation
-images stay validation images as the dataset grows.
+Each entry is written file by file (temporary file, then rename) under names of its own
+content, and the index last, after its files; an entry's earlier files are deleted only once
+the index names the new ones, and a removed entry leaves the index first, then its files go. A
+pull interrupted half-way thus leaves complete entries (never a new image beside an old mask),
+no half-written file and at worst files that the index does not list (training reads only what
+it lists), and the next pull redoes what is missing. A key is stable (source and task), so
+pulling the same annotation twice changes nothing. The split is fixed by the key (one in ten
+is validation), so validation images stay validation images as the dataset grows.
 
 A DatasetStore's own lock is a thread lock, for the threads of one pull; pulls in different
 processes hold `store_lock`, which also keeps them from changing files that a training reads.
@@ -161,24 +162,29 @@ class DatasetStore:
         suffix, data = item.image_suffix.lower(), item.image
         if suffix not in IMAGE_SUFFIXES:  # .webp, .gif, no suffix...: stored as PNG, which training reads
             suffix, data = ".png", _png(image)
-        image_name = f"{key}{suffix}"
+        digest = hashlib.sha256(item.image).hexdigest()
+        tag = hashlib.sha256(digest.encode() + np.packbits(item.mask).tobytes()).hexdigest()[:10]
+        image_name, mask_name = f"{key}-{tag}{suffix}", f"{key}-{tag}.png"
         write_atomic(self.root / "images" / image_name, data)
-        write_mask(self.root / "masks" / f"{key}.png", item.mask)
+        write_mask(self.root / "masks" / mask_name, item.mask)
         with self._lock:
-            previous = self.index.get(key, {}).get("image")
+            previous = self.index.get(key, {})
             self.index[key] = {
                 "source": item.source,
                 "task": item.task,
                 "annotation": item.annotation,
                 "updated": item.updated,
-                "digest": hashlib.sha256(item.image).hexdigest(),
+                "digest": digest,
                 "image": image_name,
-                "mask": f"{key}.png",
+                "mask": mask_name,
                 "split": _split(key),
             }
             self._save_index()
-        if previous and previous != image_name:  # the same task's image came in another format
-            (self.root / "images" / previous).unlink(missing_ok=True)  # once the index no longer names it
+        # The entry's earlier files, once the index no longer names them.
+        if previous.get("image", image_name) != image_name:
+            (self.root / "images" / previous["image"]).unlink(missing_ok=True)
+        if previous.get("mask", mask_name) != mask_name:
+            (self.root / "masks" / previous["mask"]).unlink(missing_ok=True)
 
     def remove_missing(
         self, source: str, present_tasks: set[str], within: set[str] | None = None

@@ -167,14 +167,53 @@ def test_dataset_store_is_incremental_and_idempotent(tmp_path: Path) -> None:
     fingerprint = reopened.fingerprint()
     assert reopened.remove_missing(SOURCE, set(names[1:])) == [entry_key(SOURCE, names[0])]
     assert reopened.fingerprint() != fingerprint
-    assert (
-        len(reopened.samples()) == 4
-        and not (tmp_path / "masks" / f"{entry_key(SOURCE, names[0])}.png").exists()
-    )
+    assert len(reopened.samples()) == 4 and len(list((tmp_path / "masks").iterdir())) == 4
+    assert not [p for p in (tmp_path / "masks").iterdir() if p.name.startswith(entry_key(SOURCE, names[0]))]
     broken = LabelledImage(SOURCE, "x", "1", "t", b"not an image", ".jpg", np.zeros((2, 2), bool))
     with pytest.raises(Exception, match="not a readable image"):
         store.put(broken)
     assert entry_key(SOURCE, "x") not in store.index
+
+
+def test_an_update_stopped_between_its_files_leaves_the_earlier_entry_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A corrected mask whose pull stops after the image is written (killed, disk full): the
+    index still pairs the earlier image with the earlier mask; once written whole, the update's
+    files replace them and the earlier ones are gone."""
+    import polypseg.data_store
+
+    (name,) = names_with_validation(1)[:1]
+    key = entry_key(SOURCE, name)
+    store = DatasetStore(tmp_path)
+    store.put(item(name))
+    before = dict(store.index[key])
+    import dataclasses
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    again = io.BytesIO()  # the frame exported anew (another encoder), and its mask corrected
+    Image.open(KVASIR / "images" / f"{name}.jpg").save(again, format="JPEG", quality=80)
+    corrected = dataclasses.replace(item(name, "2", "t2"), image=again.getvalue())
+    corrected.mask[: corrected.mask.shape[0] // 2] = False  # the annotator removed the top half
+
+    def stopped(*args: object) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(polypseg.data_store, "write_mask", stopped)
+    with pytest.raises(OSError):
+        store.put(corrected)
+    monkeypatch.undo()
+    (sample,) = DatasetStore(tmp_path).samples()
+    assert DatasetStore(tmp_path).index[key] == before
+    assert hashlib.sha256(sample.image_path.read_bytes()).hexdigest() == before["digest"]  # that image
+    assert np.array_equal(read_mask(sample.mask_path), item(name).mask)  # ... with its mask
+    store.put(corrected)
+    (sample,) = DatasetStore(tmp_path).samples()
+    assert np.array_equal(read_mask(sample.mask_path), corrected.mask)
+    assert [p.name for p in (tmp_path / "masks").iterdir()] == [sample.mask_path.name]
 
 
 def test_the_index_is_saved_before_files_are_deleted(tmp_path: Path) -> None:
@@ -190,7 +229,7 @@ def test_the_index_is_saved_before_files_are_deleted(tmp_path: Path) -> None:
     png = io.BytesIO()
     Image.open(KVASIR / "images" / f"{first}.jpg").save(png, format="PNG")
     store.put(LabelledImage(SOURCE, first, "1", "t1", png.getvalue(), ".gif", item(first).mask))
-    old_image = tmp_path / "images" / f"{entry_key(SOURCE, first)}.png"
+    old_image = tmp_path / "images" / store.index[entry_key(SOURCE, first)]["image"]
     old_image.unlink()
     old_image.mkdir()  # cannot be unlinked
     with pytest.raises(OSError):
@@ -198,7 +237,7 @@ def test_the_index_is_saved_before_files_are_deleted(tmp_path: Path) -> None:
     assert DatasetStore(tmp_path).index[entry_key(SOURCE, first)]["image"].endswith(".jpg")
 
     store.put(item(second))
-    mask = tmp_path / "masks" / f"{entry_key(SOURCE, second)}.png"
+    mask = tmp_path / "masks" / store.index[entry_key(SOURCE, second)]["mask"]
     mask.unlink()
     mask.mkdir()
     with pytest.raises(OSError):
