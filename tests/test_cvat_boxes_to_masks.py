@@ -30,10 +30,10 @@ from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl
 from cvat_sdk.core.client import Client, Config
 
 from backends.cvat.boxes_to_masks import BoxesToMasks, FrameContext, annotate, task_boxes
+from backends.cvat.rasterise import fill_polygon
 from conftest import CLIP_POLYP, DATA, box_iou
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import decode_cvat_mask
-from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
@@ -279,6 +279,6 @@ def test_the_function_needs_the_frame_index_and_honours_polygon_requests(clip: V
     (as_polygon,) = function.detect(FrameContext(FIRST, "clip", conv_mask_to_poly=True), image)
     assert as_polygon.type.value == "polygon"
     width, height = clip.info.width, clip.info.height
-    outline = polygons_to_mask([Polygon(np.asarray(as_polygon.points).reshape(-1, 2))], width, height)
+    outline = fill_polygon(np.asarray(as_polygon.points), width, height)
     assert score_masks(outline, decode_cvat_mask(as_mask.points, width, height)).iou > 0.9
     assert function.detect(FrameContext(FIRST + 1, "clip"), image) == []

@@ -37,10 +37,10 @@ from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 from scipy import ndimage
 
+from backends.cvat.rasterise import fill_polygon
 from conftest import ROOT
 from polypseg.detection_job import build_detector, find_polyps
 from polypseg.formats.cvat_mask import decode_cvat_mask
-from polypseg.formats.polygons import Polygon, polygons_to_mask
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
@@ -106,8 +106,7 @@ def server_shapes(answer: list, conv_mask_to_poly: bool = False) -> list[dict]:
 def shape_mask(shape: dict, width: int, height: int) -> np.ndarray:
     """A saved shape as the UI draws it: a mask's runs over its inclusive box, or a polygon."""
     if shape["type"] == "polygon":
-        outline = np.asarray(shape["points"], dtype=np.float64).reshape(-1, 2)
-        return polygons_to_mask([Polygon(outline)], width, height)
+        return fill_polygon(np.asarray(shape["points"], dtype=np.float64), width, height)  # as CVAT fills it
     *runs, x1, y1, x2, y2 = (int(v) for v in shape["points"])
     flat = np.repeat(np.arange(len(runs)) % 2 == 1, runs)
     mask = np.zeros((height, width), dtype=bool)
@@ -234,7 +233,7 @@ def test_agent_detection_function_gives_the_same_masks(function, kvasir) -> None
     )
     polygons = detection.detect(as_polygons, pil)
     assert [s.type.value for s in polygons] == ["polygon"] * len(shapes)
-    outline = polygons_to_mask([Polygon(np.asarray(polygons[0].points).reshape(-1, 2))], width, height)
+    outline = fill_polygon(np.asarray(polygons[0].points), width, height)
     assert score_masks(outline, truth).iou > 0.5
     # --conf-threshold replaces the detector's floor (this frame's best score is under 1).
     below_one = kvasir / "images" / f"{FRAMES[0]}.jpg"

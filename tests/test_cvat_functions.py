@@ -41,10 +41,11 @@ from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 
 from backends.cvat.protocol import MAX_CLICKS, interaction_answer
+from backends.cvat.rasterise import fill_polygon
 from conftest import DATA, ONE_POLYP, ROOT, _free_port, box_iou
 from polypseg.datasets import load_folder_dataset
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
-from polypseg.formats.polygons import Polygon, mask_to_polygons, polygons_to_mask
+from polypseg.formats.polygons import mask_to_polygons
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
@@ -253,7 +254,11 @@ def shape_of(kind: str, mask: np.ndarray) -> dict:
         return {"type": "rectangle", "points": [box.x1, box.y1, box.x2, box.y2]}
     if kind == "mask":
         return {"type": "mask", "points": encode_cvat_mask(mask)}
-    return {"type": "polygon", "points": mask_to_polygons(mask)[0].outer.reshape(-1).tolist()}
+    # as CVAT's canvas draws it: along the pixels' edges
+    return {
+        "type": "polygon",
+        "points": mask_to_polygons(mask, pixel_edges=True)[0].outer.reshape(-1).tolist(),
+    }
 
 
 def ui_rectangle(shape: dict) -> list[float]:
@@ -274,7 +279,7 @@ def shape_mask(shape: dict, width: int, height: int) -> np.ndarray:
         ((mask, _),) = ui_masks({"shapes": [shape]}, width, height)
         return mask
     if shape["type"] == "polygon":
-        return polygons_to_mask([Polygon(np.asarray(shape["points"]).reshape(-1, 2))], width, height)
+        return fill_polygon(np.asarray(shape["points"]), width, height)
     return box_mask(shape["points"], width, height)
 
 

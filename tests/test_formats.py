@@ -57,7 +57,7 @@ def test_largest_outline_is_the_larger_component_as_flat_points():
     mask = ring_and_blob()
     points = largest_outline(mask)
     assert points is not None and len(points) % 2 == 0
-    assert all(round(v, 1) == v for v in points)
+    assert all(round(v, 2) == v for v in points)
     outline = polygons_to_mask([Polygon(np.asarray(points).reshape(-1, 2))], 160, 120)
     yy, xx = np.mgrid[0:120, 0:160]
     disk = (xx - 50) ** 2 + (yy - 60) ** 2 <= 35**2  # the ring's outer edge; the blob is left out
@@ -95,3 +95,23 @@ def test_cvat_mask_errors():
         decode_cvat_mask([1e300, 0, 0, 1, 1], 10, 10)
     with pytest.raises(ValueError, match="must be finite"):
         decode_cvat_mask([float("inf"), 0, 0, 1, 1], 10, 10)
+
+
+def test_outlines_on_the_pixels_edges_fill_back_as_cvat_fills_them(polyp_image):
+    """CVAT's canvas puts pixel (x, y) at the square (x, y)-(x+1, y+1) and its export fills a
+    polygon's pixels by their centres (pycocotools, `backends.cvat.rasterise`). An outline
+    through the boundary pixels' centres loses half a pixel all round there (a 20 x 20 square
+    became 19 x 19: 361 pixels); one along their edges gives the mask back."""
+    from backends.cvat.rasterise import fill_polygon
+
+    square = np.zeros((48, 64), bool)
+    square[10:30, 12:32] = True
+    assert fill_polygon(np.array(largest_outline(square)), 64, 48).sum() == 19 * 19
+    on_edges = largest_outline(square, pixel_edges=True)
+    assert np.array_equal(fill_polygon(np.array(on_edges), 64, 48), square)
+    _, mask = polyp_image  # a real polyp: 0.99 of it at 1 px of simplification
+    truth = mask > 0
+    outline = np.array(largest_outline(truth, pixel_edges=True))
+    assert score_masks(fill_polygon(outline, truth.shape[1], truth.shape[0]), truth).iou > 0.99
+    (polygon,) = mask_to_polygons(ring_and_blob(), pixel_edges=True)[:1]
+    assert len(polygon.holes) == 1  # holes too

@@ -34,11 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from backends.cvat.rasterise import fill_polygon
 from backends.request_errors import RequestError
 from polypseg.clicks import MAX_CLICKS  # per request; more is a runaway client, not an annotator
 from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
-from polypseg.formats.polygons import Polygon, largest_outline, polygons_to_mask
+from polypseg.formats.polygons import largest_outline
 from polypseg.images import read_image
 from polypseg.prompts import Box, Point, Prompt
 
@@ -153,7 +154,7 @@ def detected_object(mask: np.ndarray, confidence: float, label: str) -> dict[str
         "mask": crop + [x1, y1, x2, y2],
         "confidence": f"{min(max(confidence, 0.0), 1.0):.4f}",
     }
-    outline = largest_outline(mask)
+    outline = largest_outline(mask, pixel_edges=True)
     if outline:  # a speck has none, and stays a mask
         found["points"] = outline
     return found
@@ -175,8 +176,7 @@ class Shape:
                 raise RequestError(f"the rectangle {box.describe()} has no area")
             return Prompt(box=box)
         if self.kind == "polygon":
-            outline = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
-            mask = polygons_to_mask([Polygon(outline)], width, height)
+            mask = fill_polygon(np.asarray(self.points, dtype=np.float64), width, height)  # as CVAT fills it
         else:
             try:
                 mask = decode_cvat_mask(self.points, width, height)
@@ -193,7 +193,7 @@ class Shape:
         if self.kind == "rectangle":
             return Shape("rectangle", [box.x1, box.y1, box.x2, box.y2])
         if self.kind == "polygon":
-            outline = largest_outline(mask)
+            outline = largest_outline(mask, pixel_edges=True)
             return Shape("polygon", outline) if outline else None
         return Shape("mask", [float(v) for v in encode_cvat_mask(mask)])
 
