@@ -98,15 +98,16 @@ def read_mask(source: ImageSource) -> np.ndarray:
     """Read a mask image as bool (H, W). The polyp is: in a label map (a palette image whose
     index 0 is black, a few indices used), every index but 0, whatever its colour; in a mask of
     only 0 and 1, the 1s; otherwise, other palette images included, the pixels brighter than
-    127 (0/255 masks, and JPEG masks whose values blur around those)."""
+    127 in any colour channel (0/255 masks, masks drawn in a colour, and JPEG masks whose
+    values blur around those)."""
     image, _ = _open(source)
     array = np.asarray(image)
     if image.mode == "P":
         if _is_label_map(image, array):
             return array != 0
         array = np.asarray(image.convert("L"))
-    if array.ndim == 3:
-        array = array[:, :, 0]
+    if array.ndim == 3:  # a colour mask: the polyp in any colour (not only red, nor alpha)
+        array = array[:, :, :3].max(axis=2)
     if array.max(initial=0) <= 1:
         return array > 0
     return _to_uint8(array) > 127

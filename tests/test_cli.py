@@ -96,6 +96,7 @@ def test_segment_with_sam2_clicks(tmp_path, kvasir, sam2_checkpoint):
             "nothere.pt: no such checkpoint file",
         ),
         (["IMAGE", "--box", "1,1,50,50", "--model", "sam2"], "holds a unet model, not sam2"),
+        (["IMAGE", "--box", "1,1,50,50", "--device", "gpu"], "device 'gpu' (--device or DEVICE): one of"),
     ],
 )
 def test_segment_bad_input_is_one_clear_line(tmp_path, kvasir, unet_checkpoint, args, message):
@@ -274,3 +275,35 @@ def test_models_list_on_an_empty_store_says_where_it_looked(tmp_path):
     helped = polypseg("models", "--help").stdout
     for action in ("list:", "promote VERSION:", "rollback:"):
         assert action in helped
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (
+            ["evaluate", "--images", "x", "--masks", "y", "--box-noise", "nan"],
+            "'nan' is not a number from 0 to 1",
+        ),
+        (["evaluate", "--images", "x", "--masks", "y", "--box-noise", "-0.1"], "is not a number from 0 to 1"),
+        (["retrain", "--model-dir", "m", "--dataset", "d", "--tolerance", "inf"], "'inf' is not a number"),
+        (["retrain", "--model-dir", "m", "--dataset", "d", "--lr", "0"], "'0' is not a number above 0 to 10"),
+        (
+            ["retrain", "--model-dir", "m", "--dataset", "d", "--max-steps", "0"],
+            "not a whole number of at least 1",
+        ),
+        (
+            ["track", "clip.mp4", "--frame", "1", "--box", "1,1,5,5", "--out", "o", "--sam2-size", "-64"],
+            "'-64' is not a positive multiple of 64",
+        ),
+        (
+            ["train", "unet", "--images", "x", "--masks", "y", "--out", "o", "--lr", "nan"],
+            "'nan' is not a number",
+        ),
+    ],
+)
+def test_numbers_out_of_range_are_refused_by_argparse(capsys, command, message) -> None:
+    from polypseg.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(command)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -66,7 +66,9 @@ def test_an_image_beyond_pillows_own_ceiling_is_refused_by_name(tmp_path, monkey
         read_image(path)
 
 
-@pytest.mark.parametrize("form", ["0/1", "palette", "inverted palette", "grey palette", "0/255", "16-bit"])
+@pytest.mark.parametrize(
+    "form", ["0/1", "palette", "inverted palette", "grey palette", "0/255", "16-bit", "green", "blue RGBA"]
+)
 def test_masks_in_every_usual_form_read_the_same(tmp_path, polyp_image, form):
     truth = polyp_image[1]
     if form == "0/1":
@@ -85,6 +87,12 @@ def test_masks_in_every_usual_form_read_the_same(tmp_path, polyp_image, form):
         picture = Image.fromarray(grey, mode="L").convert("P")
     elif form == "0/255":
         picture = Image.fromarray(truth.astype(np.uint8) * 255)
+    elif form in ("green", "blue RGBA"):  # drawn in a colour, on black (opaque)
+        colour = np.zeros((*truth.shape, 3 if form == "green" else 4), np.uint8)
+        colour[..., 1 if form == "green" else 2] = truth * 255
+        if form == "blue RGBA":
+            colour[..., 3] = 255
+        picture = Image.fromarray(colour)
     else:
         picture = Image.fromarray(truth.astype(np.uint16) * 65535)
     picture.save(tmp_path / "mask.png")

@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 
 from polypseg.atomic import write_atomic, write_json
-from polypseg.cli.options import add_model_options, click_count, known_shifts, log, names_file, positive_int
+from polypseg.cli.options import (
+    add_model_options,
+    click_count,
+    known_shifts,
+    log,
+    names_file,
+    number_in,
+    positive_int,
+)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -130,7 +138,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=positive_int, help="only the first N images")
     evaluate.add_argument(
         "--box-noise",
-        type=float,
+        type=number_in(0, 1),
         default=0.0,
         help="move each box side by up to this fraction of the box size",
     )

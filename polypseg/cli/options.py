@@ -7,12 +7,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polypseg.training.config import DEVICE_HELP, positive_int
+from polypseg.training.config import DEVICE_HELP, number_in, positive_int, sam2_size
 
 if TYPE_CHECKING:
     from polypseg.prompts import Prompt
 
-__all__ = ["DEVICE_HELP", "positive_int"]
+__all__ = ["DEVICE_HELP", "number_in", "positive_int", "sam2_size"]
 
 log = logging.getLogger("polypseg")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from polypseg.cli.options import DEVICE_HELP, log
 from polypseg.errors import PolypsegError
-from polypseg.training.config import positive_int
+from polypseg.training.config import number_in, positive_int
 
 if TYPE_CHECKING:
     from polypseg.label_sources import LabelSource
@@ -103,15 +103,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         kind.add_arguments(retrain_cmd)
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
     retrain_cmd.add_argument("--epochs", type=positive_int, default=3)
-    retrain_cmd.add_argument("--lr", type=float, default=5e-4)
+    retrain_cmd.add_argument("--lr", type=number_in(0, 10, low_excluded=True), default=5e-4)
     retrain_cmd.add_argument(
         "--tolerance",
-        type=float,
+        type=number_in(0, 1),
         default=0.0,
         help="promote if IoU >= current - this (default 0: only a model that is not worse; a "
         "positive value lets repeated rounds drift down)",
     )
-    retrain_cmd.add_argument("--max-steps", type=int, help="stop training after this many steps")
+    retrain_cmd.add_argument("--max-steps", type=positive_int, help="stop training after this many steps")
     retrain_cmd.add_argument("--train-anyway", action="store_true", help="retrain even if a source failed")
     retrain_cmd.add_argument(
         "--force", action="store_true", help="retrain even if no label changed since the last retrain"

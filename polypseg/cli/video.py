@@ -13,6 +13,7 @@ from polypseg.cli.options import (
     names_file,
     positive_int,
     prompt_from_args,
+    sam2_size,
 )
 from polypseg.errors import PromptError
 
@@ -137,7 +138,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     track.add_argument("--direction", choices=("forward", "backward", "both"), default="forward")
     track.add_argument("--max-frames", type=positive_int, help="at most this many frames in each direction")
-    track.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64; default 1024)")
+    track.add_argument(
+        "--sam2-size", type=sam2_size, help="SAM2 working resolution (multiple of 64; default 1024)"
+    )
     track.add_argument(
         "--out", type=Path, required=True, help="folder for mask_NNNNNN.png files and track.json"
     )
@@ -163,7 +166,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     video_eval.add_argument("sequences", type=Path, help="folder of sequences, each with frames/ and masks/")
     video_eval.add_argument("--tracker", choices=("classical", "sam2"), default="classical")
     add_reacquire_options(video_eval)
-    video_eval.add_argument("--sam2-size", type=int, help="SAM2 working resolution (multiple of 64)")
+    video_eval.add_argument("--sam2-size", type=sam2_size, help="SAM2 working resolution (multiple of 64)")
     video_eval.add_argument("--plot", type=Path, help="write the IoU-over-time plot (PNG) here")
     video_eval.add_argument("--json", type=Path, help="write the scores, per sequence and frame too, as JSON")
     add_model_options(video_eval)

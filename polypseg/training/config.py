@@ -13,11 +13,37 @@ import argparse
 import dataclasses
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)"
+
+
+def number_in(low: float, high: float, low_excluded: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number from `low` (or above it, `low_excluded`) to `high`."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (low < value if low_excluded else low <= value) or not value <= high:
+            above = f"above {low:g}" if low_excluded else f"from {low:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number {above} to {high:g}")
+        return value
+
+    return parse
+
+
+def sam2_size(text: str) -> int:
+    """An argparse type: SAM2's working size, a positive multiple of 64."""
+    value = int(text) if text.isdigit() else 0
+    if value < 64 or value % 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive multiple of 64 (SAM2's size)")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -127,7 +153,7 @@ class FolderTrainConfig(LoopConfig):
         parser.add_argument(
             "--encoder", default=default("encoder"), help="any segmentation-models-pytorch encoder"
         )
-        parser.add_argument("--lr", type=float, default=default("lr"))
+        parser.add_argument("--lr", type=number_in(0, 10, low_excluded=True), default=default("lr"))
         cls.add_loop_arguments(parser)
         parser.add_argument("--init", type=Path, help=init_help)
         parser.add_argument(
