@@ -14,12 +14,21 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 
+class _Pending(Generic[V]):
+    """A value being computed: its waiters take it from here even when the cache keeps none."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: V | None = None
+        self.computed = False  # False once done: the computation failed, and a waiter tries again
+
+
 class EmbeddingCache(Generic[V]):
     def __init__(self, max_bytes: int, size_of: Callable[[V], int]) -> None:
         self.max_bytes = max_bytes
         self._size_of = size_of
         self._entries: OrderedDict[Hashable, tuple[V, int]] = OrderedDict()
-        self._pending: dict[Hashable, threading.Event] = {}
+        self._pending: dict[Hashable, _Pending[V]] = {}
         self._lock = threading.Lock()
         self.bytes = 0
         self.hits = 0
@@ -37,17 +46,23 @@ class EmbeddingCache(Generic[V]):
                     return self._entries[key][0]
                 waiting = self._pending.get(key)
                 if waiting is None:
-                    self._pending[key] = threading.Event()
+                    pending = self._pending[key] = _Pending[V]()
                     self.misses += 1
                     break
-            waiting.wait()  # another thread computes it; then look again
+            waiting.done.wait()  # another thread computes it
+            if waiting.computed:
+                with self._lock:
+                    self.hits += 1
+                return waiting.value  # type: ignore[return-value]  # set with computed
+            # it failed there: look again (and compute here, unless another waiter does)
         try:
-            value = compute()
-            self._store(key, value)
-            return value
+            pending.value = compute()
+            pending.computed = True
+            self._store(key, pending.value)
+            return pending.value
         finally:
             with self._lock:
-                self._pending.pop(key).set()
+                self._pending.pop(key).done.set()
 
     def get(self, key: Hashable) -> V | None:
         """The cached value, or None; computes nothing."""

@@ -25,8 +25,9 @@ def test_value_larger_than_cache_is_not_kept():
     assert len(cache) == 0
 
 
-def test_concurrent_requests_compute_once():
-    cache = EmbeddingCache(max_bytes=1000, size_of=len)
+@pytest.mark.parametrize("max_bytes", [1000, 0])  # 0: POLYPSEG_CACHE_BYTES=0, nothing kept
+def test_concurrent_requests_compute_once(max_bytes):
+    cache = EmbeddingCache(max_bytes=max_bytes, size_of=len)
     runs = []
 
     def slow():
@@ -43,6 +44,7 @@ def test_concurrent_requests_compute_once():
     for t in threads:
         t.join()
     assert len(runs) == 1 and results == [b"features"] * 8
+    assert len(cache) == (1 if max_bytes else 0)
 
 
 def test_failed_compute_lets_the_next_caller_retry():
@@ -54,3 +56,32 @@ def test_failed_compute_lets_the_next_caller_retry():
     with pytest.raises(RuntimeError, match="encoder failed"):
         cache.get_or_compute("img", broken)
     assert cache.get_or_compute("img", lambda: b"ok") == b"ok"
+
+
+def test_a_failed_compute_is_tried_again_by_one_of_its_waiters():
+    cache = EmbeddingCache(max_bytes=1000, size_of=len)
+    started, attempts, results = threading.Event(), [], []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            started.set()
+            time.sleep(0.2)
+            raise RuntimeError("encoder failed")
+        return b"ok"
+
+    def ask():
+        try:
+            results.append(cache.get_or_compute("img", flaky))
+        except RuntimeError:
+            results.append("failed")
+
+    first = threading.Thread(target=ask)
+    first.start()
+    assert started.wait(10)
+    waiters = [threading.Thread(target=ask) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for t in [first, *waiters]:
+        t.join()
+    assert len(attempts) == 2 and sorted(results, key=str) == [b"ok"] * 3 + ["failed"]
