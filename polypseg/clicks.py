@@ -3,8 +3,9 @@
 The next click goes where the prediction is most clearly wrong: at the deepest point of its
 error, the wrongly answered pixel (missed polyp or false polyp) farthest from the edge of the
 error it lies in, so the widest error region is usually the one clicked; positive on a missed
-part and negative on a false one (Xu et al. 2016; RITM, Sofiiuk et al. 2022). Evaluation uses it to count clicks; training uses it to teach the model to fix its own
-mistakes. A network sees clicks as disks drawn on two channels (positive, negative).
+part and negative on a false one (Xu et al. 2016; RITM, Sofiiuk et al. 2022). Evaluation
+uses it to count clicks; training uses it to teach the model to fix its own mistakes. A
+network sees clicks as disks drawn on two channels (positive, negative).
 """
 
 from __future__ import annotations

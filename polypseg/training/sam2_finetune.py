@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from polypseg.checkpoints import load_checkpoint
+from polypseg.clicks import next_click
 from polypseg.datasets import PolypSample, load_folder_dataset, polyp_targets
 from polypseg.errors import CheckpointError, DatasetError, ModelError
 from polypseg.images import read_image, read_mask
@@ -121,22 +122,18 @@ def mask_losses(
 
 
 def correction_clicks(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One click per sample where the answer is most wrong: the point deepest inside the larger
-    error region (missed polyp: positive; false polyp: negative). Coordinates (B, 1, 2), labels (B, 1)."""
+    """One click per sample where the answer is most wrong, as the clicks protocol that scores
+    the model places it (`polypseg.clicks.next_click`: positive on a missed part, negative on a
+    false one); where the answer is right, a positive click in the polyp (or, with none, a
+    negative one). Coordinates (B, 1, 2), labels (B, 1)."""
     points, labels = [], []
     predicted = (logits.detach() > 0).squeeze(1).cpu().numpy()
     truth = target.squeeze(1).cpu().numpy() > 0.5
     for pred, true in zip(predicted, truth, strict=True):
-        missed, extra = true & ~pred, pred & ~true
-        region, label = (missed, 1) if missed.sum() >= extra.sum() else (extra, 0)
-        if not region.any():
-            region, label = true, 1
-        if not region.any():  # nothing to find and nothing wrong: a negative click anywhere
-            region, label = np.ones_like(true), 0
-        depth = cv2.distanceTransform(np.pad(region, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(depth.argmax()), depth.shape)
-        points.append([[x + 0.5, y + 0.5]])
-        labels.append([label])
+        click = next_click(pred, true) or next_click(np.zeros_like(true), true) or next_click(~true, true)
+        assert click is not None  # one of the three answers is wrong somewhere
+        points.append([[click.x, click.y]])
+        labels.append([int(click.positive)])
     return torch.tensor(points, dtype=torch.float32), torch.tensor(labels, dtype=torch.int)
 
 
