@@ -183,14 +183,16 @@ def _registered_current(store: ModelStore) -> ModelVersion:
 def _link_samples(samples: list[PolypSample], folder: Path) -> tuple[Path, Path]:
     """Image and mask folders of links to exactly these samples, for the trainers (which read
     whole folders): a file that the store's index does not list (left by a pull killed half-way)
-    is never trained on. Symbolic links, as the store and MODEL_DIR may be different volumes."""
+    is never trained on. Each link is named by its sample (the store's key), as the validation
+    list names them, whatever the store's own file names. Symbolic links, as the store and
+    MODEL_DIR may be different volumes."""
     shutil.rmtree(folder, ignore_errors=True)  # a round started within the same second
     images, masks = folder / "images", folder / "masks"
     images.mkdir(parents=True)
     masks.mkdir()
     for sample in samples:
-        (images / sample.image_path.name).symlink_to(sample.image_path.resolve())
-        (masks / sample.mask_path.name).symlink_to(sample.mask_path.resolve())
+        (images / f"{sample.name}{sample.image_path.suffix}").symlink_to(sample.image_path.resolve())
+        (masks / f"{sample.name}{sample.mask_path.suffix}").symlink_to(sample.mask_path.resolve())
     return images, masks
 
 

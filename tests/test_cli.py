@@ -282,11 +282,20 @@ def test_models_list_on_an_empty_store_says_where_it_looked(tmp_path):
     [
         (
             ["evaluate", "--images", "x", "--masks", "y", "--box-noise", "nan"],
-            "'nan' is not a number from 0 to 1",
+            "'nan' is not a finite number from 0 to 1",
         ),
-        (["evaluate", "--images", "x", "--masks", "y", "--box-noise", "-0.1"], "is not a number from 0 to 1"),
-        (["retrain", "--model-dir", "m", "--dataset", "d", "--tolerance", "inf"], "'inf' is not a number"),
-        (["retrain", "--model-dir", "m", "--dataset", "d", "--lr", "0"], "'0' is not a number above 0 to 10"),
+        (
+            ["evaluate", "--images", "x", "--masks", "y", "--box-noise", "-0.1"],
+            "is not a finite number from 0 to 1",
+        ),
+        (
+            ["retrain", "--model-dir", "m", "--dataset", "d", "--tolerance", "inf"],
+            "'inf' is not a finite number from 0 to 1",
+        ),
+        (
+            ["retrain", "--model-dir", "m", "--dataset", "d", "--lr", "0"],
+            "'0' is not a finite number above 0",
+        ),
         (
             ["retrain", "--model-dir", "m", "--dataset", "d", "--max-steps", "0"],
             "not a whole number of at least 1",
@@ -297,7 +306,7 @@ def test_models_list_on_an_empty_store_says_where_it_looked(tmp_path):
         ),
         (
             ["train", "unet", "--images", "x", "--masks", "y", "--out", "o", "--lr", "nan"],
-            "'nan' is not a number",
+            "'nan' is not a finite number above 0",
         ),
     ],
 )

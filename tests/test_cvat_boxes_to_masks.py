@@ -30,10 +30,10 @@ from cvat_sdk.auto_annotation.driver import _DetectionFunctionContextImpl
 from cvat_sdk.core.client import Client, Config
 
 from backends.cvat.boxes_to_masks import BoxesToMasks, FrameContext, annotate, task_boxes
-from backends.cvat.rasterise import fill_polygon
 from conftest import CLIP_POLYP, DATA, box_iou
 from polypseg.errors import PolypsegError
 from polypseg.formats.cvat_mask import decode_cvat_mask
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor

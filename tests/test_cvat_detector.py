@@ -37,10 +37,10 @@ from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 from scipy import ndimage
 
-from backends.cvat.rasterise import fill_polygon
 from conftest import ROOT
 from polypseg.detection_job import build_detector, find_polyps
 from polypseg.formats.cvat_mask import decode_cvat_mask
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor

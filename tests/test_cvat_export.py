@@ -29,12 +29,12 @@ import pytest
 from PIL import Image
 
 from backends.cvat.export import pull_cvat_archive
-from backends.cvat.rasterise import fill_polygon
 from conftest import KVASIR
 from polypseg.data_store import DatasetStore, entry_key
 from polypseg.errors import DatasetError, PolypsegError
 from polypseg.formats.cvat_mask import encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 

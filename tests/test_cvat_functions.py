@@ -41,11 +41,11 @@ from nuclio_sdk import Event
 from nuclio_sdk.test import Platform
 
 from backends.cvat.protocol import MAX_CLICKS, interaction_answer
-from backends.cvat.rasterise import fill_polygon
 from conftest import DATA, ONE_POLYP, ROOT, _free_port, box_iou
 from polypseg.datasets import load_folder_dataset
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import mask_to_polygons
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks

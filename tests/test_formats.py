@@ -99,10 +99,10 @@ def test_cvat_mask_errors():
 
 def test_outlines_on_the_pixels_edges_fill_back_as_cvat_fills_them(polyp_image):
     """CVAT's canvas puts pixel (x, y) at the square (x, y)-(x+1, y+1) and its export fills a
-    polygon's pixels by their centres (pycocotools, `backends.cvat.rasterise`). An outline
+    polygon's pixels by their centres (pycocotools, `polypseg.formats.rasterise`). An outline
     through the boundary pixels' centres loses half a pixel all round there (a 20 x 20 square
     became 19 x 19: 361 pixels); one along their edges gives the mask back."""
-    from backends.cvat.rasterise import fill_polygon
+    from polypseg.formats.rasterise import fill_polygon
 
     square = np.zeros((48, 64), bool)
     square[10:30, 12:32] = True

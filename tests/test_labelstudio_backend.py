@@ -19,7 +19,7 @@ from backends.labelstudio.brush import decode_brush_rle
 from backends.labelstudio.click_sessions import ClickSessions
 from backends.labelstudio.label_config import parse_label_config
 from backends.labelstudio.model import PolypModel
-from backends.labelstudio.regions import rectangle_box
+from backends.labelstudio.regions import mask_regions, rectangle_box
 from backends.labelstudio.server import create_app
 from backends.labelstudio.settings import Settings
 from backends.request_errors import RequestError
@@ -27,7 +27,7 @@ from conftest import CLIP_POLYP, DATA, ONE_POLYP, box_iou
 from labelstudio_fixtures import CONFIGS, TOKEN, file_server, image_config, predict_body, rectangle
 from polypseg.clicks import MAX_CLICKS, next_click
 from polypseg.detection_job import build_detector, find_polyps
-from polypseg.formats.polygons import Polygon, polygons_to_mask
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image, read_mask
 from polypseg.metrics import score_masks
 from polypseg.predictors import build_predictor
@@ -153,8 +153,12 @@ def test_label_the_user_picked_and_polygons(client: TestClient, polyp) -> None:
     polygons = [r for r in results if r["type"] == "polygonlabels"]
     assert brush[0]["value"]["brushlabels"] == ["Adenoma"] and brush[0]["to_name"] == "img"
     assert polygons and all(p["value"]["polygonlabels"] == ["Adenoma"] for p in polygons)
-    outlines = [Polygon(np.array(p["value"]["points"]) * [width / 100, height / 100]) for p in polygons]
-    assert score_masks(polygons_to_mask(outlines, width, height), brush_mask(brush[0])).iou > 0.9
+    filled = [
+        fill_polygon(np.array(p["value"]["points"]) * [width / 100, height / 100], width, height)
+        for p in polygons
+    ]
+    # the outline of the brush's mask, filled as COCO tools fill Label Studio's polygons
+    assert score_masks(np.logical_or.reduce(filled), brush_mask(brush[0])).iou > 0.98
 
 
 def test_rotated_rectangles_become_their_bounding_box() -> None:
@@ -727,3 +731,25 @@ def test_a_tracked_box_never_replaces_the_clicks_made_on_its_page_while_the_trac
     )
     sessions.remember("page 5", Prompt(box=tracked), unless_since=sessions.stamp())  # a later track
     assert sessions.prompt_for("page 5", click).box == tracked
+
+
+def test_polygon_regions_go_both_ways_as_label_studio_draws_them() -> None:
+    """Label Studio's canvas draws pixel (x, y) as the square (x, y)-(x+1, y+1), and COCO tools
+    fill its exported polygons by pixel centres: a polygon answered for a mask fills back to it,
+    and an annotator's polygon along a 20 x 20 square's edges reads as those 400 pixels."""
+    from backends.labelstudio.export import annotation_mask
+
+    square = np.zeros((48, 64), bool)
+    square[10:30, 12:32] = True
+    config = parse_label_config(
+        '<View><Image name="image" value="$image"/><PolygonLabels name="p" toName="image">'
+        '<Label value="Polyp"/></PolygonLabels></View>'
+    )
+    (answered,) = mask_regions(square, 0.9, config, ["Polyp"])
+    assert np.array_equal(annotation_mask([answered], config.object_name), square)
+    corners = ((12, 10), (32, 10), (32, 30), (12, 30))
+    drawn = {
+        "type": "polygonlabels", "to_name": config.object_name, "original_width": 64, "original_height": 48,
+        "value": {"points": [[100 * x / 64, 100 * y / 48] for x, y in corners]},
+    }  # fmt: skip
+    assert np.array_equal(annotation_mask([drawn], config.object_name), square)

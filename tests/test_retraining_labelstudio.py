@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -128,7 +129,10 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
     finally:
         launcher.stop(backend)
 
-    # A model made worse on purpose is refused: the served version stays.
+    # A model made worse on purpose is refused: the served version stays. (Its store keys hold
+    # this run's port, so the two validation images differ from run to run; a model wrecked at
+    # lr 1e6 can fill the box, IoU about 0.78, and once outscored a weak served model: where it
+    # does, it must be promoted by the same rule. test_retraining.py refuses one every time.)
     command = [sys.executable, "-m", "polypseg.cli", "retrain", "--model-dir", str(tmp_path / "models")]
     command += ["--dataset", str(tmp_path / "models" / "dataset"), "--label-studio-url", ls.url]
     command += [
@@ -144,8 +148,15 @@ def test_pull_retrain_promote_and_serve(label_studio: LabelStudioStack, tmp_path
     ]
     env = {**os.environ, "LABEL_STUDIO_API_KEY": ls.login.token}
     worse = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert worse.returncode == 0 and "kept" in worse.stderr, worse.stderr
-    assert models.current().id == current.id
+    assert worse.returncode == 0, worse.stderr
+    scores = re.search(r"candidate IoU ([\d.]+) < current ([\d.]+)", worse.stderr)
+    if scores is not None:  # the usual outcome
+        assert "kept" in worse.stderr and float(scores[1]) < float(scores[2])
+        assert models.current().id == current.id
+    else:
+        promoted = re.search(r"promoted: IoU ([\d.]+) >= ([\d.]+)", worse.stderr)
+        assert promoted is not None and float(promoted[1]) >= float(promoted[2]), worse.stderr
+        assert models.current().id != current.id
 
     # A deleted annotation leaves the store on the next pull.
     annotations = ls.api("GET", f"/api/tasks/{first_task}/annotations")

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.cvat.rasterise import fill_box, fill_ellipse, fill_polygon
 from polypseg.errors import DatasetError
 from polypseg.formats.cvat_mask import decode_cvat_runs
+from polypseg.formats.rasterise import fill_box, fill_ellipse, fill_polygon
 
 FILLED_SHAPES = ("polygon", "mask", "box", "ellipse")  # what CVAT's mask export paints
 POLYP_SHAPES = ("polygon", "mask")  # a polyp's outline; its boxes are prompts, not outlines

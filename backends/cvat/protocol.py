@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from backends.cvat.rasterise import fill_polygon
 from backends.request_errors import RequestError
 from polypseg.clicks import MAX_CLICKS  # per request; more is a runaway client, not an annotator
 from polypseg.errors import InputImageError
 from polypseg.formats.cvat_mask import decode_cvat_mask, encode_cvat_mask
 from polypseg.formats.polygons import largest_outline
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image
 from polypseg.prompts import Box, Point, Prompt
 

@@ -32,7 +32,7 @@ from backends.labelstudio.regions import latest_annotation
 from backends.request_errors import RequestError
 from polypseg.data_store import DatasetStore, LabelledImage, LabelledSequence, SequenceFrame
 from polypseg.errors import DatasetError, PolypsegError
-from polypseg.formats.polygons import Polygon, polygons_to_mask
+from polypseg.formats.rasterise import fill_polygon
 from polypseg.images import read_image
 from polypseg.label_sources import LabelSource, PullError, PullReport, annotation_version
 
@@ -54,9 +54,8 @@ def annotation_mask(result: list[dict[str, Any]], object_name: str) -> np.ndarra
                 found = decode_brush_rle(value["rle"], int(width), int(height))
             elif kind in ("polygonlabels", "polygon") and value.get("points"):
                 points = np.asarray(value["points"], dtype=np.float64).reshape(-1, 2)
-                found = polygons_to_mask(
-                    [Polygon(points * [width / 100, height / 100])], int(width), int(height)
-                )
+                # drawn on pixels as squares: a pixel is the polygon's when its centre is inside
+                found = fill_polygon(points * [width / 100, height / 100], int(width), int(height))
             else:
                 continue
         except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -103,7 +103,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         kind.add_arguments(retrain_cmd)
     retrain_cmd.add_argument("--every", help="repeat forever at this interval (30m, 24h, 2d)")
     retrain_cmd.add_argument("--epochs", type=positive_int, default=3)
-    retrain_cmd.add_argument("--lr", type=number_in(0, 10, low_excluded=True), default=5e-4)
+    retrain_cmd.add_argument("--lr", type=number_in(0, low_excluded=True), default=5e-4)
     retrain_cmd.add_argument(
         "--tolerance",
         type=number_in(0, 1),

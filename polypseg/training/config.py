@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 from collections.abc import Callable
@@ -21,18 +22,18 @@ from typing import Any, ClassVar, Self
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: $DEVICE, else auto)"
 
 
-def number_in(low: float, high: float, low_excluded: bool = False) -> Callable[[str], float]:
-    """An argparse type: a number from `low` (or above it, `low_excluded`) to `high`."""
-    import math
+def number_in(low: float, high: float = math.inf, low_excluded: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number from `low` (or above it, `low_excluded`) to `high`."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (low < value if low_excluded else low <= value) or not value <= high:
-            above = f"above {low:g}" if low_excluded else f"from {low:g}"
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number {above} to {high:g}")
+        if not math.isfinite(value) or not (low < value if low_excluded else low <= value) or value > high:
+            bounds = f"above {low:g}" if low_excluded else f"from {low:g}"
+            bounds += f" to {high:g}" if math.isfinite(high) else ""
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number {bounds}")
         return value
 
     return parse
@@ -153,7 +154,7 @@ class FolderTrainConfig(LoopConfig):
         parser.add_argument(
             "--encoder", default=default("encoder"), help="any segmentation-models-pytorch encoder"
         )
-        parser.add_argument("--lr", type=number_in(0, 10, low_excluded=True), default=default("lr"))
+        parser.add_argument("--lr", type=number_in(0, low_excluded=True), default=default("lr"))
         cls.add_loop_arguments(parser)
         parser.add_argument("--init", type=Path, help=init_help)
         parser.add_argument(

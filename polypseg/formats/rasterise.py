@@ -1,4 +1,7 @@
-"""Shapes filled as CVAT fills them when it turns annotations into masks.
+"""Shapes filled as pycocotools fills them: a pixel (the square from (x, y) to (x + 1, y + 1))
+belongs to a polygon when its centre lies inside. CVAT fills its annotations so when it turns
+them into masks, and so do the COCO tools that read Label Studio's polygon exports; both
+platforms' canvases draw pixels as those squares.
 
 CVAT's "Segmentation mask" export (cvat-ai/cvat `cvat/apps/dataset_manager/formats/mask.py`
 and `transformations.py`) turns polygons and boxes into masks through Datumaro's
