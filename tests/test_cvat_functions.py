@@ -257,7 +257,7 @@ def shape_of(kind: str, mask: np.ndarray) -> dict:
     # as CVAT's canvas draws it: along the pixels' edges
     return {
         "type": "polygon",
-        "points": mask_to_polygons(mask, pixel_edges=True)[0].outer.reshape(-1).tolist(),
+        "points": mask_to_polygons(mask)[0].outer.reshape(-1).tolist(),
     }
 
 

@@ -106,12 +106,13 @@ def test_outlines_on_the_pixels_edges_fill_back_as_cvat_fills_them(polyp_image):
 
     square = np.zeros((48, 64), bool)
     square[10:30, 12:32] = True
-    assert fill_polygon(np.array(largest_outline(square)), 64, 48).sum() == 19 * 19
-    on_edges = largest_outline(square, pixel_edges=True)
+    through_centres = np.array([(12, 10), (31, 10), (31, 29), (12, 29)])  # the boundary pixels'
+    assert fill_polygon(through_centres, 64, 48).sum() == 19 * 19
+    on_edges = largest_outline(square)
     assert np.array_equal(fill_polygon(np.array(on_edges), 64, 48), square)
     _, mask = polyp_image  # a real polyp: 0.99 of it at 1 px of simplification
     truth = mask > 0
-    outline = np.array(largest_outline(truth, pixel_edges=True))
+    outline = np.array(largest_outline(truth))
     assert score_masks(fill_polygon(outline, truth.shape[1], truth.shape[0]), truth).iou > 0.99
-    (polygon,) = mask_to_polygons(ring_and_blob(), pixel_edges=True)[:1]
+    (polygon,) = mask_to_polygons(ring_and_blob())[:1]
     assert len(polygon.holes) == 1  # holes too

@@ -51,7 +51,7 @@ def shapes_of(masks: list[np.ndarray], as_polygons: bool) -> list[models.Labeled
             continue
         if not as_polygons:
             shapes.append(mask(0, encode_cvat_mask(found)))
-        elif outline := largest_outline(found, pixel_edges=True):
+        elif outline := largest_outline(found):
             shapes.append(polygon(0, outline))
     return shapes
 

@@ -154,7 +154,7 @@ def detected_object(mask: np.ndarray, confidence: float, label: str) -> dict[str
         "mask": crop + [x1, y1, x2, y2],
         "confidence": f"{min(max(confidence, 0.0), 1.0):.4f}",
     }
-    outline = largest_outline(mask, pixel_edges=True)
+    outline = largest_outline(mask)
     if outline:  # a speck has none, and stays a mask
         found["points"] = outline
     return found
@@ -193,7 +193,7 @@ class Shape:
         if self.kind == "rectangle":
             return Shape("rectangle", [box.x1, box.y1, box.x2, box.y2])
         if self.kind == "polygon":
-            outline = largest_outline(mask, pixel_edges=True)
+            outline = largest_outline(mask)
             return Shape("polygon", outline) if outline else None
         return Shape("mask", [float(v) for v in encode_cvat_mask(mask)])
 

@@ -147,7 +147,7 @@ def mask_regions(mask: np.ndarray, score: float, config: LabelConfig, labels: li
     if config.mask_control is not None:
         regions.append(region(config.mask_control, {"format": "rle", "rle": encode_brush_rle(mask)}))
     if config.polygon_control is not None:
-        for outline in mask_to_polygons(mask, pixel_edges=True):  # as Label Studio's canvas draws pixels
+        for outline in mask_to_polygons(mask):  # as Label Studio's canvas draws pixels
             points = [[100 * float(x) / width, 100 * float(y) / height] for x, y in outline.outer]
             regions.append(region(config.polygon_control, {"points": points, "closed": True}))
     return regions

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from polypseg.formats.rasterise import fill_polygon
+
 
 @dataclass(frozen=True)
 class Polygon:
@@ -16,32 +18,29 @@ class Polygon:
     holes: tuple[np.ndarray, ...] = ()
 
 
-def mask_to_polygons(
-    mask: np.ndarray, tolerance: float = 1.0, min_area: float = 4.0, pixel_edges: bool = False
-) -> list[Polygon]:
+def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 4.0) -> list[Polygon]:
     """Trace a bool mask into polygons, largest first.
 
     `tolerance` is the Douglas-Peucker distance in pixels (0 keeps every contour pixel);
     components and holes smaller than `min_area` square pixels are dropped.
 
-    By default the outline runs through the centres of the boundary pixels, with pixel (x, y)
-    at the point (x, y): as PIL and OpenCV fill polygons (edges included), which gives the mask
-    back. With `pixel_edges` it runs along the boundary pixels' outer edges (a quarter pixel in,
-    so that it never passes through a pixel's centre), with pixel (x, y) the square from (x, y)
-    to (x + 1, y + 1): as CVAT draws and fills polygons (a pixel is in when its centre is).
+    Pixel (x, y) is the square from (x, y) to (x + 1, y + 1), as Label Studio's and CVAT's
+    canvases draw it, and a polygon holds the pixels whose centres lie inside it, as CVAT's
+    export and COCO tools fill polygons (`polypseg.formats.rasterise`; `polygons_to_mask`). The
+    outline runs along the boundary pixels' outer edges, a quarter pixel in so that it never
+    passes through a pixel's centre: traced on the mask doubled, whose boundary "pixels" are
+    half-pixels.
     """
-    scale = 2 if pixel_edges else 1  # traced on the mask doubled: boundary "pixels" are half-pixels
-    traced = np.kron(mask.astype(np.uint8), np.ones((scale, scale), np.uint8))
+    traced = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
     contours, hierarchy = cv2.findContours(traced, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
-    min_area *= scale**2
+    min_area *= 4  # in the doubled mask's pixels
 
     def simplify(contour: np.ndarray) -> np.ndarray:
         if tolerance > 0:
-            contour = cv2.approxPolyDP(contour, tolerance * scale, closed=True)
-        points = contour.reshape(-1, 2).astype(np.float32)
-        return (points + 0.5) / 2 if pixel_edges else points
+            contour = cv2.approxPolyDP(contour, tolerance * 2, closed=True)
+        return (contour.reshape(-1, 2).astype(np.float32) + 0.5) / 2
 
     polygons = []
     for index, (_, _, first_child, parent) in enumerate(hierarchy[0]):
@@ -60,20 +59,19 @@ def mask_to_polygons(
     return polygons
 
 
-def largest_outline(mask: np.ndarray, pixel_edges: bool = False) -> list[float] | None:
+def largest_outline(mask: np.ndarray) -> list[float] | None:
     """The outline of the mask's largest component as flat x, y pixel points (x1, y1, x2, y2, ...)
     rounded to 0.01 px: one polygon for one object, as platforms that keep a single polygon per
-    object want it (`pixel_edges`: as for `mask_to_polygons`). None where the mask has no
-    component large enough to outline."""
-    outlines = mask_to_polygons(mask, pixel_edges=pixel_edges)
+    object want it. None where the mask has no component large enough to outline."""
+    outlines = mask_to_polygons(mask)
     return outlines[0].outer.reshape(-1).round(2).tolist() if outlines else None
 
 
 def polygons_to_mask(polygons: list[Polygon], width: int, height: int) -> np.ndarray:
-    """Rasterise polygons (holes cut out) into a bool mask."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
+    """Rasterise polygons (holes cut out) into a bool mask, a pixel in where its centre is."""
+    mask = np.zeros((height, width), dtype=bool)
     for polygon in polygons:
-        cv2.fillPoly(canvas, [np.round(polygon.outer).astype(np.int32)], 1)
+        mask |= fill_polygon(polygon.outer, width, height)
         for hole in polygon.holes:
-            cv2.fillPoly(canvas, [np.round(hole).astype(np.int32)], 0)
-    return canvas.astype(bool)
+            mask &= ~fill_polygon(hole, width, height)
+    return mask
