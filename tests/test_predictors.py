@@ -74,6 +74,19 @@ def test_sam2_prompts_and_the_cache(sam2, polyp_image):
     assert sam2.encoder_runs == runs + 1 and sam2.cache.hits >= 1
 
 
+def test_sam2_prompts_are_pixel_indices_as_sam2_was_trained(sam2):
+    # On a frame of the model's own size the transform is the identity, so what reaches the
+    # prompt encoder (which adds half a pixel) is SAM2's own convention (sam2 1.1.0,
+    # sam2/modeling/sam2_utils.py: clicks at pixel indices, boxes by mask_to_box from the
+    # first pixel to the last). A mask covering columns 10..29 and rows 20..59 has the
+    # polypseg box (10, 20, 30, 60); a click at the centre of pixel (15, 25) is (15.5, 25.5).
+    size = int(sam2.model.image_size)
+    prompt = Prompt(box=Box(10, 20, 30, 60), points=(Point(15.5, 25.5), Point(5.5, 7.5, positive=False)))
+    coords, labels = sam2.prompt_points(prompt, size, size)
+    assert labels.tolist() == [[2, 3, 1, 0]]
+    assert torch.allclose(coords, torch.tensor([[[10.0, 20.0], [29.0, 59.0], [15.0, 25.0], [5.0, 7.0]]]))
+
+
 def test_sam2_weights_of_another_size_are_refused(tmp_path, sam2_checkpoint):
     state = torch.load(sam2_checkpoint, weights_only=True)["model"]
     from polypseg.checkpoints import save_checkpoint

@@ -27,6 +27,16 @@ SIZE_NAMES = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 MASK_LOGIT = 10.0
 
 
+def sam2_pixel_indices(coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Prompt coordinates (..., N, 2) in polypseg's convention (continuous: pixel x covers
+    [x, x + 1), a box's x2 is its right edge) as SAM2 takes them: pixel indices, to which its
+    prompt encoder adds the half pixel, and boxes from the first pixel to the last, both
+    included (SAM2's training draws clicks at pixel indices and boxes with `mask_to_box`).
+    Labels (..., N): 2 and 3 a box's corners, 1 and 0 clicks."""
+    offset = torch.where(labels == 2, 0.0, torch.where(labels == 3, -1.0, -0.5))
+    return coords + offset[..., None].to(coords)
+
+
 def sam2_config_name(size: str = "t", family: str = "sam2.1") -> str:
     """The packaged config for a size (t, s, b+, l, or tiny, small, base_plus, large)."""
     size = SIZE_NAMES.get(size, size)
@@ -135,8 +145,9 @@ class Sam2Predictor(ImagePredictor):
     def prompt_points(
         self, prompt: Prompt, height: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The box and clicks as SAM2's point input (coordinates at the model's resolution,
-        labels 2 and 3 for the box corners, 1 and 0 for clicks), None without either."""
+        """The box and clicks as SAM2's point input (pixel indices at the model's resolution,
+        see `sam2_pixel_indices`; labels 2 and 3 for the box corners, 1 and 0 for clicks),
+        None without either."""
         coords: list[tuple[float, float]] = []
         labels: list[int] = []
         if prompt.box is not None:
@@ -152,7 +163,8 @@ class Sam2Predictor(ImagePredictor):
             normalize=True,
             orig_hw=(height, width),
         )
-        return points, torch.tensor([labels], dtype=torch.int, device=self.device)
+        kinds = torch.tensor([labels], dtype=torch.int, device=self.device)
+        return sam2_pixel_indices(points, kinds), kinds
 
     def _mask_input(self, previous: np.ndarray) -> torch.Tensor:
         """An image-sized previous mask (bool) or logits (float) at the decoder's input size."""

@@ -37,6 +37,7 @@ from polypseg.predictors.sam2 import (
     decode_masks,
     image_features,
     sam2_config_name,
+    sam2_pixel_indices,
 )
 from polypseg.training.augment import annotator_box, training_transform
 from polypseg.training.common import SeededDataset, TrainingRun, split_names, validation_metrics
@@ -148,7 +149,8 @@ def prompted_losses(
     mask_input = None
     total = images.new_zeros(())
     for _ in range(1 + config.clicks):
-        sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
+        points = (sam2_pixel_indices(coords, labels), labels)
+        sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         low_res, predicted_iou = decode_masks(model, features, sparse, dense)
         logits = F.interpolate(low_res.float(), size=(size, size), mode="bilinear", align_corners=False)
         mask_loss, iou_loss = mask_losses(logits, targets, predicted_iou[:, 0], config.loss)
