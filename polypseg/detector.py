@@ -32,6 +32,7 @@ from polypseg.box_input import MEAN, STD
 from polypseg.checkpoints import load_weights
 from polypseg.errors import ModelError
 from polypseg.images import as_rgb
+from polypseg.inference import for_inference
 from polypseg.prompts import Box
 
 DECODERS = {"unet": "Unet", "unetplusplus": "UnetPlusPlus"}
@@ -146,7 +147,7 @@ class PolypDetector(ABC):
         load_weights(
             model, state, path, f"a {metadata.get('architecture')} with encoder {metadata.get('encoder')}"
         )
-        return cls(model, metadata, **kwargs)
+        return cls(for_inference(model), metadata, **kwargs)
 
     @staticmethod
     @abstractmethod

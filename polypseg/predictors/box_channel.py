@@ -16,6 +16,7 @@ import torch
 from polypseg.box_input import BOX_CHANNELS
 from polypseg.checkpoints import load_weights
 from polypseg.errors import PromptError
+from polypseg.inference import for_inference
 from polypseg.masks import clean_mask
 from polypseg.predictors.base import Prediction, PreparedImage
 from polypseg.predictors.crop import CropNetworkPredictor, mean_inside
@@ -54,7 +55,7 @@ class BoxChannelPredictor(CropNetworkPredictor):
         model = create_box_channel_model(metadata["architecture"], metadata.get("encoder"))
         what = f"{metadata['architecture']} with encoder {metadata.get('encoder')}"
         load_weights(model, state_dict, path, what)
-        return cls(model, metadata, **kwargs)
+        return cls(for_inference(model), metadata, **kwargs)
 
     def probability(self, image: np.ndarray, prompt: Prompt) -> np.ndarray:
         """The per-pixel polyp probability for a prompt with a box, image-sized."""

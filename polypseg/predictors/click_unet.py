@@ -32,6 +32,7 @@ from polypseg.clicks import MAX_CLICKS, click_channels
 from polypseg.environment import Environment
 from polypseg.errors import PromptError
 from polypseg.images import image_digest
+from polypseg.inference import for_inference
 from polypseg.masks import clean_mask, ellipse_in_box
 from polypseg.predictors.base import Prediction, PreparedImage
 from polypseg.predictors.crop import CropNetworkPredictor, mean_inside
@@ -122,7 +123,7 @@ class ClickUnetPredictor(CropNetworkPredictor):
         decoder, encoder = metadata.get("decoder", "unet"), metadata.get("encoder", "resnet18")
         model = create_click_model(encoder, decoder)
         load_weights(model, state_dict, path, f"a click-guided {decoder} with encoder {encoder}")
-        return cls(model, metadata, **kwargs)
+        return cls(for_inference(model), metadata, **kwargs)
 
     def _check(self, prompt: Prompt) -> None:
         if prompt.box is None:
