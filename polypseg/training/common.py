@@ -166,7 +166,8 @@ class TrainingRun(ABC):
     trainer shares: batches in an order fixed by (seed, epoch), bf16 autocast on CUDA, gradient
     accumulation, gradients averaged across torchrun processes, resumable snapshots in
     `last.pt` (optimiser and schedule too), validation after each epoch on rank 0, the best
-    checkpoint (fp16) kept as `best.pt` by `selection`, and `log.csv` / `curves.png`.
+    checkpoint (fp16) kept as `best.pt` by `selection` (`final.pt` where a run stopped before any
+    validation), and `log.csv` / `curves.png`.
 
     Subclasses set `self.model`, `self.data` and `self.optimizer` in `build`, and give the
     schedule, the loss of a batch, the validation and the checkpoint metadata."""
@@ -288,7 +289,7 @@ class TrainingRun(ABC):
         )
 
     def fit(self) -> Path:
-        """Train; the best checkpoint's path (the last one's without validation)."""
+        """Train; the best checkpoint's path (without validation, `final.pt`'s)."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         use_amp = self.device.type == "cuda"
@@ -333,7 +334,19 @@ class TrainingRun(ABC):
         if self.world > 1:
             dist.destroy_process_group()
         best = self.out / "best.pt"
-        return best if best.is_file() else self.out / "last.pt"
+        if best.is_file():
+            return best
+        # Stopped before any validation (--max-steps within the first epoch): the weights where
+        # it stopped, as best.pt would hold them; last.pt, with the optimiser, is for --resume.
+        final = self.out / "final.pt"
+        if self.is_main:
+            self._save_weights(final)
+        return final
+
+    def _save_weights(self, path: Path, metrics: dict[str, float] | None = None) -> None:
+        """The model's weights in fp16 and its metadata: a file to serve, not to resume from."""
+        half = {k: v.half() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+        save_checkpoint(path, half, self.metadata(metrics))
 
     def _average_gradients(self) -> None:
         """The mean of every process's gradients (a process without a gradient counts zero)."""
@@ -364,6 +377,5 @@ class TrainingRun(ABC):
         score = self.selection_score(metrics, row["train_loss"])
         if score > self.best:
             self.best = score
-            half = {k: v.half() if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
-            save_checkpoint(self.out / "best.pt", half, self.metadata(metrics))
+            self._save_weights(self.out / "best.pt", metrics)
         write_log(self.out, self.history, self.loss_name)
