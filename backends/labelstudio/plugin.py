@@ -73,6 +73,13 @@ def _serve(args: argparse.Namespace) -> None:
     ):
         if getattr(args, flag) is not None:
             os.environ[variable] = str(getattr(args, flag))
+    # Every setting is read and checked before the server's libraries and the model load (half
+    # the start-up), so that a bad one ends the command at once with its reason.
+    from backends.labelstudio.concurrency import ConcurrencySettings
+    from backends.labelstudio.settings import Settings
+
+    Settings.from_env()
+    ConcurrencySettings.from_env()
     from backends.labelstudio.server import serve
 
     serve(args.host, args.port, args.workers)
