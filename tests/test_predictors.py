@@ -85,6 +85,12 @@ def test_sam2_prompts_are_pixel_indices_as_sam2_was_trained(sam2):
     coords, labels = sam2.prompt_points(prompt, size, size)
     assert labels.tolist() == [[2, 3, 1, 0]]
     assert torch.allclose(coords, torch.tensor([[[10.0, 20.0], [29.0, 59.0], [15.0, 25.0], [5.0, 7.0]]]))
+    # On a frame twice the model's size, the same in the model's pixels: scaled, then converted.
+    coords, _ = sam2.prompt_points(prompt, 2 * size, 2 * size)
+    assert torch.allclose(coords, torch.tensor([[[5.0, 10.0], [14.0, 29.0], [7.25, 12.25], [2.25, 3.25]]]))
+    # A box under a model pixel wide (on a frame 8x the model's size) keeps its corners in order.
+    coords, _ = sam2.prompt_points(Prompt(box=Box(40, 40, 44, 44)), 8 * size, 8 * size)
+    assert coords[0, 1].tolist() == coords[0, 0].tolist() == [5.0, 5.0]
 
 
 def test_sam2_weights_of_another_size_are_refused(tmp_path, sam2_checkpoint):

@@ -20,6 +20,7 @@ from polypseg.errors import DatasetError, ModelError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.predictors import build_predictor
+from polypseg.predictors.sam2 import Sam2Predictor
 from polypseg.prompts import Box, Prompt
 from polypseg.training.sam2_finetune import (
     Sam2FinetuneConfig,
@@ -111,6 +112,37 @@ def test_finetune_sam2_command_end_to_end(kvasir: Path, sam2_checkpoint: Path, t
     subprocess.run([*command, "--epochs", "2", "--resume"], check=True, capture_output=True, timeout=900)
     _, _, extra = load_checkpoint(tmp_path / "run" / "last.pt")
     assert extra["position"]["epoch"] == 2 and len(extra["history"]) == 2
+
+
+def test_every_sam2_path_gives_the_prompt_encoder_the_same_pixel_indices(sam2_checkpoint: Path) -> None:
+    """Image fine-tuning, video fine-tuning and serving all hand SAM2 the box (10, 20, 30, 60)
+    (polypseg's: x2 and y2 its edges) as the pixel indices of its first and last pixels, on a
+    frame at the model's own size, so that a fine-tune learns what it is served."""
+    model, _ = load_sam2(sam2_checkpoint, "t", SIZE)
+    model.eval()
+    corners: list[list[list[float]]] = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        coords, labels = kwargs["points"]
+        if (labels == 2).any():  # a prompted frame (a tracked one gets a padding point)
+            corners.append(coords[0, :2].tolist())
+
+    model.sam_prompt_encoder.register_forward_pre_hook(record, with_kwargs=True)
+    box = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
+    target = torch.zeros(1, 1, SIZE, SIZE)
+    target[..., 20:60, 10:30] = 1
+    with torch.no_grad():
+        prompted_losses(
+            model, torch.zeros(1, 3, SIZE, SIZE), target, box, Sam2FinetuneConfig(out=Path("unused"))
+        )
+        frames, masks = torch.zeros(2, 3, SIZE, SIZE), target.expand(2, -1, -1, -1)
+        sequence_loss(model, frames, masks, torch.ones(2, dtype=torch.bool), box[0])
+    served = Sam2Predictor(model, {"config": "test"}).prompt_points(
+        Prompt(box=Box(10, 20, 30, 60)), SIZE, SIZE
+    )
+    assert served is not None
+    expected = [[10.0, 20.0], [29.0, 59.0]]
+    assert corners[0] == corners[-1] == served[0][0, :2].tolist() == expected
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,13 @@ def sam2_pixel_indices(coords: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     [x, x + 1), a box's x2 is its right edge) as SAM2 takes them: pixel indices, to which its
     prompt encoder adds the half pixel, and boxes from the first pixel to the last, both
     included (SAM2's training draws clicks at pixel indices and boxes with `mask_to_box`).
-    Labels (..., N): 2 and 3 a box's corners, 1 and 0 clicks."""
+    Labels (..., N): 2 and 3 a box's corners (at most one box per prompt), 1 and 0 clicks."""
     offset = torch.where(labels == 2, 0.0, torch.where(labels == 3, -1.0, -0.5))
-    return coords + offset[..., None].to(coords)
+    converted = coords + offset[..., None].to(coords)
+    first, last = labels == 2, labels == 3
+    if first.any():  # a box under a pixel wide at the model's size: its last pixel is its first
+        converted[last] = torch.maximum(converted[last], converted[first])
+    return converted
 
 
 def sam2_config_name(size: str = "t", family: str = "sam2.1") -> str:

@@ -26,7 +26,7 @@ from polypseg.errors import DatasetError
 from polypseg.images import read_image, read_mask
 from polypseg.masks import mask_box
 from polypseg.metrics import score_masks
-from polypseg.predictors.sam2 import Sam2Predictor
+from polypseg.predictors.sam2 import Sam2Predictor, sam2_pixel_indices
 from polypseg.prompts import Box, Prompt
 from polypseg.training.augment import annotator_box
 from polypseg.training.common import SeededDataset
@@ -154,7 +154,7 @@ def sequence_loss(
         points = None
         if t == 0:
             labels = torch.tensor([[2, 3]], dtype=torch.int, device=frames.device)
-            points = {"point_coords": box.view(1, 2, 2), "point_labels": labels}
+            points = {"point_coords": sam2_pixel_indices(box.view(1, 2, 2), labels), "point_labels": labels}
         out = memory_step(model, memory, t, frames[t : t + 1], points, num_frames=length)
         for kind in memory.values():  # truncated back-propagation through time
             for old in kind:
