@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import KVASIR, retrain_running
 from polypseg import retraining
@@ -295,11 +294,8 @@ def test_retrain_promotes_then_refuses_a_worse_model(filled_store: Path, tmp_pat
     assert result.status == "promoted", result
     store = ModelStore(models)
     assert store.current().id == result.version and len(store.list_versions()) == 2  # shipped + new
-    state, metadata, extra = load_checkpoint(store.current().path)
+    _, metadata, _ = load_checkpoint(store.current().path)
     assert metadata["training"]["train_images"] == len(DatasetStore(filled_store).samples("train")) == 8
-    # One step stops before any validation: the version holds the fp16 weights alone, as a
-    # validated run's best.pt does, not the optimiser state that --resume needs.
-    assert not extra and all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
     again = retrain(settings)
     assert again.status == "skipped" and "no label added, changed or removed" in again.reason
     wrecked = retrain(  # the same labels, so forced

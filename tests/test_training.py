@@ -129,6 +129,17 @@ def test_a_few_steps_lower_the_loss(tmp_path, kvasir):
     assert build_predictor(checkpoint=best).name == "unet"  # the file alone rebuilds the model
 
 
+def test_a_run_stopped_before_any_validation_leaves_its_weights_alone(tmp_path, kvasir):
+    out = tmp_path / "run"
+    kept = train_unet(config(kvasir, out, epochs=3, max_steps=1))  # an epoch has 2 steps or more
+    assert kept == out / "final.pt" and not (out / "best.pt").exists()
+    state, metadata, extra = load_checkpoint(kept)
+    assert not extra and all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert metadata["architecture"] == "unet" and build_predictor(checkpoint=kept).name == "unet"
+    _, _, resumable = load_checkpoint(out / "last.pt")  # --resume still has everything
+    assert resumable["position"]["step"] == 1 and "optimizer" in resumable
+
+
 def test_resume_continues_from_the_saved_step(tmp_path, kvasir):
     out = tmp_path / "run"
     train_unet(config(kvasir, out, epochs=3, max_steps=4))

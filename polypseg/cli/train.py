@@ -50,8 +50,9 @@ GROUP_HELP = {"train": "train a model", "finetune": "fine-tune SAM2 on polyps"}
 def _runner(module: str, config: str, function: str) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         trainer = importlib.import_module(f"polypseg.training.{module}")
-        best: Path = getattr(trainer, function)(getattr(configs, config).from_args(args))
-        log.info("best checkpoint: %s", best)
+        kept: Path = getattr(trainer, function)(getattr(configs, config).from_args(args))
+        what = "best checkpoint" if kept.name == "best.pt" else "no validated best; final weights"
+        log.info("%s: %s", what, kept)
 
     return run
 

@@ -166,8 +166,8 @@ class TrainingRun(ABC):
     trainer shares: batches in an order fixed by (seed, epoch), bf16 autocast on CUDA, gradient
     accumulation, gradients averaged across torchrun processes, resumable snapshots in
     `last.pt` (optimiser and schedule too), validation after each epoch on rank 0, the best
-    checkpoint (fp16) kept as `best.pt` by `selection` (`final.pt` where a run stopped before any
-    validation), and `log.csv` / `curves.png`.
+    checkpoint (fp16) kept as `best.pt` by `selection` (`final.pt`, the last weights, where no
+    validation kept one), and `log.csv` / `curves.png`.
 
     Subclasses set `self.model`, `self.data` and `self.optimizer` in `build`, and give the
     schedule, the loss of a batch, the validation and the checkpoint metadata."""
@@ -289,7 +289,7 @@ class TrainingRun(ABC):
         )
 
     def fit(self) -> Path:
-        """Train; the best checkpoint's path (without validation, `final.pt`'s)."""
+        """Train; the best checkpoint's path (`final.pt`'s where no validation kept one)."""
         c = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         use_amp = self.device.type == "cuda"
@@ -331,17 +331,16 @@ class TrainingRun(ABC):
             self.save_last()
             if self.world > 1:
                 dist.barrier()
-        if self.world > 1:
-            dist.destroy_process_group()
-        best = self.out / "best.pt"
-        if best.is_file():
-            return best
-        # Stopped before any validation (--max-steps within the first epoch): the weights where
-        # it stopped, as best.pt would hold them; last.pt, with the optimiser, is for --resume.
-        final = self.out / "final.pt"
-        if self.is_main:
+        best, final = self.out / "best.pt", self.out / "final.pt"
+        if self.is_main and not best.is_file():
+            # No validation kept a best (--max-steps stopped the run within its first epoch, or
+            # no epoch scored): the weights where it stopped, as best.pt would hold them; last.pt,
+            # with the optimiser, is for --resume.
             self._save_weights(final)
-        return final
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+        return best if best.is_file() else final
 
     def _save_weights(self, path: Path, metrics: dict[str, float] | None = None) -> None:
         """The model's weights in fp16 and its metadata: a file to serve, not to resume from."""
