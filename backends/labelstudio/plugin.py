@@ -75,9 +75,10 @@ def _serve(args: argparse.Namespace) -> None:
             os.environ[variable] = str(getattr(args, flag))
     # Every setting is read and checked before the server's libraries and the model load (half
     # the start-up), so that a bad one ends the command at once with its reason.
-    from backends.labelstudio.concurrency import ConcurrencySettings
+    from backends.labelstudio.concurrency import WORKER_PROCESSES_VARIABLE, ConcurrencySettings
     from backends.labelstudio.settings import Settings
 
+    os.environ[WORKER_PROCESSES_VARIABLE] = str(max(1, args.workers))  # as serve() sets it
     Settings.from_env()
     ConcurrencySettings.from_env()
     from backends.labelstudio.server import serve
