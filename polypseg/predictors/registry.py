@@ -34,16 +34,16 @@ def resolve_device(device: str | None = None) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        parsed = torch.device(device)
+        parsed: torch.device | None = torch.device(device)
     except RuntimeError:
-        raise ModelError(f"device {device!r} (--device or DEVICE): one of cpu, cuda, cuda:N, auto") from None
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ModelError(f"device {device!r} (--device or DEVICE): one of cpu, cuda, cuda:N, auto")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelError(f"DEVICE={device} asked for, but this machine has no usable CUDA GPU")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ModelError(f"DEVICE={device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    elif parsed.type != "cpu":
-        raise ModelError(f"device {device!r} (--device or DEVICE): one of cpu, cuda, cuda:N, auto")
     return device
 
 
