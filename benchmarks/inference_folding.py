@@ -22,7 +22,7 @@ import torch
 from benchmark_table import print_table
 from polypseg.checkpoints import load_checkpoint, load_weights
 from polypseg.detector import create_fcos_model
-from polypseg.inference import fold_batch_norms
+from polypseg.inference import fold_batch_norms, for_inference
 from polypseg.predictors.click_unet import create_click_model
 
 MODELS = Path(__file__).resolve().parents[1] / "polypseg" / "models"
@@ -42,7 +42,7 @@ def variants(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
         "as trained": model,
         "batch norms folded": folded,
         "channels-last": copy.deepcopy(model).to(memory_format=torch.channels_last),
-        "both (served)": copy.deepcopy(folded).to(memory_format=torch.channels_last),
+        "both (served)": for_inference(copy.deepcopy(model)),  # what the predictors load
     }
 
 
