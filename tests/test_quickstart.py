@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -66,10 +68,16 @@ class Quickstart:
 
     def wait_ready(self, timeout: float = 300) -> tuple[str, int, int, str, str]:
         """URL, project, image count, login and password, as printed."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=timeout)
+                line = self.lines.get(timeout=1)
             except queue.Empty:
+                if self.process.poll() is None and time.monotonic() < deadline:
+                    continue
+                self.reader.join(timeout=10)  # what it printed last, if it ended
+                while not self.lines.empty():
+                    self.seen.append(self.lines.get_nowait())
                 raise AssertionError("quickstart never said ready:\n" + "".join(self.seen)) from None
             self.seen.append(line)
             if match := READY.search(line):
@@ -91,18 +99,24 @@ def _readable(path: Path) -> bool:
 
 
 def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_mask) -> None:
+    """One Label Studio data folder through a user's runs (one test: each fresh Label Studio
+    database costs a minute of migrations): the folder's project, login and box; a second run
+    while it is up refused; a second folder joining the project without breaking the first
+    one's tasks (Label Studio used to move its local-files root to the second folder's parent:
+    404); the first folder again, no task twice; a video in a project of its own."""
     port, backend_port = _free_port(), _free_port()
     images = kvasir / "images"
     count = len(list(images.iterdir()))
-    run = Quickstart(images, tmp_path / "ls", port, backend_port)
+    data_dir = tmp_path / "ls"
+    run = Quickstart(images, data_dir, port, backend_port)
     try:
         url, project, tasks, login, password = run.wait_ready()
         assert url == f"http://127.0.0.1:{port}" and tasks == count
-        saved_password, token = (tmp_path / "ls" / "polypseg-login.txt").read_text().split()
+        saved_password, token = (data_dir / "polypseg-login.txt").read_text().split()
         assert password == saved_password and login == "annotator@polypseg.local"
         headers = {"Authorization": f"Token {token}"}
 
-        def api(method: str, path: str, **kwargs) -> dict:
+        def api(method: str, path: str, **kwargs) -> Any:
             answer = requests.request(method, url + path, headers=headers, timeout=120, **kwargs)
             assert answer.status_code < 400, answer.text[:500]
             return answer.json()
@@ -125,13 +139,13 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         page = session.get(f"{url}/projects/", timeout=30).text
         assert "sentry_dsn: null" in page and "collect_analytics: false" in page
         assert "sentry-cdn" not in page
-        log = (tmp_path / "ls" / "label-studio.log").read_text()
+        log = (data_dir / "label-studio.log").read_text()
         assert "pypi.org" not in log and "sentry.io" not in log and "tele.labelstud.io" not in log
         # ... and the password and token are not on any command line (`ps` shows those to all).
         command_lines = [c.read_bytes() for c in Path("/proc").glob("[0-9]*/cmdline") if _readable(c)]
         assert not [c for c in command_lines if password.encode() in c or token.encode() in c]
         # The model was loaded and run once before "ready", not on the first annotator's box.
-        assert "warmed up" in (tmp_path / "ls" / "backend.log").read_text()
+        assert "warmed up" in (data_dir / "backend.log").read_text()
         # Pre-annotation with the detector's mirror image, the project's setting (README).
         served = requests.get(f"http://127.0.0.1:{backend_port}/metrics", timeout=30).json()
         assert served["detector"]["mirror_image"] is True
@@ -149,65 +163,48 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         brush = decode_brush_rle(found["value"]["rle"], found["original_width"], found["original_height"])
         expected = core_mask(kvasir / "images" / f"{ONE_POLYP}.jpg", (box.x1, box.y1, box.x2, box.y2))
         assert score_masks(brush, expected).iou > 0.99
+
+        # A second run while this one is up, on the same data or on a taken port, is refused and
+        # starts nothing.
+        second = tmp_path / "elsewhere" / "second"  # another parent than the first folder's
+        second.mkdir(parents=True)
+        names = sorted(p.name for p in images.iterdir())[:2]
+        for name in names:
+            shutil.copy(images / name, second / f"second-{name}")
+        (second / f"second-{names[1]}").rename(second / f"second-{names[1]}".replace(".jpg", ".JPG"))
+        again = Quickstart(second, data_dir, _free_port(), _free_port())
+        code, said = again.wait_exit()
+        assert code == 1 and "Label Studio is ready" not in said
+        assert f"already running: {url} (process {run.process.pid})" in said
+        taken = Quickstart(second, tmp_path / "other", port, _free_port())
+        code, said = taken.wait_exit()
+        assert code == 1 and f"port {port} (Label Studio) is already in use" in said
+        assert not (tmp_path / "other" / "label-studio.log").exists()  # nothing was started
     finally:
         assert run.stop(signal.SIGINT) == 0  # Ctrl-C
     for server in (port, backend_port):
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{server}/health", timeout=5)
 
-    again = Quickstart(images, tmp_path / "ls", port, backend_port)
+    # The second folder joins the project; the first folder's tasks still load.
+    joined = Quickstart(second, data_dir, port, backend_port)
     try:
-        assert again.wait_ready()[1:3] == (project, count)  # the same project, no task twice
+        assert joined.wait_ready()[1:3] == (project, count + 2)
+        listed = api("GET", f"/api/tasks?project={project}&page_size={count + 10}")["tasks"]
+        paths = {Path(t["data"]["image"]).name: t["data"]["image"] for t in listed}
+        shown = [images / name for name in sorted(paths)[:: count // 8] if not name.startswith("second-")]
+        for image in [*second.iterdir(), *shown]:  # every image of the second, some of the first
+            answer = requests.get(url + paths[image.name], headers=headers, timeout=60)
+            assert answer.status_code == 200, (image, answer.status_code)
+            assert answer.content == image.read_bytes(), image
+    finally:
+        assert joined.stop(signal.SIGTERM) == 0
+
+    again = Quickstart(images, data_dir, port, backend_port)
+    try:
+        assert again.wait_ready()[1:3] == (project, count + 2)  # the same project, no task twice
     finally:
         assert again.stop(signal.SIGTERM) == 0
-
-
-def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasir: Path) -> None:
-    """Two folders one after the other: the first folder's tasks still load (Label Studio used
-    to move its local-files root to the second folder's parent: 404). A second run while one is
-    up, on the same data or on a taken port, is refused and starts nothing."""
-    names = sorted(p.name for p in (kvasir / "images").iterdir())[:4]
-    folders = [tmp_path / "first" / "frames", tmp_path / "elsewhere" / "second"]
-    for folder, pair in zip(folders, (names[:2], names[2:]), strict=True):
-        folder.mkdir(parents=True)
-        for name in pair:
-            shutil.copy(kvasir / "images" / name, folder / name)
-    (folders[1] / names[3]).rename(folders[1] / names[3].replace(".jpg", ".JPG"))  # a camera's name
-    data_dir, port, backend_port = tmp_path / "ls", _free_port(), _free_port()
-    first = Quickstart(folders[0], data_dir, port, backend_port)
-    try:
-        url, project, tasks, _, _ = first.wait_ready()
-        assert tasks == 2
-        again = Quickstart(folders[1], data_dir, _free_port(), _free_port())
-        code, said = again.wait_exit()
-        assert code == 1 and "Label Studio is ready" not in said
-        assert f"already running: {url} (process {first.process.pid})" in said
-        taken = Quickstart(folders[1], tmp_path / "other", port, _free_port())
-        code, said = taken.wait_exit()
-        assert code == 1 and f"port {port} (Label Studio) is already in use" in said
-        assert not (tmp_path / "other" / "label-studio.log").exists()  # nothing was started
-    finally:
-        assert first.stop(signal.SIGINT) == 0
-
-    second = Quickstart(folders[1], data_dir, port, backend_port)
-    try:
-        url, again_project, tasks, _, _ = second.wait_ready()
-        assert again_project == project and tasks == 4
-        token = (data_dir / "polypseg-login.txt").read_text().split()[1]
-        headers = {"Authorization": f"Token {token}"}
-        listed = requests.get(
-            f"{url}/api/tasks?project={project}&page_size=10", headers=headers, timeout=60
-        ).json()["tasks"]
-        served = {}
-        for task in listed:
-            answer = requests.get(url + task["data"]["image"], headers=headers, timeout=60)
-            assert answer.status_code == 200, (task["data"]["image"], answer.status_code)
-            served[Path(task["data"]["image"]).name] = answer.content
-        for folder in folders:  # every image of both folders, byte for byte
-            for image in folder.iterdir():
-                assert served[image.name] == image.read_bytes(), image
-    finally:
-        assert second.stop(signal.SIGTERM) == 0
 
     # `make annotate VIDEO=...` on the same Label Studio: the video's clip tasks in a project of
     # their own, frames served, a box on a page answered on the clip's pages
@@ -215,16 +212,14 @@ def test_a_second_folder_joins_and_a_second_run_is_refused(tmp_path: Path, kvasi
     try:
         url, clips_project, tasks, _, _ = video.wait_ready()
         assert clips_project != project and tasks == 7  # 181 frames: 6 clips of 30, then 1
-        listed = requests.get(
-            f"{url}/api/tasks?project={clips_project}&page_size=10", headers=headers, timeout=60
-        ).json()["tasks"]
+        listed = api("GET", f"/api/tasks?project={clips_project}&page_size=10")["tasks"]
         task = next(t for t in listed if t["data"]["frame_start"] == 150)
         frame = requests.get(url + task["data"]["frames"][10], headers=headers, timeout=60)
         assert (
             frame.status_code == 200
             and frame.content == (data_dir / "clips" / CLIP.stem / "000160.jpg").read_bytes()
         )
-        (backend,) = requests.get(f"{url}/api/ml?project={clips_project}", headers=headers, timeout=60).json()
+        (backend,) = api("GET", f"/api/ml?project={clips_project}")
         box = {**rectangle((264, 290, 355, 418), 560, 480), "item_index": 10}  # conftest CLIP_POLYP[160]
         answer = requests.post(
             f"{url}/api/ml/{backend['id']}/interactive-annotating",
