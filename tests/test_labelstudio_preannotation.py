@@ -5,7 +5,9 @@ tasks) fills the project with the detector's polyps, outlined, each task's predi
 1 - the detector's uncertainty; a task whose image cannot be fetched gets none and the others
 still get theirs. In a project that pre-labels (make annotate's: "show_collab_predictions",
 tasks/api.py asks for a prediction when a task without one opens), opening a new task shows
-its polyps in the labelling page."""
+its polyps in the labelling page; in a project whose config also has PolygonLabels, each polyp
+comes as a brush region and its outline as a polygon, both shown, and what the page submits
+keeps the outline (read back as the retrain reads it)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 
 from backends.labelstudio import launcher
 from backends.labelstudio.brush import decode_brush_rle
+from backends.labelstudio.export import annotation_mask
 from conftest import ONE_POLYP, LabelStudioStack
 from labelstudio_fixtures import CONFIGS
 from labelstudio_page import SCREENSHOTS, labelling_page, log_in
@@ -44,7 +47,8 @@ def test_retrieve_predictions_pre_annotates_the_project(
 ) -> None:
     from playwright.sync_api import expect
 
-    config = (CONFIGS / "polyp-image.xml").read_text()
+    outline = '<PolygonLabels name="outline" toName="image"><Label value="Polyp"/></PolygonLabels>'
+    config = (CONFIGS / "polyp-image.xml").read_text().replace("</View>", outline + "</View>")
     project = launcher.polyp_project(label_studio.client, "Pre-annotation", config, preannotate=True)
     launcher.connect_backend(label_studio.client, project, label_studio.backend_url)
     names = [ONE_POLYP, two_polyp_name]
@@ -76,8 +80,16 @@ def test_retrieve_predictions_pre_annotates_the_project(
         page.wait_for_selector(".konvajs-content canvas", timeout=120_000)
         shown = page.locator(".lsf-tree__node_type_brushregion")
         expect(shown.first).to_be_visible(timeout=120_000)
+        outlines_shown = page.locator(".lsf-tree__node_type_polygonregion")
+        expect(outlines_shown.first).to_be_visible(timeout=30_000)
         page.screenshot(path=str(SCREENSHOTS / "pre-labelled-task.png"))
-        regions_shown = shown.count()
+        regions_shown, polygons_shown = shown.count(), outlines_shown.count()
+        # Accepted as it came: the annotator submits the pre-labelled task.
+        page.locator('[data-testid="bottombar-submit-button"]').click()
+        for _ in range(60):
+            if label_studio.api("GET", f"/api/tasks/{fresh}/annotations"):
+                break
+            page.wait_for_timeout(500)
 
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
     for name, task in tasks.items():
@@ -101,3 +113,15 @@ def test_retrieve_predictions_pre_annotates_the_project(
     assert f"task {broken}: no prediction" in log and "no-such-frame.jpg" in log
     (opened,) = _predictions(label_studio, fresh)
     assert regions_shown == len([r for r in opened["result"] if r["type"] == "brushlabels"])
+    polygons = [r for r in opened["result"] if r["type"] == "polygonlabels"]
+    assert polygons_shown == len(polygons) >= regions_shown
+    # The submitted annotation: the page kept the outlines, and they cover what the brush regions
+    # do (a polygon is a region's outer outline: a hole in a mask is not in it).
+    (submitted,) = label_studio.api("GET", f"/api/tasks/{fresh}/annotations")
+    brushes = [r for r in submitted["result"] if r["type"] == "brushlabels"]
+    outlines = [r for r in submitted["result"] if r["type"] == "polygonlabels"]
+    assert len(brushes) == regions_shown and len(outlines) == len(polygons)
+    assert all(r["value"]["polygonlabels"] == ["Polyp"] for r in outlines)
+    painted, outlined = annotation_mask(brushes, "image"), annotation_mask(outlines, "image")
+    assert painted is not None and outlined is not None
+    assert score_masks(outlined, painted).iou > 0.95
