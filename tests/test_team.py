@@ -1,6 +1,6 @@
 """A team's day against real servers: Label Studio 1.23.2 on a real PostgreSQL (Debian's
 `postgresql`, a throw-away cluster this test starts), the polypseg backend connected, eight
-annotators working at once for a couple of minutes, PostgreSQL and then the backend restarted
+annotators working at once for over a minute, PostgreSQL and then the backend restarted
 under them, and at the end a retrain pull of everything they saved.
 
 Each simulated annotator does what a browser user does: open a task, draw a smart box (Label
@@ -8,7 +8,7 @@ Studio's `POST /api/ml/{id}/interactive-annotating`, which calls the backend), s
 annotation with the returned mask, think 1-3 s. A request that fails (Label Studio's database
 restarting, the backend away) is retried as a user would press the button again, and every
 call has a client time-out, so nothing hangs. POLYPSEG_TEAM_SECONDS sets the working time
-(default 120).
+(default 75).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
 
 ANNOTATORS = 8
-WORKING_SECONDS = float(os.environ.get("POLYPSEG_TEAM_SECONDS", "120"))
+WORKING_SECONDS = float(os.environ.get("POLYPSEG_TEAM_SECONDS", "75"))
 CALL_TIMEOUT = 30  # seconds: no request may hang longer
 GIVE_UP_AFTER = 120  # seconds of retries before a step counts as failed
 TASKS = 400  # more than eight annotators finish in the working time
