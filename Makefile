@@ -2,6 +2,9 @@
 # (pyproject.toml's, and constraints.txt for what they pull in): torch first (sam2 is a source
 # distribution built against it), then the rest. Label Studio gets its own .venv-labelstudio
 # (its pins clash with ours), pinned by constraints-labelstudio.txt.
+# The set-ups `make test` and `make annotate` need (.venv, .venv-labelstudio, Debian packages)
+# are independent: they install side by side (1.8 min instead of 2.8 here).
+MAKEFLAGS += --jobs=3
 VENV := .venv
 BIN := $(VENV)/bin
 LS_VENV := .venv-labelstudio
