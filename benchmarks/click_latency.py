@@ -6,8 +6,12 @@ new click costs one network pass. Measured on Kvasir-SEG validation images, clic
 the evaluation protocol:
 - the core: box alone; box + 3 clicks in a session (the 4th request, cache warm); the same
   request cold (a fresh image: 4 passes);
-- the Label Studio backend (`polypseg serve labelstudio` on loopback, images from a loopback
-  file server): the same session of 4 requests; its 3-click request against the core's.
+- the Label Studio backend (`polypseg serve labelstudio` on loopback, images in the requests
+  as data URLs): the same session of 4 requests; its 3-click request against the core's. The
+  backend runs as many requests at once as the process has cores, each on a share of the
+  torch threads (`backends/labelstudio/concurrency.py`), so the core is timed on the same
+  number of threads as a backend request gets; then the backend again with one request at a
+  time (POLYPSEG_MODEL_CONCURRENCY=1: every thread for it), beside the core on all threads.
 
     python benchmarks/click_latency.py [--checkpoint FILE] [--images 10] [--markdown]
 """
@@ -24,8 +28,10 @@ import time
 from pathlib import Path
 
 import requests
+import torch
 
 from backends.labelstudio import launcher
+from backends.labelstudio.concurrency import ConcurrencySettings, cores_available
 from benchmark_table import print_table
 from polypseg.clicks import next_click
 from polypseg.datasets import read_boxes_json
@@ -118,35 +124,16 @@ def main() -> None:
         if len(prompts) == 4:
             sessions.append((name, image, prompts))
 
-    box_only, warm, cold = [], [], []
-    for _, image, prompts in sessions:
-        predictor.answers.clear()
-        box_only.append(timed(functools.partial(predictor.predict, image, prompts[0])))
-        for prompt in prompts[1:-1]:
-            predictor.predict(image, prompt)
-        warm.append(timed(functools.partial(predictor.predict, image, prompts[-1])))
-        predictor.answers.clear()
-        cold.append(timed(functools.partial(predictor.predict, image, prompts[-1])))
+    shared = ConcurrencySettings.from_env()  # what a backend request gets, as the backend reads it
+    cores = cores_available()
+    torch.set_num_threads(shared.torch_threads)
+    box_only, warm, cold = core_times(predictor, sessions)
+    torch.set_num_threads(cores)
+    all_threads = core_times(predictor, sessions)[1]
 
-    http_box, http_warm = [], []
-    with tempfile.TemporaryDirectory() as folder:
-        port = 9300 + int(time.time()) % 500
-        extra = {"POLYPSEG_CHECKPOINT": str(args.checkpoint)} if args.checkpoint else {}
-        backend = launcher.start_backend(port, "", "", Path(folder) / "backend.log", extra)
-        url = f"http://127.0.0.1:{port}/predict"
-        try:
-            with requests.Session() as http:
-                for name, image, prompts in sessions:
-                    height, width = image.shape[:2]
-                    image_url = f"data:image/jpeg;base64,{_base64(KVASIR / 'images' / f'{name}.jpg')}"
-                    times = []
-                    for prompt in prompts:
-                        body = ls_body(image_url, prompt.box, prompt.points, width, height)  # type: ignore[arg-type]
-                        times.append(timed(lambda b=body: http.post(url, json=b).raise_for_status()))
-                    http_box.append(times[0])
-                    http_warm.append(times[-1])
-        finally:
-            launcher.stop(backend)
+    extra = {"POLYPSEG_CHECKPOINT": str(args.checkpoint)} if args.checkpoint else {}
+    http_box, http_warm = backend_times(sessions, extra)
+    alone_box, alone_warm = backend_times(sessions, {**extra, "POLYPSEG_MODEL_CONCURRENCY": "1"})
 
     median = statistics.median
     rows = [
@@ -157,12 +144,54 @@ def main() -> None:
         ("backend HTTP: box alone", f"{1000 * median(http_box):.0f} ms"),
         ("backend HTTP: box + 3 clicks, in a session", f"{1000 * median(http_warm):.0f} ms"),
         ("backend 3-click round trip / core (goal <= 1.3x)", f"{median(http_warm) / median(warm):.2f}x"),
+        (f"core on all {cores} threads: box + 3 clicks", f"{1000 * median(all_threads):.0f} ms"),
+        ("backend, one request at a time: box + 3 clicks", f"{1000 * median(alone_warm):.0f} ms"),
+        ("... its round trip / the core on all threads", f"{median(alone_warm) / median(all_threads):.2f}x"),
     ]
     title = (
-        f"model {predictor.version}, {len(sessions)} images, {platform.machine()}, "
-        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        f"model {predictor.version}, {len(sessions)} images, {platform.machine()}, {cores} cores; "
+        f"the backend runs {shared.limit} request(s) at once on {shared.torch_threads} torch thread(s) each, "
+        f"and the core rows are timed on as many; load {os.getloadavg()[0]:.1f}"
     )
     print_table(title, ("measurement", "value"), rows, args.markdown)
+
+
+def core_times(predictor, sessions) -> tuple[list[float], list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """Per session: the box alone, the 3-click request with the cache warm, and cold."""
+    box_only, warm, cold = [], [], []
+    for _, image, prompts in sessions:
+        predictor.answers.clear()
+        box_only.append(timed(functools.partial(predictor.predict, image, prompts[0])))
+        for prompt in prompts[1:-1]:
+            predictor.predict(image, prompt)
+        warm.append(timed(functools.partial(predictor.predict, image, prompts[-1])))
+        predictor.answers.clear()
+        cold.append(timed(functools.partial(predictor.predict, image, prompts[-1])))
+    return box_only, warm, cold
+
+
+def backend_times(sessions, environment: dict[str, str]) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """Per session, through a backend started with `environment`: the box alone, and the
+    3-click request after the clicks before it."""
+    http_box, http_warm = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        port = 9300 + int(time.time()) % 500
+        backend = launcher.start_backend(port, "", "", Path(folder) / "backend.log", environment)
+        url = f"http://127.0.0.1:{port}/predict"
+        try:
+            with requests.Session() as http:
+                for name, image, prompts in sessions:
+                    height, width = image.shape[:2]
+                    image_url = f"data:image/jpeg;base64,{_base64(KVASIR / 'images' / f'{name}.jpg')}"
+                    times = []
+                    for prompt in prompts:
+                        body = ls_body(image_url, prompt.box, prompt.points, width, height)
+                        times.append(timed(lambda b=body: http.post(url, json=b).raise_for_status()))
+                    http_box.append(times[0])
+                    http_warm.append(times[-1])
+        finally:
+            launcher.stop(backend)
+    return http_box, http_warm
 
 
 def _base64(path: Path) -> str:
