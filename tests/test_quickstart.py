@@ -171,7 +171,8 @@ def test_annotate_command_end_to_end(tmp_path: Path, kvasir: Path, boxes, core_m
         names = sorted(p.name for p in images.iterdir())[:2]
         for name in names:
             shutil.copy(images / name, second / f"second-{name}")
-        (second / f"second-{names[1]}").rename(second / f"second-{names[1]}".replace(".jpg", ".JPG"))
+        camera_name = f"second-{names[1]}".replace(".jpg", ".JPG")  # as some cameras name files
+        (second / f"second-{names[1]}").rename(second / camera_name)
         again = Quickstart(second, data_dir, _free_port(), _free_port())
         code, said = again.wait_exit()
         assert code == 1 and "Label Studio is ready" not in said
