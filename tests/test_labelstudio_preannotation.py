@@ -90,6 +90,8 @@ def test_retrieve_predictions_pre_annotates_the_project(
             if label_studio.api("GET", f"/api/tasks/{fresh}/annotations"):
                 break
             page.wait_for_timeout(500)
+        else:
+            raise AssertionError("the pre-labelled task's Submit saved no annotation")
 
     detector, predictor = build_detector(device="cpu"), build_predictor(device="cpu")
     for name, task in tasks.items():
@@ -125,3 +127,6 @@ def test_retrieve_predictions_pre_annotates_the_project(
     painted, outlined = annotation_mask(brushes, "image"), annotation_mask(outlines, "image")
     assert painted is not None and outlined is not None
     assert score_masks(outlined, painted).iou > 0.95
+    # ... and they are the prediction's outlines, as they came
+    predicted = annotation_mask(polygons, "image")
+    assert predicted is not None and score_masks(outlined, predicted).iou > 0.999
