@@ -58,11 +58,12 @@ constraints:
 # downloads no browser), redis-server for the CVAT tracker's state store, docker-compose to
 # check docker-compose.yml (where docker compose v2 is missing), and postgresql for the team
 # test's Label Studio database (the test runs its own cluster; the package's is not needed).
+# apt asks nothing: it runs beside the pip installs, where make gives it no terminal input.
 system-packages:
 	command -v chromium >/dev/null && command -v redis-server >/dev/null && \
 		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && \
 		{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || \
-		{ apt-get update -qq && apt-get install -y -qq chromium redis-server postgresql docker-compose; }
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium redis-server postgresql docker-compose; }
 
 # The main job: Label Studio with the polypseg backend and a project of the images in IMAGES
 # (another IMAGES folder joins the same project TITLE as more tasks).
