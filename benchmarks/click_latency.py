@@ -31,7 +31,7 @@ import requests
 import torch
 
 from backends.labelstudio import launcher
-from backends.labelstudio.concurrency import WORKER_PROCESSES_VARIABLE, ConcurrencySettings, cores_available
+from backends.labelstudio.concurrency import cores_available, for_worker_processes
 from benchmark_table import print_table
 from polypseg.clicks import next_click
 from polypseg.datasets import read_boxes_json
@@ -124,9 +124,7 @@ def main() -> None:
         if len(prompts) == 4:
             sessions.append((name, image, prompts))
 
-    # what a backend request gets, as `polypseg serve labelstudio` (one worker process) reads it
-    os.environ[WORKER_PROCESSES_VARIABLE] = "1"
-    shared = ConcurrencySettings.from_env()
+    shared = for_worker_processes(1)  # what a backend request gets, as `serve labelstudio` runs it
     cores = cores_available()
     torch.set_num_threads(shared.torch_threads)
     box_only, warm, cold = core_times(predictor, sessions)

@@ -32,7 +32,8 @@ from polypseg.environment import Environment
 
 log = logging.getLogger(__name__)
 
-# Set by `serve` for its worker processes, so that each takes its share of the cores.
+# Set by `serve` (`for_worker_processes`) for its worker processes, so that each takes its
+# share of the cores.
 WORKER_PROCESSES_VARIABLE = "POLYPSEG_WORKER_PROCESSES"
 QUEUE_TIMEOUT = 30.0  # seconds
 
@@ -81,6 +82,13 @@ class ConcurrencySettings:
         limit = env.integer("POLYPSEG_MODEL_CONCURRENCY", default_concurrency(cores, workers), minimum=1)
         timeout = env.number("POLYPSEG_QUEUE_TIMEOUT", QUEUE_TIMEOUT)
         return cls(limit, timeout, threads_per_request(cores, workers, limit))
+
+
+def for_worker_processes(workers: int) -> ConcurrencySettings:
+    """Record `workers` for every worker process to read (each takes its share of the cores),
+    and the settings that follow from it (a bad setting is a SettingsError here)."""
+    os.environ[WORKER_PROCESSES_VARIABLE] = str(max(1, workers))
+    return ConcurrencySettings.from_env()
 
 
 def apply_torch_threads(threads: int) -> None:

@@ -75,12 +75,11 @@ def _serve(args: argparse.Namespace) -> None:
             os.environ[variable] = str(getattr(args, flag))
     # Every setting is read and checked before the server's libraries and the model load (half
     # the start-up), so that a bad one ends the command at once with its reason.
-    from backends.labelstudio.concurrency import WORKER_PROCESSES_VARIABLE, ConcurrencySettings
+    from backends.labelstudio.concurrency import for_worker_processes
     from backends.labelstudio.settings import Settings
 
-    os.environ[WORKER_PROCESSES_VARIABLE] = str(max(1, args.workers))  # as serve() sets it
+    for_worker_processes(args.workers)  # as serve() does
     Settings.from_env()
-    ConcurrencySettings.from_env()
     from backends.labelstudio.server import serve
 
     serve(args.host, args.port, args.workers)

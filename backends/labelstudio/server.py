@@ -11,7 +11,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -27,11 +26,11 @@ from fastapi.responses import JSONResponse, Response
 
 from backends.labelstudio.brush import encode_brush_rle
 from backends.labelstudio.concurrency import (
-    WORKER_PROCESSES_VARIABLE,
     ConcurrencySettings,
     ModelBusy,
     ModelSlots,
     apply_torch_threads,
+    for_worker_processes,
 )
 from backends.labelstudio.errors import INPUT_ERROR_STATUS
 from backends.labelstudio.label_config import parse_label_config
@@ -309,7 +308,7 @@ def serve(host: str = "0.0.0.0", port: int = 9090, workers: int = 1, log_level: 
     import uvicorn
 
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level}
-    os.environ[WORKER_PROCESSES_VARIABLE] = str(max(1, workers))  # each worker's share of the cores
+    for_worker_processes(workers)  # each worker's share of the cores
     if workers > 1:
         uvicorn.run("backends.labelstudio.server:create_app", factory=True, workers=workers, **options)
     else:
