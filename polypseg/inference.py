@@ -46,10 +46,12 @@ def fold_batch_norms(module: nn.Module) -> int:
         return folded
     for conv_name, norm_name in pairs:
         conv, norm = module._modules.get(conv_name), module._modules.get(norm_name)
-        if type(norm) is not nn.BatchNorm2d:  # exactly: timm's BatchNormAct2d also activates
-            continue
-        assert isinstance(norm, nn.BatchNorm2d)  # (for mypy, which reads no `type() is`)
-        if isinstance(conv, nn.Conv2d) and not (conv.training or norm.training):
+        # exactly BatchNorm2d: timm's BatchNormAct2d, a subclass, also activates
+        if (
+            type(norm) is nn.BatchNorm2d
+            and isinstance(conv, nn.Conv2d)
+            and not (conv.training or norm.training)
+        ):
             module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
             module._modules[norm_name] = nn.Identity()
             folded += 1
